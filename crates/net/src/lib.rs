@@ -1,1 +1,4 @@
-//! isc-net
+//! isc-net: the network boundary of an ISC (DESIGN.md §5).
+pub mod alloc;
+pub mod nft;
+pub mod policy;
