@@ -1,0 +1,398 @@
+//! One ISC cgroup across hierarchies: planning which hierarchy holds which controller,
+//! creating the directories with rollback, and the [`IscCgroup`] implementation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::CgroupError;
+use crate::fsops::{self, CgroupFs};
+use crate::layout::{Controller, Layout};
+use crate::limits::{Events, Limits, Stats};
+use crate::v1::{self, V1Part};
+use crate::v2::{self, V2Part};
+use crate::{cgroup_dir_name, validate_parent, IscCgroup};
+
+/// How long [`IscCgroup::destroy`] waits for killed members to leave.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cgroup of one ISC: v1 directories, a v2 directory, or both (hybrid).
+#[derive(Debug)]
+pub(crate) struct Group {
+    fs: Arc<dyn CgroupFs>,
+    name: String,
+    v1: Option<V1Part>,
+    v2: Option<V2Part>,
+    warnings: Vec<String>,
+}
+
+/// Which hierarchy holds which controller for a new cgroup.
+struct Plan {
+    v1: BTreeMap<Controller, PathBuf>,
+    v2: Option<(PathBuf, BTreeSet<Controller>)>,
+}
+
+impl Plan {
+    fn new(fs: &dyn CgroupFs, layout: &Layout, limits: &Limits) -> Result<Plan, CgroupError> {
+        let v1_bases = layout.v1().cloned().unwrap_or_default();
+        let v1: BTreeMap<Controller, PathBuf> = v1_bases
+            .iter()
+            .filter(|(c, _)| **c != Controller::Cpuset || limits.cpuset.is_some())
+            .map(|(c, p)| (*c, p.clone()))
+            .collect();
+        let v2 = match layout.unified() {
+            Some(base) => {
+                let offered = v2::offered(fs, base)?;
+                let mut want = BTreeSet::from([
+                    Controller::Memory,
+                    Controller::Cpu,
+                    Controller::Pids,
+                    Controller::Io,
+                ]);
+                if limits.cpuset.is_some() {
+                    want.insert(Controller::Cpuset);
+                }
+                // A controller bound to a v1 hierarchy cannot be enabled on v2 (cgroup-v2.rst).
+                let enabled = want
+                    .into_iter()
+                    .filter(|c| offered.contains(c) && !v1_bases.contains_key(c))
+                    .collect();
+                Some((base.to_path_buf(), enabled))
+            }
+            None => None,
+        };
+        let plan = Plan { v1, v2 };
+        let needs = [
+            ("memory", Controller::Memory, limits.memory.is_some()),
+            ("cpu", Controller::Cpu, limits.cpu_quota.is_some()),
+            ("cpu_weight", Controller::Cpu, limits.cpu_weight.is_some()),
+            ("pids", Controller::Pids, limits.pids.is_some()),
+            ("cpuset", Controller::Cpuset, limits.cpuset.is_some()),
+            ("io_weight", Controller::Io, limits.io_weight.is_some()),
+            ("io_throttle", Controller::Io, !limits.io_throttle.is_empty()),
+        ];
+        for (key, c, needed) in needs {
+            if needed && !plan.holds(c) {
+                return Err(CgroupError::ControllerMissing {
+                    key,
+                    controller: c.v1_name(),
+                    hint: format!(
+                        "no v1 hierarchy mounted for it and not offered in the v2 cgroup.controllers of {:?}",
+                        layout.unified()
+                    ),
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    fn holds(&self, c: Controller) -> bool {
+        self.v1.contains_key(&c) || self.v2.as_ref().is_some_and(|(_, e)| e.contains(&c))
+    }
+}
+
+/// mkdir one component that may already exist (a shared parent, possibly racing with
+/// another monitor creating it).
+fn ensure_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<bool, CgroupError> {
+    match fs.mkdir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(CgroupError::Create { path: dir.to_path_buf(), source }),
+    }
+}
+
+/// mkdir the ISC's own directory, which must not exist yet; record it for rollback.
+fn create_leaf(
+    fs: &dyn CgroupFs,
+    dir: &Path,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), CgroupError> {
+    match fs.mkdir(dir) {
+        Ok(()) => {
+            created.push(dir.to_path_buf());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(CgroupError::AlreadyExists { path: dir.to_path_buf() })
+        }
+        Err(source) => Err(CgroupError::Create { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn open_dir(dir: &Path) -> Result<OwnedFd, CgroupError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map(OwnedFd::from)
+        .map_err(|source| CgroupError::OpenDir { path: dir.to_path_buf(), source })
+}
+
+impl Group {
+    pub(crate) fn create(
+        fs: Arc<dyn CgroupFs>,
+        layout: &Layout,
+        parent: Option<&Path>,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Group, CgroupError> {
+        let dirname = cgroup_dir_name(name)?;
+        validate_parent(parent)?;
+        limits.validate()?;
+        let plan = Plan::new(fs.as_ref(), layout, limits)?;
+        let mut created = Vec::new();
+        match Self::build(fs.clone(), &plan, parent, &dirname, limits, &mut created) {
+            Ok(g) => {
+                tracing::info!(cgroup = %dirname, paths = ?g.paths(), "created ISC cgroup");
+                Ok(g)
+            }
+            Err(e) => {
+                for failure in fsops::remove_dirs(fs.as_ref(), &created) {
+                    tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        fs: Arc<dyn CgroupFs>,
+        plan: &Plan,
+        parent: Option<&Path>,
+        dirname: &str,
+        limits: &Limits,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<Group, CgroupError> {
+        let f = fs.as_ref();
+        let mut leaf_by_base: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+        let mut v1_dirs = BTreeMap::new();
+        for (c, base) in &plan.v1 {
+            if let Some(leaf) = leaf_by_base.get(base) {
+                v1_dirs.insert(*c, leaf.clone());
+                continue;
+            }
+            let mut dir = base.clone();
+            for comp in parent.iter().flat_map(|p| p.components()) {
+                dir.push(comp);
+                if ensure_dir(f, &dir)? && dir.join("cpuset.cpus").exists() {
+                    v1::init_cpuset(f, &dir)?;
+                }
+            }
+            let leaf = dir.join(dirname);
+            create_leaf(f, &leaf, created)?;
+            if leaf.join("cpuset.cpus").exists() {
+                v1::init_cpuset(f, &leaf)?;
+            }
+            leaf_by_base.insert(base.clone(), leaf.clone());
+            v1_dirs.insert(*c, leaf);
+        }
+        let v2 = match &plan.v2 {
+            Some((base, enabled)) => {
+                let mut dir = base.clone();
+                v2::enable(f, &dir, enabled)?;
+                for comp in parent.iter().flat_map(|p| p.components()) {
+                    dir.push(comp);
+                    ensure_dir(f, &dir)?;
+                    v2::enable(f, &dir, enabled)?;
+                }
+                let leaf = dir.join(dirname);
+                create_leaf(f, &leaf, created)?;
+                Some(V2Part {
+                    fd: open_dir(&leaf)?,
+                    enabled: v2::offered(f, &leaf)?.intersection(enabled).copied().collect(),
+                    dir: leaf,
+                })
+            }
+            None => None,
+        };
+        let mut g = Group {
+            fs: fs.clone(),
+            name: dirname.to_string(),
+            v1: (!v1_dirs.is_empty()).then_some(V1Part { dirs: v1_dirs }),
+            v2,
+            warnings: Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        if let Some(p) = &g.v1 {
+            p.apply_limits(f, limits, &mut warnings)?;
+        }
+        if let Some(p) = &g.v2 {
+            p.apply_limits(f, limits, &mut warnings)?;
+        }
+        if limits.swap == 0 && !plan.holds(Controller::Memory) {
+            warnings.push("swap not restricted: no memory controller on this host".into());
+        }
+        g.warnings = warnings;
+        Ok(g)
+    }
+
+    pub(crate) fn open(
+        fs: Arc<dyn CgroupFs>,
+        layout: &Layout,
+        parent: Option<&Path>,
+        name: &str,
+    ) -> Result<Group, CgroupError> {
+        let dirname = cgroup_dir_name(name)?;
+        validate_parent(parent)?;
+        let leaf = |base: &Path| parent.map_or(base.to_path_buf(), |p| base.join(p)).join(&dirname);
+        let v1_dirs: BTreeMap<Controller, PathBuf> = layout
+            .v1()
+            .into_iter()
+            .flatten()
+            .map(|(c, base)| (*c, leaf(base)))
+            .filter(|(_, d)| d.is_dir())
+            .collect();
+        let v2 = match layout.unified().map(leaf) {
+            Some(dir) if dir.is_dir() => {
+                Some(V2Part { fd: open_dir(&dir)?, enabled: v2::offered(fs.as_ref(), &dir)?, dir })
+            }
+            _ => None,
+        };
+        if v1_dirs.is_empty() && v2.is_none() {
+            let base = layout
+                .unified()
+                .map(Path::to_path_buf)
+                .or_else(|| layout.v1().and_then(|m| m.values().next().cloned()))
+                .unwrap_or_default();
+            return Err(CgroupError::NotFound { path: leaf(&base) });
+        }
+        Ok(Group {
+            fs,
+            name: dirname,
+            v1: (!v1_dirs.is_empty()).then_some(V1Part { dirs: v1_dirs }),
+            v2,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn wait_empty(&self) -> Result<(), CgroupError> {
+        let start = Instant::now();
+        let mut rekilled = false;
+        loop {
+            let pids = self.procs()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if !rekilled && start.elapsed() > Duration::from_secs(1) {
+                // A member forked between the first kill pass and its death (v1 without freezer).
+                self.kill_all()?;
+                rekilled = true;
+            }
+            if start.elapsed() > EMPTY_TIMEOUT {
+                return Err(CgroupError::NotEmpty {
+                    path: self.paths().into_iter().next().unwrap_or_default(),
+                    pids,
+                    millis: EMPTY_TIMEOUT.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl IscCgroup for Group {
+    fn attach(&self, pid: i32) -> Result<(), CgroupError> {
+        if let Some(p) = &self.v2 {
+            p.attach(self.fs.as_ref(), pid)?;
+        }
+        if let Some(p) = &self.v1 {
+            p.attach(self.fs.as_ref(), pid)?;
+        }
+        tracing::debug!(cgroup = %self.name, pid, "attached process");
+        Ok(())
+    }
+
+    fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.v2.as_ref().map(|p| p.fd.as_fd())
+    }
+
+    fn stats(&self) -> Result<Stats, CgroupError> {
+        let mut s = Stats::default();
+        if let Some(p) = &self.v1 {
+            p.stats_into(self.fs.as_ref(), &mut s)?;
+        }
+        if let Some(p) = &self.v2 {
+            p.stats_into(self.fs.as_ref(), &mut s)?;
+        }
+        Ok(s)
+    }
+
+    fn events(&self) -> Result<Events, CgroupError> {
+        let mut e = Events::default();
+        if let Some(p) = &self.v1 {
+            p.events_into(self.fs.as_ref(), &mut e)?;
+        }
+        if let Some(p) = &self.v2 {
+            p.events_into(self.fs.as_ref(), &mut e)?;
+        }
+        Ok(e)
+    }
+
+    fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut all = Vec::new();
+        if let Some(p) = &self.v1 {
+            all.extend(p.procs(self.fs.as_ref())?);
+        }
+        if let Some(p) = &self.v2 {
+            if p.dir.exists() {
+                all.extend(p.procs(self.fs.as_ref())?);
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        let mut errors = Vec::new();
+        if let Some(p) = &self.v2 {
+            errors.extend(p.kill_all(self.fs.as_ref()).err());
+        }
+        if let Some(p) = &self.v1 {
+            errors.extend(p.kill_all(self.fs.as_ref()).err());
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(CgroupError::Cleanup(errors)),
+        }
+    }
+
+    fn destroy(self: Box<Self>) -> Result<(), CgroupError> {
+        let mut errors = Vec::new();
+        errors.extend(self.kill_all().err());
+        if let Err(e) = self.wait_empty() {
+            errors.push(e);
+            return Err(CgroupError::Cleanup(errors));
+        }
+        errors.extend(fsops::remove_dirs(self.fs.as_ref(), &self.paths()));
+        if errors.is_empty() {
+            tracing::info!(cgroup = %self.name, "removed ISC cgroup");
+            Ok(())
+        } else {
+            Err(CgroupError::Cleanup(errors))
+        }
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut out = self.v1.as_ref().map(V1Part::unique_dirs).unwrap_or_default();
+        out.extend(self.v2.as_ref().map(|p| p.dir.clone()));
+        out
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+#[cfg(test)]
+#[path = "v2_fake_tests.rs"]
+mod v2_fake_tests;
