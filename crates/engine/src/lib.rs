@@ -1,1 +1,22 @@
-//! isc-engine
+//! isc-engine: launching one Immutable Service Container.
+//!
+//! The process model and hardening order are DESIGN.md §3: the monitor prepares (UID range,
+//! seccomp BPF from cache, pipes, control channel), clones the child into new user, mount, PID,
+//! net, UTS and IPC namespaces, writes its id maps, runs the start hooks (cgroup, network), and
+//! releases it. The child builds its root, drops to the service's credentials, applies
+//! Landlock, loads seccomp last, and becomes PID 1 of the ISC, which forks the one service.
+
+pub mod channel;
+pub mod creds;
+pub mod init;
+pub mod lsm;
+pub mod monitor;
+pub mod probe;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+pub mod syscall;
+
+pub use monitor::{run, ExitRecord, MonitorError, NoHooks, RunOptions, StartHooks};
+pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};

@@ -1,0 +1,341 @@
+//! The child side: hardening in DESIGN.md §3 order, then PID 1 of the ISC.
+//!
+//! PID 1 carries exactly the service's confinement. It reaps every zombie (orphans re-parent
+//! to it), forwards signals, forks probe children on request, and exits with the service's
+//! status. It never execs, so it holds no file from the image.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use seccompiler::BpfProgram;
+
+use crate::channel::{Channel, FromInit, ToInit};
+use crate::creds;
+use crate::lsm::{self, LandlockPolicy};
+use crate::rootfs;
+use crate::seccomp;
+use crate::spec::IscSpec;
+use crate::syscall::LinuxSyscall;
+
+/// Everything the child needs, prepared by the monitor before clone.
+pub struct ChildContext<'a> {
+    pub spec: &'a IscSpec,
+    pub channel: &'a Channel,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub seccomp: &'a BpfProgram,
+    pub seccomp_log: bool,
+}
+
+/// Fd number of the control channel inside the child (0–2 are the service's stdio).
+const CHANNEL_FD: RawFd = 3;
+
+/// Entry point of the cloned child. Never returns.
+pub fn child_main(ctx: ChildContext<'_>) -> ! {
+    // Die with the monitor: the kernel then kills the whole PID namespace.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let channel = match setup_fds(&ctx) {
+        Ok(c) => c,
+        // No channel to report on: exit with a status the monitor maps to "setup failed".
+        // SAFETY: terminating the child.
+        Err(_) => unsafe { libc::_exit(125) },
+    };
+    match harden(&ctx, &channel) {
+        Ok(()) => pid1_loop(ctx.spec, &channel),
+        Err((step, error)) => {
+            let _ = channel.send(&FromInit::SetupFailed { step: step.into(), error });
+            // SAFETY: terminating the child after reporting.
+            unsafe { libc::_exit(125) }
+        }
+    }
+}
+
+/// stdin = /dev/null, stdout/stderr = the monitor's pipes, fd 3 = channel, nothing else.
+fn setup_fds(ctx: &ChildContext<'_>) -> io::Result<Channel> {
+    let devnull = c"/dev/null";
+    // SAFETY: standard fd juggling on fds we own; close_range closes every other inherited fd
+    // (the monitor's listener, signalfd, pipe read ends) so none reaches the ISC.
+    unsafe {
+        let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
+        if null < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let chan = libc::fcntl(ctx.channel.raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+        if chan < 0
+            || libc::dup2(null, 0) < 0
+            || libc::dup2(ctx.stdout, 1) < 0
+            || libc::dup2(ctx.stderr, 2) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::dup3(chan, CHANNEL_FD, libc::O_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close_range(CHANNEL_FD as u32 + 1, u32::MAX, 0);
+        Ok(Channel::from_raw(CHANNEL_FD))
+    }
+}
+
+type StepError = (&'static str, String);
+
+fn step<T, E: std::fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<T, StepError> {
+    r.map_err(|e| (name, e.to_string()))
+}
+
+fn os_step(name: &'static str, rc: libc::c_int) -> Result<(), StepError> {
+    if rc != 0 {
+        return Err((name, io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
+    let spec = ctx.spec;
+    match step("waiting for the monitor", channel.recv::<ToInit>())? {
+        Some(ToInit::Go) => {}
+        other => return Err(("waiting for the monitor", format!("unexpected message {other:?}"))),
+    }
+    // The cgroup namespace is created only now, after the monitor placed us in the ISC's
+    // cgroup, so its root is that cgroup and the host's tree stays invisible.
+    // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.
+    os_step("creating the cgroup namespace", unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
+    step("preparing the root filesystem", rootfs::prepare_rootfs(&LinuxSyscall, spec))?;
+    let workdir = CString::new(spec.workdir.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::chdir(workdir.as_ptr()) } != 0 {
+        return Err((
+            "entering the working directory",
+            format!("{}: {}", spec.workdir.display(), io::Error::last_os_error()),
+        ));
+    }
+    step("setting rlimits", apply_rlimits(spec))?;
+    step("making PID 1 non-dumpable", creds::set_non_dumpable())?;
+    let mut keep = step("parsing capabilities", creds::parse_capabilities(&spec.capabilities))?;
+    if spec.weakening.keep_cap_sys_admin {
+        keep.insert(caps::Capability::CAP_SYS_ADMIN);
+    }
+    step("dropping to the service user", creds::drop_to_service(spec.uid, spec.gid, &keep))?;
+    if !spec.weakening.no_new_privs_off {
+        step("setting no_new_privs", creds::set_no_new_privs())?;
+    }
+    if !spec.weakening.no_landlock {
+        let policy = LandlockPolicy {
+            writable: spec.writable_paths(),
+            tcp_bind: spec.tcp_bind_ports.clone(),
+            tcp_connect: spec.tcp_connect_ports.clone(),
+        };
+        step("applying Landlock", lsm::restrict(&policy))?;
+    }
+    if !spec.weakening.no_seccomp {
+        step("loading the seccomp filter", seccomp::install(ctx.seccomp, ctx.seccomp_log))?;
+    }
+    Ok(())
+}
+
+fn apply_rlimits(spec: &IscSpec) -> io::Result<()> {
+    let r = &spec.rlimits;
+    let mut limits = vec![(libc::RLIMIT_CORE, 0u64), (libc::RLIMIT_NOFILE, r.nofile)];
+    limits.extend(r.nproc.map(|v| (libc::RLIMIT_NPROC, v)));
+    limits.extend(r.memlock.map(|v| (libc::RLIMIT_MEMLOCK, v)));
+    limits.extend(r.stack.map(|v| (libc::RLIMIT_STACK, v)));
+    for (res, v) in limits {
+        let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
+        // SAFETY: setrlimit reads the struct.
+        if unsafe { libc::setrlimit(res, &lim) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("resource {res} = {v}: {e} (the host's hard limit is lower; fix: lower the value in [resources])")));
+        }
+    }
+    Ok(())
+}
+
+/// Signals PID 1 handles through a signalfd (they stay blocked, so nothing is lost).
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local value.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
+    let set = handled_signals();
+    // SAFETY: blocking signals for this thread, then a signalfd for them.
+    let sfd = unsafe {
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
+    };
+    let service = match spawn_service(spec) {
+        Ok(pid) => {
+            let _ = channel.send(&FromInit::ServiceStarted { pid });
+            pid
+        }
+        Err(errno) => {
+            let _ = channel.send(&FromInit::ExecFailed { path: spec.exec[0].clone(), errno });
+            // SAFETY: terminating PID 1 (kills the namespace).
+            unsafe { libc::_exit(127) }
+        }
+    };
+    let mut fds = [
+        libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: channel.raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: poll over two valid fds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            // SAFETY: reading one siginfo record into a properly sized buffer.
+            let r = unsafe {
+                libc::read(
+                    sfd,
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                )
+            };
+            if r > 0 {
+                let signo = info.ssi_signo as i32;
+                if signo == libc::SIGCHLD {
+                    reap(service, channel);
+                } else {
+                    // SAFETY: forwarding a signal to our own child.
+                    unsafe { libc::kill(service, signo) };
+                }
+            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            match channel.recv::<ToInit>() {
+                Ok(Some(ToInit::Signal { signo })) => {
+                    // SAFETY: forwarding a signal to our own child.
+                    unsafe { libc::kill(service, signo) };
+                }
+                Ok(Some(ToInit::Probe { id, name })) => fork_probe(channel, id, &name),
+                Ok(Some(ToInit::Go)) | Err(_) => {}
+                Ok(None) => {
+                    // The monitor is gone: nothing may run unsupervised.
+                    // SAFETY: terminating PID 1 kills every process in the namespace.
+                    unsafe { libc::_exit(137) }
+                }
+            }
+        } else if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(137) }
+        }
+    }
+}
+
+/// Reaps every exited child; when the service is among them, reports and exits.
+fn reap(service: i32, channel: &Channel) {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid on any child, non-blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        if pid == service {
+            let (code, signal) = if libc::WIFEXITED(st) {
+                (Some(libc::WEXITSTATUS(st)), None)
+            } else {
+                (None, Some(libc::WTERMSIG(st)))
+            };
+            let _ = channel.send(&FromInit::ServiceExited { code, signal });
+            let status = code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
+            // SAFETY: PID 1 exits with the service's status.
+            unsafe { libc::_exit(status) }
+        }
+    }
+}
+
+fn fork_probe(channel: &Channel, id: u64, name: &str) {
+    // SAFETY: fork of the single-threaded PID 1; the child runs one probe and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let outcome = crate::probe::run(name);
+        let _ = channel.send(&FromInit::ProbeResult { id, outcome });
+        // SAFETY: terminating the probe child.
+        unsafe { libc::_exit(0) }
+    }
+}
+
+/// Forks and execs the service; returns its pid, or the errno of a failed execve (reported
+/// through a CLOEXEC pipe: EOF without data means exec succeeded).
+fn spawn_service(spec: &IscSpec) -> Result<i32, i32> {
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = spec.exec.iter().map(|s| to_c(s)).collect();
+    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let path = to_c(&spec.exec[0]);
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    }
+    // SAFETY: fork of single-threaded PID 1. The child only calls async-signal-safe functions
+    // (sigprocmask, execve, write, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setsid();
+            libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+            let errno = *libc::__errno_location();
+            libc::write(pipe[1], (&errno as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: closing our copy of the write end, then reading the child's report.
+    unsafe {
+        libc::close(pipe[1]);
+        let mut errno: i32 = 0;
+        let n = libc::read(pipe[0], (&mut errno as *mut i32).cast(), 4);
+        libc::close(pipe[0]);
+        if pid < 0 {
+            return Err(libc::EAGAIN);
+        }
+        if n == 4 {
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            return Err(errno);
+        }
+    }
+    Ok(pid)
+}
+
+/// Path of the service executable as seen from inside the image (for error messages).
+pub fn describe_exec_error(path: &str, errno: i32, rootfs: &Path) -> String {
+    let err = io::Error::from_raw_os_error(errno);
+    match errno {
+        libc::ENOENT => format!(
+            "the service executable {path} does not exist in the image ({}); fix: add it to [image] paths or correct [service] exec",
+            rootfs.display()
+        ),
+        libc::EACCES => format!("the service executable {path} is not executable inside the ISC: {err}; fix: check its mode and that it is not on a noexec tmpfs"),
+        _ => format!("starting the service {path} failed: {err}"),
+    }
+}

@@ -1,0 +1,569 @@
+//! The monitor: prepares everything an ISC needs before it exists, clones it into its
+//! namespaces, releases it, then supervises it (output relay, signals, control socket, exit).
+//!
+//! It is single-threaded on purpose: `clone3` copies only the calling thread, and the child
+//! runs Rust code (not an exec'd helper), so no other thread may hold a lock at that moment.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::channel::{Channel, ChannelError, FromInit, ToInit};
+use crate::creds::{self, CredsError, UidRange};
+use crate::init::{self, ChildContext};
+use crate::probe::ProbeOutcome;
+use crate::seccomp::{self, SeccompError};
+use crate::spec::IscSpec;
+use crate::state::{ControlRequest, ControlResponse, IscState, Registration, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Registry(#[from] StateError),
+    #[error("allocating a host UID range: {0}")]
+    Uid(CredsError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("creating the ISC's {what}: {source}")]
+    Resource { what: &'static str, source: io::Error },
+    #[error("clone3 into new namespaces failed: {0}; fix: this kernel must allow user namespaces for root (kernel.unprivileged_userns_clone is irrelevant for root, but user.max_user_namespaces must be > 0)")]
+    Clone(io::Error),
+    #[error("setting up the user namespace: {0}")]
+    IdMap(CredsError),
+    #[error("preparing the ISC before release ({step}): {message}")]
+    Hook { step: &'static str, message: String },
+    #[error("starting the ISC failed while {step}: {error}")]
+    Setup { step: String, error: String },
+    #[error("{0}")]
+    Exec(String),
+    #[error("the ISC's PID 1 died during setup (wait status {0:#x}) without saying why")]
+    ChildVanished(i32),
+    #[error("control channel: {0}")]
+    Channel(#[from] ChannelError),
+}
+
+/// How a run is configured beyond the spec.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    pub uid_base: u32,
+    pub uid_slots: u32,
+    /// Ask the kernel to log every seccomp denial (SECCOMP_FILTER_FLAG_LOG) for the audit trail.
+    pub seccomp_log: bool,
+}
+
+impl RunOptions {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            uid_base: creds::DEFAULT_UID_BASE,
+            uid_slots: creds::DEFAULT_SLOTS,
+            seccomp_log: false,
+        }
+    }
+}
+
+/// Called between clone and release, with the child's pid (cgroup attach, network setup).
+pub trait StartHooks {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
+    /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
+    fn exit_reason(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// No hooks.
+pub struct NoHooks;
+impl StartHooks for NoHooks {
+    fn before_release(&mut self, _: i32) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+}
+
+/// How the service ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub name: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// What `isc run` exits with: the code, or 128 + signal.
+    pub status: i32,
+    pub host_uid_base: u32,
+    pub start_ms: u64,
+    pub run_ms: u64,
+    pub reason: Option<String>,
+}
+
+/// Everything the parent holds about the child.
+struct Launched {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const NAMESPACES: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC) as u64;
+
+fn pipe_cloexec(what: &'static str) -> Result<(OwnedFd, OwnedFd), MonitorError> {
+    let mut p = [0; 2];
+    // SAFETY: pipe2 writes two new fds.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(MonitorError::Resource { what, source: io::Error::last_os_error() });
+    }
+    // SAFETY: fresh fds owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+fn monitor_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in
+            [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGCHLD, libc::SIGPIPE]
+        {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs one ISC in the foreground until its service ends.
+pub fn run(
+    spec: &IscSpec,
+    opts: &RunOptions,
+    hooks: &mut dyn StartHooks,
+) -> Result<ExitRecord, MonitorError> {
+    let t0 = Instant::now();
+    let start_ms = now_ms();
+    let registration = Registration::claim(&opts.state_dir, &spec.name)?;
+    let range =
+        UidRange::allocate(&opts.state_dir.join("uids"), opts.uid_base, opts.uid_slots, &spec.name)
+            .map_err(MonitorError::Uid)?;
+    let profile = seccomp::Profile::new(&spec.allow_syscalls, &spec.deny_syscalls)?;
+    let bpf = seccomp::load_or_compile(&profile, &opts.state_dir.join("cache"))?;
+    let (out_r, out_w) = pipe_cloexec("stdout pipe")?;
+    let (err_r, err_w) = pipe_cloexec("stderr pipe")?;
+    let (parent_chan, child_chan) = Channel::pair()?;
+    creds::clear_supplementary_groups().map_err(MonitorError::IdMap)?;
+
+    let set = monitor_signals();
+    // SAFETY: blocking the monitor's signals (the child inherits the mask, which PID 1 keeps
+    // for its own signalfd and clears for the service).
+    let sfd = unsafe {
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if sfd < 0 {
+        return Err(MonitorError::Resource {
+            what: "signalfd",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fresh fd.
+    let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+
+    let ctx = ChildContext {
+        spec,
+        channel: &child_chan,
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        seccomp: &bpf,
+        seccomp_log: opts.seccomp_log,
+    };
+    let child = clone_child(ctx)?;
+    drop(child_chan);
+    drop(out_w);
+    drop(err_w);
+
+    let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
+    creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
+    hooks
+        .before_release(child.pid)
+        .map_err(|(step, message)| MonitorError::Hook { step, message })?;
+    parent_chan.send(&ToInit::Go)?;
+    let service_pid = match parent_chan.recv::<FromInit>()? {
+        Some(FromInit::ServiceStarted { pid }) => pid,
+        Some(FromInit::SetupFailed { step, error }) => {
+            return Err(MonitorError::Setup { step, error })
+        }
+        Some(FromInit::ExecFailed { path, errno }) => {
+            return Err(MonitorError::Exec(init::describe_exec_error(&path, errno, &spec.rootfs)))
+        }
+        Some(other) => {
+            return Err(MonitorError::Setup {
+                step: "starting".into(),
+                error: format!("unexpected {other:?}"),
+            })
+        }
+        None => return Err(MonitorError::ChildVanished(wait_pidfd(&child.pidfd))),
+    };
+    registration.publish(&IscState {
+        name: spec.name.clone(),
+        monitor_pid: std::process::id() as i32,
+        init_pid: child.pid,
+        service_pid,
+        host_uid_base: range.host_base,
+        image_id: spec.image_id.clone(),
+        rootfs: spec.rootfs.clone(),
+        started_unix_ms: start_ms as u128,
+        spec_hash: spec_hash(spec),
+    })?;
+    tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
+
+    let mut sup = Supervisor {
+        spec,
+        chan: &parent_chan,
+        registration: &registration,
+        stop_deadline: None,
+        exited: None,
+        next_probe: 1,
+        pending: Vec::new(),
+    };
+    let wait_status = sup.run(&child, sfd.as_raw_fd(), out_r, err_r);
+    guard.pidfd = None;
+    let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
+    Ok(ExitRecord {
+        name: spec.name.clone(),
+        code,
+        signal,
+        status: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+        host_uid_base: range.host_base,
+        start_ms,
+        run_ms: t0.elapsed().as_millis() as u64,
+        reason: hooks.exit_reason(),
+    })
+}
+
+/// BLAKE3 of the serialized spec, to bind reports to what was started.
+pub fn spec_hash(spec: &IscSpec) -> String {
+    blake3::hash(&serde_json::to_vec(spec).expect("spec serializes")).to_hex().to_string()
+}
+
+fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    }
+}
+
+/// Kills the child's whole namespace if setup is abandoned on an error path.
+struct KillOnDrop {
+    pidfd: Option<RawFd>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(fd) = self.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we still own; then reap it.
+            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0usize, 0) };
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid(P_PIDFD) on our own child.
+            unsafe { libc::waitid(libc::P_PIDFD, fd as libc::id_t, &mut info, libc::WEXITED) };
+        }
+    }
+}
+
+fn clone_child(ctx: ChildContext<'_>) -> Result<Launched, MonitorError> {
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: NAMESPACES | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
+    // single-threaded process and continues in `child_main`, which never returns.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    };
+    if pid < 0 {
+        return Err(MonitorError::Clone(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        init::child_main(ctx);
+    }
+    // SAFETY: the kernel wrote a new pidfd owned by us.
+    Ok(Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
+}
+
+fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(P_PIDFD) on our own child; siginfo is written by the kernel.
+    unsafe {
+        libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED);
+        let status = info.si_status();
+        if info.si_code == libc::CLD_EXITED {
+            (status & 0xff) << 8
+        } else {
+            status & 0x7f
+        }
+    }
+}
+
+struct PendingProbe {
+    client: UnixStream,
+    waiting: Vec<u64>,
+    outcomes: Vec<ProbeOutcome>,
+}
+
+struct Supervisor<'a> {
+    spec: &'a IscSpec,
+    chan: &'a Channel,
+    registration: &'a Registration,
+    stop_deadline: Option<Instant>,
+    exited: Option<(Option<i32>, Option<i32>)>,
+    next_probe: u64,
+    pending: Vec<PendingProbe>,
+}
+
+impl Supervisor<'_> {
+    /// The event loop; returns PID 1's wait status.
+    fn run(&mut self, child: &Launched, sfd: RawFd, out_r: OwnedFd, err_r: OwnedFd) -> i32 {
+        let mut outs: Vec<(OwnedFd, RawFd)> = vec![(out_r, 1), (err_r, 2)];
+        let listener_fd = self.registration.listener.as_raw_fd();
+        loop {
+            let mut fds = vec![
+                libc::pollfd { fd: child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.chan.raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: listener_fd, events: libc::POLLIN, revents: 0 },
+            ];
+            fds.extend(outs.iter().map(|(fd, _)| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+            let timeout = self
+                .stop_deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as i32)
+                .unwrap_or(-1);
+            // SAFETY: poll over valid fds owned by this function.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
+            if n < 0 {
+                continue;
+            }
+            if let Some(d) = self.stop_deadline {
+                if Instant::now() >= d {
+                    tracing::warn!(isc = %self.spec.name, "stop timeout expired: killing the ISC");
+                    // SAFETY: SIGKILL to our own child through its pidfd.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            child.pidfd.as_raw_fd(),
+                            libc::SIGKILL,
+                            0usize,
+                            0,
+                        )
+                    };
+                    self.stop_deadline = None;
+                }
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                self.on_signal(sfd);
+            }
+            if fds[2].revents & libc::POLLIN != 0 {
+                self.on_message();
+            }
+            if fds[3].revents & libc::POLLIN != 0 {
+                self.on_client();
+            }
+            let mut closed = vec![];
+            for (i, (fd, dest)) in outs.iter().enumerate() {
+                let rev = fds[4 + i].revents;
+                if rev & libc::POLLIN != 0 {
+                    if !relay(fd.as_raw_fd(), *dest) {
+                        closed.push(i);
+                    }
+                } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    closed.push(i);
+                }
+            }
+            for i in closed.into_iter().rev() {
+                outs.remove(i);
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                // Drain what is left: the exit message and the last output.
+                while self.chan_has_data() {
+                    self.on_message();
+                }
+                for (fd, dest) in &outs {
+                    while relay(fd.as_raw_fd(), *dest) {}
+                }
+                return wait_pidfd(&child.pidfd);
+            }
+        }
+    }
+
+    fn chan_has_data(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.chan.raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: zero-timeout poll on our channel fd.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
+    }
+
+    fn on_signal(&mut self, sfd: RawFd) {
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        // SAFETY: reading one siginfo record from our non-blocking signalfd.
+        while unsafe {
+            libc::read(
+                sfd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            )
+        } > 0
+        {
+            let signo = info.ssi_signo as i32;
+            if matches!(signo, libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT) {
+                self.request_stop();
+            }
+        }
+    }
+
+    fn request_stop(&mut self) {
+        if self.stop_deadline.is_none() {
+            tracing::info!(isc = %self.spec.name, timeout_s = self.spec.stop_timeout.as_secs_f64(), "stopping: SIGTERM to the service");
+            let _ = self.chan.send(&ToInit::Signal { signo: libc::SIGTERM });
+            self.stop_deadline = Some(Instant::now() + self.spec.stop_timeout);
+        }
+    }
+
+    fn on_message(&mut self) {
+        match self.chan.recv::<FromInit>() {
+            Ok(Some(FromInit::ServiceExited { code, signal })) => {
+                self.exited = Some((code, signal))
+            }
+            Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
+            Ok(Some(other)) => tracing::warn!(?other, "unexpected message from PID 1"),
+            Ok(None) | Err(_) => {}
+        }
+    }
+
+    fn on_probe_result(&mut self, id: u64, outcome: ProbeOutcome) {
+        let Some(i) = self.pending.iter().position(|p| p.waiting.contains(&id)) else { return };
+        let p = &mut self.pending[i];
+        p.waiting.retain(|w| *w != id);
+        p.outcomes.push(outcome);
+        if p.waiting.is_empty() {
+            let mut p = self.pending.swap_remove(i);
+            let _ = respond(&mut p.client, &ControlResponse::Probes { outcomes: p.outcomes });
+        }
+    }
+
+    fn on_client(&mut self) {
+        let Ok((stream, _)) = self.registration.listener.accept() else { return };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut line = String::new();
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        });
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let mut stream = stream;
+        match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(ControlRequest::State) => {
+                let resp = match self.registration.read() {
+                    Ok(state) => ControlResponse::State { state },
+                    Err(e) => ControlResponse::Error { message: e.to_string() },
+                };
+                let _ = respond(&mut stream, &resp);
+            }
+            Ok(ControlRequest::Stop) => {
+                self.request_stop();
+                let _ = respond(&mut stream, &ControlResponse::Stopping);
+            }
+            Ok(ControlRequest::Probe { names }) if !names.is_empty() => {
+                // Probes run one after another in PID 1's probe children; results are
+                // collected in order of arrival and returned together.
+                let ids: Vec<u64> = names
+                    .iter()
+                    .map(|_| {
+                        self.next_probe += 1;
+                        self.next_probe
+                    })
+                    .collect();
+                for (id, name) in ids.iter().zip(&names) {
+                    if self.chan.send(&ToInit::Probe { id: *id, name: name.clone() }).is_err() {
+                        let _ = respond(
+                            &mut stream,
+                            &ControlResponse::Error { message: "PID 1 is gone".into() },
+                        );
+                        return;
+                    }
+                }
+                self.pending.push(PendingProbe { client: stream, waiting: ids, outcomes: vec![] });
+            }
+            Ok(ControlRequest::Probe { .. }) => {
+                let _ = respond(
+                    &mut stream,
+                    &ControlResponse::Error { message: "no probes named".into() },
+                );
+            }
+            Err(e) => {
+                let _ = respond(
+                    &mut stream,
+                    &ControlResponse::Error { message: format!("bad request: {e}") },
+                );
+            }
+        }
+    }
+}
+
+fn respond(stream: &mut UnixStream, resp: &ControlResponse) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).expect("response serializes");
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Copies what is available from `from` to `to`; false on EOF or error.
+fn relay(from: RawFd, to: RawFd) -> bool {
+    let mut buf = [0u8; 65536];
+    // SAFETY: reading into a stack buffer of the given size.
+    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return false;
+    }
+    let mut off = 0usize;
+    while off < n as usize {
+        // SAFETY: writing the bytes just read.
+        let w = unsafe { libc::write(to, buf[off..].as_ptr().cast(), n as usize - off) };
+        if w <= 0 {
+            break;
+        }
+        off += w as usize;
+    }
+    let _ = io::stdout().flush();
+    true
+}

@@ -1,0 +1,277 @@
+//! Probes: single attack attempts run from inside an ISC's confinement, reporting exactly what
+//! the kernel answered. They run either in a probe child forked by PID 1 (`isc verify`) or in a
+//! service process (`isc probe`, used by the integration tests). They never damage anything:
+//! writes use O_CREAT|O_EXCL and are unlinked at once, syscalls get invalid arguments.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// What one probe saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeOutcome {
+    pub name: String,
+    /// The attempted operation succeeded.
+    pub ok: bool,
+    /// The errno when it failed.
+    pub errno: Option<i32>,
+    /// Extra facts (file contents, lists).
+    pub value: Value,
+}
+
+impl ProbeOutcome {
+    fn from_io(name: &str, r: io::Result<Value>) -> Self {
+        match r {
+            Ok(value) => Self { name: name.into(), ok: true, errno: None, value },
+            Err(e) => {
+                Self { name: name.into(), ok: false, errno: e.raw_os_error(), value: Value::Null }
+            }
+        }
+    }
+    fn fact(name: &str, value: Value) -> Self {
+        Self { name: name.into(), ok: true, errno: None, value }
+    }
+}
+
+/// Every probe name accepted by [`run`] (parameterised ones take `:ARG`).
+pub const PROBES: &[&str] = &[
+    "status",
+    "ids",
+    "ns",
+    "fds",
+    "env",
+    "dev",
+    "uid_map",
+    "mount",
+    "unshare_user",
+    "bpf",
+    "ptrace",
+    "keyctl",
+    "open_by_handle_at",
+    "init_module",
+    "orphan_reap",
+    "write:PATH",
+    "open_write:PATH",
+    "read:PATH",
+    "tcp_connect:IP:PORT",
+    "tcp_bind:PORT",
+];
+
+fn cvt(rc: libc::c_long) -> io::Result<Value> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(json!(rc))
+    }
+}
+
+/// Runs the probe `spec` ("name" or "name:arg").
+pub fn run(spec: &str) -> ProbeOutcome {
+    let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    match name {
+        "status" => ProbeOutcome::fact(spec, status()),
+        "ids" => ProbeOutcome::fact(spec, ids()),
+        "ns" => ProbeOutcome::fact(spec, namespaces(Path::new("/proc/self/ns"))),
+        "fds" => ProbeOutcome::fact(spec, list_dir("/proc/self/fd")),
+        "env" => ProbeOutcome::fact(
+            spec,
+            json!(std::env::vars_os()
+                .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+                .collect::<Vec<_>>()),
+        ),
+        "dev" => ProbeOutcome::fact(spec, list_dir("/dev")),
+        "uid_map" => {
+            ProbeOutcome::from_io(spec, fs::read_to_string("/proc/self/uid_map").map(Value::from))
+        }
+        // SAFETY (all raw syscalls below): invalid or null arguments only; the kernel or the
+        // seccomp filter rejects them before touching memory.
+        "mount" => ProbeOutcome::from_io(spec, {
+            let (src, fst) = (c"none", c"tmpfs");
+            cvt(unsafe {
+                libc::mount(src.as_ptr(), c"/".as_ptr(), fst.as_ptr(), 0, std::ptr::null())
+            } as _)
+        }),
+        "unshare_user" => {
+            ProbeOutcome::from_io(spec, cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as _))
+        }
+        "bpf" => {
+            ProbeOutcome::from_io(spec, cvt(unsafe { libc::syscall(libc::SYS_bpf, 5, 0usize, 0) }))
+        }
+        "ptrace" => {
+            ProbeOutcome::from_io(spec, cvt(unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0) }))
+        }
+        "keyctl" => ProbeOutcome::from_io(
+            spec,
+            cvt(unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    0,  /* GET_KEYRING_ID */
+                    -3, /* SESSION */
+                    0,
+                )
+            }),
+        ),
+        "open_by_handle_at" => ProbeOutcome::from_io(
+            spec,
+            cvt(unsafe { libc::syscall(libc::SYS_open_by_handle_at, -1, 0usize, 0) }),
+        ),
+        "init_module" => ProbeOutcome::from_io(
+            spec,
+            cvt(unsafe { libc::syscall(libc::SYS_init_module, 0usize, 0usize, c"".as_ptr()) }),
+        ),
+        "orphan_reap" => ProbeOutcome::from_io(spec, orphan_reap()),
+        "write" => ProbeOutcome::from_io(spec, try_create(Path::new(arg))),
+        "open_write" => ProbeOutcome::from_io(
+            spec,
+            fs::OpenOptions::new().write(true).open(arg).map(|_| Value::Null),
+        ),
+        "read" => ProbeOutcome::from_io(spec, fs::read(arg).map(|b| json!(b.len()))),
+        "tcp_connect" => ProbeOutcome::from_io(spec, tcp_connect(arg)),
+        "tcp_bind" => ProbeOutcome::from_io(
+            spec,
+            arg.parse::<u16>()
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+                .and_then(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+                .map(|_| Value::Null),
+        ),
+        _ => ProbeOutcome {
+            name: spec.into(),
+            ok: false,
+            errno: Some(libc::EINVAL),
+            value: json!(format!("unknown probe; known: {}", PROBES.join(", "))),
+        },
+    }
+}
+
+fn status() -> Value {
+    let text = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut m = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.starts_with("Cap")
+                || matches!(
+                    k,
+                    "NoNewPrivs"
+                        | "Seccomp"
+                        | "Seccomp_filters"
+                        | "Uid"
+                        | "Gid"
+                        | "Groups"
+                        | "NSpid"
+                        | "PPid"
+                        | "Pid"
+                )
+            {
+                m.insert(k.to_string(), Value::from(v.trim().to_string()));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+fn ids() -> Value {
+    // SAFETY: getters without arguments.
+    unsafe {
+        json!({ "pid": libc::getpid(), "ppid": libc::getppid(), "uid": libc::getuid(),
+                "gid": libc::getgid(), "euid": libc::geteuid() })
+    }
+}
+
+/// `readlink` of every entry of a `/proc/PID/ns` directory, e.g. {"net": "net:[4026531840]"}.
+pub fn namespaces(dir: &Path) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(t) = fs::read_link(e.path()) {
+                m.insert(
+                    e.file_name().to_string_lossy().into(),
+                    Value::from(t.to_string_lossy().to_string()),
+                );
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+fn list_dir(dir: &str) -> Value {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    json!(names)
+}
+
+/// O_CREAT|O_EXCL a fresh name in `dir` (or create `dir` itself if it names a file) and unlink.
+fn try_create(path: &Path) -> io::Result<Value> {
+    let target = if path.is_dir() {
+        path.join(format!(".isc-probe-{}", std::process::id()))
+    } else {
+        path.to_path_buf()
+    };
+    let c = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: NUL-terminated path; the fd is closed right away.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened by us; the path was just created by us.
+    unsafe {
+        libc::close(fd);
+        libc::unlink(c.as_ptr());
+    }
+    Ok(Value::Null)
+}
+
+fn tcp_connect(arg: &str) -> io::Result<Value> {
+    let addr: std::net::SocketAddr =
+        arg.parse().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(|_| Value::Null)
+}
+
+/// Orphans a grandchild (it exits after 50 ms, re-parented to PID 1), then counts zombies left
+/// in the PID namespace after 300 ms. A PID 1 that reaps leaves 0.
+fn orphan_reap() -> io::Result<Value> {
+    // SAFETY: fork in a single-threaded probe process; children only sleep and _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: as above.
+        unsafe {
+            if libc::fork() == 0 {
+                libc::usleep(50_000);
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut zombies = 0;
+    for e in fs::read_dir("/proc")?.flatten() {
+        if let Ok(stat) = fs::read_to_string(e.path().join("stat")) {
+            if let Some(rest) = stat.rsplit_once(") ") {
+                if rest.1.starts_with('Z') {
+                    zombies += 1;
+                }
+            }
+        }
+    }
+    Ok(json!(zombies))
+}

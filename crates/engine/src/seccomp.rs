@@ -1,0 +1,689 @@
+//! The seccomp allowlist: compiled once per profile, cached on disk, loaded last.
+//!
+//! Compiling a ~300-entry filter at every start is what costs hardened crun/runc ~25 ms
+//! (PEERS.md). We compile with `seccompiler` once, store the raw BPF under the state directory
+//! keyed by the BLAKE3 of the profile, and on later starts only read the instructions back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Errors while building, caching or loading the filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("unknown syscall `{0}` in [security] allow/deny: not a syscall name on x86_64; fix: check the spelling (see `man 2 syscalls`)")]
+    UnknownSyscall(String),
+    #[error("syscall `{0}` cannot be allowed: it would let the service escape its ISC")]
+    Forbidden(String),
+    #[error("compiling the seccomp filter failed: {0}")]
+    Compile(String),
+    #[error("seccomp filter cache {path}: {source}")]
+    Cache { path: PathBuf, source: std::io::Error },
+    #[error("loading the seccomp filter failed: {0}")]
+    Load(std::io::Error),
+}
+
+macro_rules! syscall_table {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), libc::$name)),*]
+    };
+}
+
+/// Names we know, mapped to x86_64 numbers (the `SYS_` prefix is stripped when looking up).
+const KNOWN: &[(&str, libc::c_long)] = syscall_table!(
+    SYS_read,
+    SYS_write,
+    SYS_open,
+    SYS_close,
+    SYS_stat,
+    SYS_fstat,
+    SYS_lstat,
+    SYS_poll,
+    SYS_lseek,
+    SYS_mmap,
+    SYS_mprotect,
+    SYS_munmap,
+    SYS_brk,
+    SYS_rt_sigaction,
+    SYS_rt_sigprocmask,
+    SYS_rt_sigreturn,
+    SYS_ioctl,
+    SYS_pread64,
+    SYS_pwrite64,
+    SYS_readv,
+    SYS_writev,
+    SYS_access,
+    SYS_pipe,
+    SYS_select,
+    SYS_sched_yield,
+    SYS_mremap,
+    SYS_msync,
+    SYS_mincore,
+    SYS_madvise,
+    SYS_shmget,
+    SYS_shmat,
+    SYS_shmctl,
+    SYS_dup,
+    SYS_dup2,
+    SYS_pause,
+    SYS_nanosleep,
+    SYS_getitimer,
+    SYS_alarm,
+    SYS_setitimer,
+    SYS_getpid,
+    SYS_sendfile,
+    SYS_socket,
+    SYS_connect,
+    SYS_accept,
+    SYS_sendto,
+    SYS_recvfrom,
+    SYS_sendmsg,
+    SYS_recvmsg,
+    SYS_shutdown,
+    SYS_bind,
+    SYS_listen,
+    SYS_getsockname,
+    SYS_getpeername,
+    SYS_socketpair,
+    SYS_setsockopt,
+    SYS_getsockopt,
+    SYS_clone,
+    SYS_fork,
+    SYS_vfork,
+    SYS_execve,
+    SYS_exit,
+    SYS_wait4,
+    SYS_kill,
+    SYS_uname,
+    SYS_semget,
+    SYS_semop,
+    SYS_semctl,
+    SYS_shmdt,
+    SYS_fcntl,
+    SYS_flock,
+    SYS_fsync,
+    SYS_fdatasync,
+    SYS_truncate,
+    SYS_ftruncate,
+    SYS_getdents,
+    SYS_getcwd,
+    SYS_chdir,
+    SYS_fchdir,
+    SYS_rename,
+    SYS_mkdir,
+    SYS_rmdir,
+    SYS_creat,
+    SYS_link,
+    SYS_unlink,
+    SYS_symlink,
+    SYS_readlink,
+    SYS_chmod,
+    SYS_fchmod,
+    SYS_chown,
+    SYS_fchown,
+    SYS_lchown,
+    SYS_umask,
+    SYS_gettimeofday,
+    SYS_getrlimit,
+    SYS_getrusage,
+    SYS_sysinfo,
+    SYS_times,
+    SYS_getuid,
+    SYS_getgid,
+    SYS_setuid,
+    SYS_setgid,
+    SYS_geteuid,
+    SYS_getegid,
+    SYS_setpgid,
+    SYS_getppid,
+    SYS_getpgrp,
+    SYS_setsid,
+    SYS_setreuid,
+    SYS_setregid,
+    SYS_getgroups,
+    SYS_setgroups,
+    SYS_setresuid,
+    SYS_getresuid,
+    SYS_setresgid,
+    SYS_getresgid,
+    SYS_getpgid,
+    SYS_setfsuid,
+    SYS_setfsgid,
+    SYS_getsid,
+    SYS_capget,
+    SYS_capset,
+    SYS_rt_sigpending,
+    SYS_rt_sigtimedwait,
+    SYS_rt_sigqueueinfo,
+    SYS_rt_sigsuspend,
+    SYS_sigaltstack,
+    SYS_utime,
+    SYS_statfs,
+    SYS_fstatfs,
+    SYS_getpriority,
+    SYS_setpriority,
+    SYS_sched_setparam,
+    SYS_sched_getparam,
+    SYS_sched_setscheduler,
+    SYS_sched_getscheduler,
+    SYS_sched_get_priority_max,
+    SYS_sched_get_priority_min,
+    SYS_sched_rr_get_interval,
+    SYS_mlock,
+    SYS_munlock,
+    SYS_mlockall,
+    SYS_munlockall,
+    SYS_prctl,
+    SYS_arch_prctl,
+    SYS_setrlimit,
+    SYS_sync,
+    SYS_gettid,
+    SYS_readahead,
+    SYS_setxattr,
+    SYS_lsetxattr,
+    SYS_fsetxattr,
+    SYS_getxattr,
+    SYS_lgetxattr,
+    SYS_fgetxattr,
+    SYS_listxattr,
+    SYS_llistxattr,
+    SYS_flistxattr,
+    SYS_removexattr,
+    SYS_lremovexattr,
+    SYS_fremovexattr,
+    SYS_tkill,
+    SYS_time,
+    SYS_futex,
+    SYS_sched_setaffinity,
+    SYS_sched_getaffinity,
+    SYS_io_setup,
+    SYS_io_destroy,
+    SYS_io_getevents,
+    SYS_io_submit,
+    SYS_io_cancel,
+    SYS_getdents64,
+    SYS_set_tid_address,
+    SYS_restart_syscall,
+    SYS_semtimedop,
+    SYS_fadvise64,
+    SYS_timer_create,
+    SYS_timer_settime,
+    SYS_timer_gettime,
+    SYS_timer_getoverrun,
+    SYS_timer_delete,
+    SYS_clock_gettime,
+    SYS_clock_getres,
+    SYS_clock_nanosleep,
+    SYS_exit_group,
+    SYS_epoll_wait,
+    SYS_epoll_ctl,
+    SYS_tgkill,
+    SYS_utimes,
+    SYS_waitid,
+    SYS_inotify_init,
+    SYS_inotify_add_watch,
+    SYS_inotify_rm_watch,
+    SYS_openat,
+    SYS_mkdirat,
+    SYS_fchownat,
+    SYS_futimesat,
+    SYS_newfstatat,
+    SYS_unlinkat,
+    SYS_renameat,
+    SYS_linkat,
+    SYS_symlinkat,
+    SYS_readlinkat,
+    SYS_fchmodat,
+    SYS_faccessat,
+    SYS_pselect6,
+    SYS_ppoll,
+    SYS_set_robust_list,
+    SYS_get_robust_list,
+    SYS_splice,
+    SYS_tee,
+    SYS_sync_file_range,
+    SYS_utimensat,
+    SYS_epoll_pwait,
+    SYS_signalfd,
+    SYS_timerfd_create,
+    SYS_eventfd,
+    SYS_fallocate,
+    SYS_timerfd_settime,
+    SYS_timerfd_gettime,
+    SYS_accept4,
+    SYS_signalfd4,
+    SYS_eventfd2,
+    SYS_epoll_create,
+    SYS_epoll_create1,
+    SYS_dup3,
+    SYS_pipe2,
+    SYS_inotify_init1,
+    SYS_preadv,
+    SYS_pwritev,
+    SYS_rt_tgsigqueueinfo,
+    SYS_recvmmsg,
+    SYS_prlimit64,
+    SYS_syncfs,
+    SYS_sendmmsg,
+    SYS_getcpu,
+    SYS_sched_setattr,
+    SYS_sched_getattr,
+    SYS_renameat2,
+    SYS_getrandom,
+    SYS_memfd_create,
+    SYS_execveat,
+    SYS_membarrier,
+    SYS_mlock2,
+    SYS_copy_file_range,
+    SYS_preadv2,
+    SYS_pwritev2,
+    SYS_statx,
+    SYS_rseq,
+    SYS_pidfd_open,
+    SYS_pidfd_send_signal,
+    SYS_close_range,
+    SYS_openat2,
+    SYS_faccessat2,
+    SYS_epoll_pwait2,
+    SYS_futex_waitv,
+    SYS_fchmodat2,
+    SYS_seccomp,
+    SYS_landlock_create_ruleset,
+    SYS_landlock_add_rule,
+    SYS_landlock_restrict_self,
+    SYS_ioprio_get,
+    SYS_ioprio_set,
+    SYS_remap_file_pages,
+    SYS_get_thread_area,
+    SYS_set_thread_area,
+    // Not in the default allowlist; named so `allow`/`deny` and the probes can refer to them.
+    SYS_mount,
+    SYS_umount2,
+    SYS_pivot_root,
+    SYS_chroot,
+    SYS_unshare,
+    SYS_setns,
+    SYS_clone3,
+    SYS_bpf,
+    SYS_ptrace,
+    SYS_keyctl,
+    SYS_add_key,
+    SYS_request_key,
+    SYS_open_by_handle_at,
+    SYS_name_to_handle_at,
+    SYS_init_module,
+    SYS_finit_module,
+    SYS_delete_module,
+    SYS_kexec_load,
+    SYS_kexec_file_load,
+    SYS_reboot,
+    SYS_swapon,
+    SYS_swapoff,
+    SYS_acct,
+    SYS_perf_event_open,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_kcmp,
+    SYS_userfaultfd,
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_fsopen,
+    SYS_fsmount,
+    SYS_fsconfig,
+    SYS_move_mount,
+    SYS_open_tree,
+    SYS_mount_setattr,
+    SYS_sethostname,
+    SYS_setdomainname,
+    SYS_settimeofday,
+    SYS_clock_settime,
+    SYS_adjtimex,
+    SYS_clock_adjtime,
+    SYS_iopl,
+    SYS_ioperm,
+    SYS_syslog,
+    SYS_quotactl,
+    SYS_personality,
+    SYS_lookup_dcookie,
+    SYS_fanotify_init,
+    SYS_vhangup,
+    SYS_mbind,
+    SYS_set_mempolicy,
+    SYS_get_mempolicy,
+    SYS_move_pages,
+    SYS_migrate_pages,
+    SYS_pidfd_getfd,
+    SYS_memfd_secret,
+    SYS_mq_open,
+    SYS_mq_unlink,
+    SYS_mq_timedsend,
+    SYS_mq_timedreceive,
+    SYS_mq_notify,
+    SYS_mq_getsetattr,
+    SYS_msgget,
+    SYS_msgsnd,
+    SYS_msgrcv,
+    SYS_msgctl,
+    SYS_process_madvise,
+    SYS_mseal,
+    SYS_uselib,
+    SYS_ustat,
+    SYS_sysfs,
+    SYS_modify_ldt,
+    SYS_fanotify_mark,
+);
+
+/// Syscalls that the default profile denies and that no manifest may re-allow: each is a
+/// known container-escape or kernel-attack primitive.
+const NEVER: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "bpf",
+    "ptrace",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "process_vm_writev",
+    "userfaultfd",
+    "iopl",
+    "ioperm",
+    "swapon",
+    "swapoff",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "kcmp",
+];
+
+/// Everything in `KNOWN` up to (excluding) this name is allowed by default.
+const FIRST_DENIED: &str = "mount";
+
+/// Namespace flags `clone(2)` may not carry (CLONE_NEWUSER would need no capability at all).
+const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64
+    | 0x80; // CLONE_NEWTIME
+
+/// Address families `socket(2)` may create. AF_ALG, AF_PACKET, AF_VSOCK … stay denied:
+/// they are rarely needed by services and a recurring source of kernel CVEs.
+const SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+
+fn number(name: &str) -> Result<libc::c_long, SeccompError> {
+    let wanted = name.strip_prefix("SYS_").unwrap_or(name);
+    KNOWN
+        .iter()
+        .find(|(n, _)| n.strip_prefix("SYS_") == Some(wanted))
+        .map(|(_, nr)| *nr)
+        .ok_or_else(|| SeccompError::UnknownSyscall(name.to_string()))
+}
+
+/// The default allowlist, as names.
+pub fn default_allowlist() -> Vec<&'static str> {
+    KNOWN
+        .iter()
+        .map(|(n, _)| n.strip_prefix("SYS_").unwrap_or(n))
+        .take_while(|n| *n != FIRST_DENIED)
+        .collect()
+}
+
+/// A seccomp profile: the default allowlist adjusted by the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    allowed: Vec<&'static str>,
+}
+
+impl Profile {
+    /// Builds the profile for a manifest's `allow`/`deny` lists.
+    pub fn new(allow: &[String], deny: &[String]) -> Result<Self, SeccompError> {
+        let mut allowed = default_allowlist();
+        for name in allow {
+            number(name)?;
+            let canonical = name.strip_prefix("SYS_").unwrap_or(name);
+            if NEVER.contains(&canonical) {
+                return Err(SeccompError::Forbidden(canonical.to_string()));
+            }
+            let entry = KNOWN
+                .iter()
+                .map(|(n, _)| n.strip_prefix("SYS_").unwrap_or(n))
+                .find(|n| *n == canonical)
+                .ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?;
+            if !allowed.contains(&entry) {
+                allowed.push(entry);
+            }
+        }
+        for name in deny {
+            number(name)?;
+            let canonical = name.strip_prefix("SYS_").unwrap_or(name);
+            allowed.retain(|n| *n != canonical);
+        }
+        allowed.sort_unstable();
+        Ok(Self { allowed })
+    }
+
+    /// A stable key for the on-disk cache.
+    pub fn cache_key(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"isc-seccomp-v1\0");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for n in &self.allowed {
+            h.update(n.as_bytes());
+            h.update(b"\0");
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        self.allowed.contains(&name)
+    }
+
+    /// Compiles the filter. Unlisted syscalls fail with EPERM; `clone3` fails with ENOSYS so
+    /// libc falls back to `clone`, whose flags (unlike clone3's, passed in memory) we can check.
+    pub fn compile(&self) -> Result<BpfProgram, SeccompError> {
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        let c = |e: seccompiler::BackendError| SeccompError::Compile(e.to_string());
+        for name in &self.allowed {
+            let nr = number(name)?;
+            let entry = match *name {
+                "clone" => vec![SeccompRule::new(vec![SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS),
+                    0,
+                )
+                .map_err(c)?])
+                .map_err(c)?],
+                "socket" => SOCKET_FAMILIES
+                    .iter()
+                    .map(|fam| {
+                        SeccompCondition::new(
+                            0,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            *fam as u64,
+                        )
+                        .and_then(|cond| SeccompRule::new(vec![cond]))
+                        .map_err(c)
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => vec![],
+            };
+            rules.insert(nr, entry);
+        }
+        let allow = SeccompFilter::new(
+            rules,
+            SeccompAction::Errno(libc::EPERM as u32),
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(c)?;
+        let mut prog: BpfProgram = allow.try_into().map_err(c)?;
+        // clone3 → ENOSYS, spliced in front: load nr, compare, return. The filter's own prologue
+        // re-loads the arch and nr, so prepending is safe; but the arch must be checked first,
+        // so we insert after seccompiler's arch check (its first 3 instructions).
+        let nosys = seccompiler::sock_filter {
+            code: 0x06, // BPF_RET | BPF_K
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::ENOSYS as u32, // SECCOMP_RET_ERRNO
+        };
+        let load_nr = seccompiler::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 }; // LD W ABS 0
+        let jeq = seccompiler::sock_filter {
+            code: 0x15, // JMP JEQ K
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_clone3 as u32,
+        };
+        let at = arch_check_len(&prog);
+        prog.splice(at..at, [load_nr, jeq, nosys]);
+        Ok(prog)
+    }
+}
+
+/// seccompiler starts every filter with "load arch; jeq ARCH; ret KILL". Find its end.
+fn arch_check_len(prog: &BpfProgram) -> usize {
+    prog.iter().position(|i| i.code == 0x06).map(|p| p + 1).unwrap_or(0)
+}
+
+fn to_bytes(prog: &BpfProgram) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prog.len() * 8);
+    for i in prog {
+        out.extend_from_slice(&i.code.to_le_bytes());
+        out.push(i.jt);
+        out.push(i.jf);
+        out.extend_from_slice(&i.k.to_le_bytes());
+    }
+    out
+}
+
+fn from_bytes(bytes: &[u8]) -> Option<BpfProgram> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| seccompiler::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    )
+}
+
+/// Returns the compiled filter for `profile`, from `cache_dir` when present.
+/// The cache file is written atomically (temp + rename), root-only.
+pub fn load_or_compile(profile: &Profile, cache_dir: &Path) -> Result<BpfProgram, SeccompError> {
+    let path = cache_dir.join(format!("seccomp-{}.bpf", profile.cache_key()));
+    if let Ok(bytes) = fs::read(&path) {
+        if let Some(prog) = from_bytes(&bytes) {
+            return Ok(prog);
+        }
+    }
+    let prog = profile.compile()?;
+    let cache = |source| SeccompError::Cache { path: path.clone(), source };
+    fs::create_dir_all(cache_dir).map_err(cache)?;
+    let tmp = cache_dir.join(format!(".seccomp-{}.{}", profile.cache_key(), std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(cache)?;
+    f.write_all(&to_bytes(&prog)).map_err(cache)?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(cache)?;
+    Ok(prog)
+}
+
+/// Installs the filter on the calling thread. Requires no_new_privs (set earlier).
+/// `log` asks the kernel to audit-log every non-allow action (SECCOMP_FILTER_FLAG_LOG).
+pub fn install(prog: &BpfProgram, log: bool) -> Result<(), SeccompError> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    let flags: libc::c_ulong = if log { libc::SECCOMP_FILTER_FLAG_LOG } else { 0 };
+    // SAFETY: seccomp(2) SECCOMP_SET_MODE_FILTER reads `fprog` and the instructions it points to
+    // (both alive for the call); seccompiler::sock_filter is repr(C) and layout-identical to
+    // the kernel's struct sock_filter.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(SeccompError::Load(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_profile_denies_escape_primitives() {
+        let p = Profile::new(&[], &[]).unwrap();
+        for n in NEVER {
+            assert!(!p.allows(n), "{n} must not be allowed by default");
+        }
+        for n in ["read", "execve", "clone", "socket", "exit_group", "landlock_restrict_self"] {
+            assert!(p.allows(n), "{n} must be allowed");
+        }
+    }
+
+    #[test]
+    fn forbidden_syscalls_cannot_be_allowed() {
+        let e = Profile::new(&["ptrace".into()], &[]).unwrap_err();
+        assert!(matches!(e, SeccompError::Forbidden(ref n) if n == "ptrace"));
+        let e = Profile::new(&["frobnicate".into()], &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown syscall `frobnicate`"));
+    }
+
+    #[test]
+    fn allow_and_deny_change_the_key() {
+        let a = Profile::new(&[], &[]).unwrap();
+        let b = Profile::new(&["personality".into()], &[]).unwrap();
+        let c = Profile::new(&[], &["getppid".into()]).unwrap();
+        assert!(b.allows("personality") && !c.allows("getppid"));
+        assert_ne!(a.cache_key(), b.cache_key());
+        assert_ne!(a.cache_key(), c.cache_key());
+    }
+
+    #[test]
+    fn cache_round_trips_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::new(&[], &[]).unwrap();
+        let first = load_or_compile(&p, dir.path()).unwrap();
+        let second = load_or_compile(&p, dir.path()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first, p.compile().unwrap());
+        assert!(first.len() < 4096, "BPF programs are limited to 4096 instructions");
+    }
+}

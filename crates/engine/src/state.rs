@@ -1,0 +1,261 @@
+//! The runtime registry: one directory per running ISC under the state dir (`/run/isc` by
+//! default) with its `state.json` and the monitor's control socket, and one lock file per name
+//! held by the monitor for the ISC's life, so names are unique and a crashed monitor's entry is
+//! recognisably stale (its flock is gone).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}; fix: run as root or pass --state DIR")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("an ISC named `{name}` is already running (monitor pid {monitor}); fix: stop it or choose another name")]
+    NameTaken { name: String, monitor: i32 },
+    #[error("control socket {path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("no running ISC named `{0}`; fix: `isc ps` lists the running ones")]
+    NotRunning(String),
+    #[error("talking to the monitor of `{name}`: {source}")]
+    Request { name: String, source: io::Error },
+    #[error("state file {path}: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// What `isc ps` and `isc verify NAME` learn about a running ISC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IscState {
+    pub name: String,
+    pub monitor_pid: i32,
+    pub init_pid: i32,
+    pub service_pid: i32,
+    pub host_uid_base: u32,
+    pub image_id: String,
+    pub rootfs: PathBuf,
+    pub started_unix_ms: u128,
+    pub spec_hash: String,
+}
+
+fn mkdir_private(path: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StateError::Dir { path: path.into(), source })
+}
+
+fn try_lock(file: &File, exclusive: bool) -> bool {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: flock(2) on an fd we own.
+    unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
+}
+
+/// A running ISC's registration; removing it (Drop) deletes its directory.
+pub struct Registration {
+    dir: PathBuf,
+    _lock: File,
+    pub listener: UnixListener,
+}
+
+impl Registration {
+    /// Claims `name`; removes a stale entry of a dead monitor first.
+    pub fn claim(state_dir: &Path, name: &str) -> Result<Self, StateError> {
+        let locks = state_dir.join("locks");
+        let iscs = state_dir.join("isc");
+        mkdir_private(&locks)?;
+        mkdir_private(&iscs)?;
+        let lock_path = locks.join(format!("{name}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::Dir { path: lock_path.clone(), source })?;
+        let dir = iscs.join(name);
+        if !try_lock(&lock, true) {
+            let monitor = read_state(&dir).map(|s| s.monitor_pid).unwrap_or(-1);
+            return Err(StateError::NameTaken { name: name.into(), monitor });
+        }
+        if dir.exists() {
+            tracing::info!(isc = name, dir = %dir.display(), "removing the stale entry of a dead monitor");
+            let _ = fs::remove_dir_all(&dir);
+        }
+        mkdir_private(&dir)?;
+        let sock = dir.join("control.sock");
+        let listener = UnixListener::bind(&sock)
+            .map_err(|source| StateError::Socket { path: sock.clone(), source })?;
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
+            .map_err(|source| StateError::Socket { path: sock.clone(), source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StateError::Socket { path: sock.clone(), source })?;
+        Ok(Self { dir, _lock: lock, listener })
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn publish(&self, state: &IscState) -> Result<(), StateError> {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join(".state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        fs::write(&tmp, bytes)
+            .and_then(|_| fs::rename(&tmp, &path))
+            .map_err(|source| StateError::Dir { path, source })
+    }
+
+    /// The published state.
+    pub fn read(&self) -> Result<IscState, StateError> {
+        read_state(&self.dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "removing the ISC's state directory");
+        }
+    }
+}
+
+fn read_state(dir: &Path) -> Result<IscState, StateError> {
+    let path = dir.join("state.json");
+    let bytes = fs::read(&path).map_err(|source| StateError::Dir { path: path.clone(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt { path, detail: e.to_string() })
+}
+
+/// Is `name`'s lock held by a live monitor?
+fn is_running(state_dir: &Path, name: &str) -> bool {
+    match File::open(state_dir.join("locks").join(format!("{name}.lock"))) {
+        Ok(f) => !try_lock(&f, false),
+        Err(_) => false,
+    }
+}
+
+/// Running ISCs, sorted by name. Entries of dead monitors are skipped.
+pub fn list(state_dir: &Path) -> Result<Vec<IscState>, StateError> {
+    let iscs = state_dir.join("isc");
+    let rd = match fs::read_dir(&iscs) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => return Err(StateError::Dir { path: iscs, source }),
+    };
+    let mut out = vec![];
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_running(state_dir, &name) {
+            if let Ok(s) = read_state(&e.path()) {
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The state of one running ISC.
+pub fn get(state_dir: &Path, name: &str) -> Result<IscState, StateError> {
+    if !is_running(state_dir, name) {
+        return Err(StateError::NotRunning(name.into()));
+    }
+    read_state(&state_dir.join("isc").join(name))
+}
+
+/// A request to a monitor's control socket: one JSON line out, one JSON line back.
+pub fn request(
+    state_dir: &Path,
+    name: &str,
+    req: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlResponse, StateError> {
+    if !is_running(state_dir, name) {
+        return Err(StateError::NotRunning(name.into()));
+    }
+    let err = |source| StateError::Request { name: name.into(), source };
+    let mut s =
+        UnixStream::connect(state_dir.join("isc").join(name).join("control.sock")).map_err(err)?;
+    s.set_read_timeout(Some(timeout)).map_err(err)?;
+    let mut line = serde_json::to_vec(req).expect("request serializes");
+    line.push(b'\n');
+    s.write_all(&line).map_err(err)?;
+    let mut resp = String::new();
+    BufReader::new(s).read_line(&mut resp).map_err(err)?;
+    serde_json::from_str(&resp).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Requests on a monitor's control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    State,
+    /// Run probes from inside the live confinement (forked by PID 1).
+    Probe {
+        names: Vec<String>,
+    },
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ControlResponse {
+    State { state: IscState },
+    Probes { outcomes: Vec<crate::probe::ProbeOutcome> },
+    Stopping,
+    Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: &str) -> IscState {
+        IscState {
+            name: name.into(),
+            monitor_pid: std::process::id() as i32,
+            init_pid: 1,
+            service_pid: 2,
+            host_uid_base: 7,
+            image_id: "img".into(),
+            rootfs: "/r".into(),
+            started_unix_ms: 1,
+            spec_hash: "h".into(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique_while_held_and_entries_vanish_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registration::claim(dir.path(), "web").unwrap();
+        reg.publish(&state("web")).unwrap();
+        let e = Registration::claim(dir.path(), "web").err().unwrap();
+        assert!(
+            matches!(e, StateError::NameTaken { ref name, monitor } if name == "web" && monitor == std::process::id() as i32)
+        );
+        assert_eq!(list(dir.path()).unwrap(), vec![state("web")]);
+        let sock = reg.dir().join("control.sock");
+        assert_eq!(fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(reg);
+        assert!(list(dir.path()).unwrap().is_empty());
+        assert!(matches!(get(dir.path(), "web"), Err(StateError::NotRunning(_))));
+        assert!(!dir.path().join("isc/web").exists());
+    }
+
+    #[test]
+    fn a_stale_entry_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("isc/old")).unwrap();
+        fs::write(dir.path().join("isc/old/state.json"), b"{}").unwrap();
+        assert!(list(dir.path()).unwrap().is_empty(), "no lock held: not running");
+        let reg = Registration::claim(dir.path(), "old").unwrap();
+        assert!(!reg.dir().join("state.json").exists());
+    }
+}
