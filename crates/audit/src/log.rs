@@ -1,0 +1,469 @@
+//! `AuditLog`: the appender shared by threads and processes, with group commit, periodic signed
+//! checkpoints, size rotation and a fail-closed state when the log cannot be written.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::json;
+
+use crate::error::AuditError;
+use crate::keys::{key_id, load_or_create_signing_key};
+use crate::record::{format_time, Actor, Kind};
+use crate::segment::{TornTail, LOCK_FILE};
+use crate::writer::{load_active, DirLock, Failure, Io, Request};
+
+/// When appended records reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `append` returns after `fdatasync`; concurrent appenders share one write and one sync.
+    #[default]
+    Durable,
+    /// `append` returns after `write`; a background thread syncs within this interval.
+    Interval(Duration),
+    /// Never sync (the page cache decides); for tests and benchmarks.
+    None,
+}
+
+/// Settings of an audit log.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Directory holding the signing key (created on first use, 0600) and its public key.
+    pub keys_dir: PathBuf,
+    /// Sync policy.
+    pub durability: Durability,
+    /// Sign a checkpoint after this many uncovered records (0 disables the count trigger).
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint when records have been uncovered this long (`None` disables).
+    pub checkpoint_interval: Option<Duration>,
+    /// Start a new file once the active one reaches this size (0 disables rotation).
+    pub max_file_bytes: u64,
+    /// `ensure_writable` fails when the filesystem has less free space than this.
+    pub min_free_bytes: u64,
+    /// Largest accepted encoded record.
+    pub max_record_bytes: usize,
+}
+
+impl AuditConfig {
+    /// Defaults: durable, checkpoint every 1000 records or 10 s, 64 MiB files, 1 MiB reserve,
+    /// 256 KiB records.
+    pub fn new(keys_dir: impl Into<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            keys_dir: keys_dir.into(),
+            durability: Durability::Durable,
+            checkpoint_every: 1000,
+            checkpoint_interval: Some(Duration::from_secs(10)),
+            max_file_bytes: 64 << 20,
+            min_free_bytes: 1 << 20,
+            max_record_bytes: 256 << 10,
+        }
+    }
+}
+
+/// What `AuditLog::open` found.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// The file appends go to.
+    pub active_file: PathBuf,
+    /// Seq of the last record on disk (0 for a new log).
+    pub last_seq: u64,
+    /// Records not yet covered by a signed checkpoint (e.g. after a crash).
+    pub uncovered_records: u64,
+    /// An incomplete last line left by a crash (or truncation). It is left in place, byte for
+    /// byte; appends continue in a new file whose `log_rotate` record names it.
+    pub torn_tail: Option<TornTail>,
+}
+
+struct Queue {
+    pending: Vec<(u64, Vec<Request>)>,
+    next_ticket: u64,
+    leader_busy: bool,
+    results: HashMap<u64, Result<Vec<u64>, Failure>>,
+    failed: Option<FailedState>,
+    stop: bool,
+}
+
+#[derive(Debug, Clone)]
+struct FailedState {
+    failure: Failure,
+    since: String,
+    rejected: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    cfg: AuditConfig,
+    public: VerifyingKey,
+    io: Mutex<Io>,
+    queue: Mutex<Queue>,
+    done: Condvar,
+    tick: Condvar,
+}
+
+/// A tamper-evident audit log. `Sync`: share it by reference or `Arc` between threads. Several
+/// processes may open the same directory: every batch is written under an `flock` of
+/// `audit.lock`, after re-reading what the others appended.
+pub struct AuditLog {
+    inner: Arc<Inner>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them logically inconsistent beyond what
+    // `Io::reload` repairs, so keep going rather than poisoning every later append.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the log in `dir`, loading or creating the signing key.
+    pub fn open(dir: &Path, cfg: AuditConfig) -> Result<(AuditLog, OpenReport), AuditError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| AuditError::CreateDir { path: dir.to_owned(), source })?;
+        let key = load_or_create_signing_key(&cfg.keys_dir)?;
+        let public = key.verifying_key();
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| AuditError::Open { path: lock_path.clone(), source })?;
+        let (active, torn) = {
+            let _g = DirLock::acquire(&lock_file, &lock_path)?;
+            load_active(dir, &lock_file)?
+        };
+        let mut io = Io {
+            dir: dir.to_owned(),
+            lock: lock_file,
+            lock_path,
+            active,
+            dirty: false,
+            last_sync: Instant::now(),
+            last_checkpoint_at: Instant::now(),
+            key_id: key_id(&public),
+            key,
+            durability: cfg.durability,
+            checkpoint_every: cfg.checkpoint_every,
+            max_file_bytes: cfg.max_file_bytes,
+            reload: false,
+        };
+        if let Some(t) = &torn {
+            tracing::warn!(file = %t.file.display(), offset = t.offset, len = t.len,
+                "audit log ends in a torn line (crash or truncation); it is kept and reported");
+            // Force the move to a new file now, so the report names where appends go.
+            io.reload = true;
+            io.commit(&[]).map_err(Failure::into_error)?;
+        }
+        let (last_seq, uncovered) = io.head();
+        let report = OpenReport {
+            active_file: io.active.path.clone(),
+            last_seq,
+            uncovered_records: uncovered,
+            torn_tail: torn,
+        };
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            cfg,
+            public,
+            io: Mutex::new(io),
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                next_ticket: 0,
+                leader_busy: false,
+                results: HashMap::new(),
+                failed: None,
+                stop: false,
+            }),
+            done: Condvar::new(),
+            tick: Condvar::new(),
+        });
+        let ticker = ticker_period(&inner.cfg).map(|period| {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("isc-audit-tick".into())
+                .spawn(move || ticker_loop(&inner, period))
+                .expect("spawning the audit ticker thread")
+        });
+        Ok((AuditLog { inner, ticker }, report))
+    }
+
+    /// Appends one record and returns its seq once it is written (and synced, if durable).
+    pub fn append(
+        &self,
+        isc: Option<&str>,
+        kind: Kind,
+        actor: Actor,
+        detail: serde_json::Value,
+    ) -> Result<u64, AuditError> {
+        let req = self.record_request(isc, kind, actor, detail)?;
+        Ok(self.inner.submit(vec![req], false)?[0])
+    }
+
+    /// Appends several records in one commit; returns their seqs in order.
+    pub fn append_many(
+        &self,
+        records: impl IntoIterator<Item = (Option<String>, Kind, Actor, serde_json::Value)>,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut reqs = Vec::new();
+        for (isc, kind, actor, detail) in records {
+            reqs.push(self.record_request(isc.as_deref(), kind, actor, detail)?);
+        }
+        self.inner.submit(reqs, false)
+    }
+
+    fn record_request(
+        &self,
+        isc: Option<&str>,
+        kind: Kind,
+        actor: Actor,
+        detail: serde_json::Value,
+    ) -> Result<Request, AuditError> {
+        let got = match &detail {
+            serde_json::Value::Object(_) => None,
+            serde_json::Value::Null => Some("null"),
+            serde_json::Value::Bool(_) => Some("a boolean"),
+            serde_json::Value::Number(_) => Some("a number"),
+            serde_json::Value::String(_) => Some("a string"),
+            serde_json::Value::Array(_) => Some("an array"),
+        };
+        if let Some(got) = got {
+            return Err(AuditError::InvalidDetail { kind, got });
+        }
+        // The fixed fields take well under 300 bytes; this bounds what tail scans must read.
+        let size = 300 + isc.map_or(0, str::len) + detail.to_string().len();
+        if size > self.inner.cfg.max_record_bytes {
+            return Err(AuditError::TooLarge { kind, size, max: self.inner.cfg.max_record_bytes });
+        }
+        Ok(Request::Record { isc: isc.map(str::to_owned), kind, actor, detail })
+    }
+
+    /// Signs a checkpoint over the current head now (if any record is uncovered).
+    pub fn checkpoint(&self) -> Result<(), AuditError> {
+        self.inner.submit(vec![Request::Checkpoint { force: false }], false).map(|_| ())
+    }
+
+    /// Ok when new records can be written. Fails — and the engine must then refuse new ISC
+    /// starts — after a failed write (until a retry here succeeds in recording the outage) and
+    /// when the filesystem is read-only or below the configured free-space reserve.
+    pub fn ensure_writable(&self) -> Result<(), AuditError> {
+        let failed = lock(&self.inner.queue).failed.clone();
+        if let Some(f) = failed {
+            let detail = json!({
+                "error": f.failure.reason,
+                "since": f.since,
+                "rejected_appends": f.rejected,
+            });
+            let req = Request::Record {
+                isc: None,
+                kind: Kind::AuditWriteFailure,
+                actor: Actor::Isc,
+                detail,
+            };
+            self.inner.submit(vec![req], true)?;
+            tracing::info!(dir = %self.inner.dir.display(), "audit log writable again");
+        }
+        self.check_space()
+    }
+
+    fn check_space(&self) -> Result<(), AuditError> {
+        let active = lock(&self.inner.io).active.path.clone();
+        let c = std::ffi::CString::new(self.inner.dir.as_os_str().as_encoded_bytes()).map_err(
+            |_| AuditError::Unwritable {
+                path: active.clone(),
+                reason: "directory path contains a NUL byte".into(),
+            },
+        )?;
+        // SAFETY: statvfs(3) writes into the zeroed struct we own; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: see above.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(AuditError::Unwritable {
+                path: active,
+                reason: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        if st.f_flag & libc::ST_RDONLY != 0 {
+            return Err(AuditError::Unwritable {
+                path: active,
+                reason: std::io::Error::from_raw_os_error(libc::EROFS).to_string(),
+            });
+        }
+        let free = u64::from(st.f_bavail) * u64::from(st.f_frsize);
+        if free < self.inner.cfg.min_free_bytes {
+            return Err(AuditError::Unwritable {
+                path: active,
+                reason: format!(
+                    "{} ({free} bytes free, below the {}-byte reserve)",
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    self.inner.cfg.min_free_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forces written records to stable storage (useful with `Durability::Interval`).
+    pub fn sync(&self) -> Result<(), AuditError> {
+        lock(&self.inner.io).sync(true).map_err(Failure::into_error)
+    }
+
+    /// The public key that verifies this log's checkpoints.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.inner.public
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Seq of the last record this process knows of.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.inner.io).head().0
+    }
+}
+
+impl Inner {
+    /// Group commit: queue the requests; the first waiter without a running leader becomes the
+    /// leader, takes everything queued, writes it in one `write` + one sync, and wakes the rest.
+    fn submit(&self, reqs: Vec<Request>, recovering: bool) -> Result<Vec<u64>, AuditError> {
+        let inner = self;
+        let mut q = lock(&inner.queue);
+        if let Some(f) = q.failed.as_mut().filter(|_| !recovering) {
+            f.rejected += reqs.len() as u64;
+            return Err(f.failure.clone().into_error());
+        }
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.pending.push((ticket, reqs));
+        loop {
+            if let Some(r) = q.results.remove(&ticket) {
+                return r.map_err(Failure::into_error);
+            }
+            if q.leader_busy {
+                q = inner.done.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.leader_busy = true;
+            let batch = std::mem::take(&mut q.pending);
+            drop(q);
+            let flat: Vec<Request> =
+                batch.iter().flat_map(|(_, r)| r.iter()).map(clone_req).collect();
+            let outcome = lock(&inner.io).commit(&flat);
+            q = lock(&inner.queue);
+            match outcome {
+                Ok(seqs) => {
+                    if recovering {
+                        q.failed = None;
+                    }
+                    let mut it = seqs.into_iter();
+                    for (t, reqs) in &batch {
+                        q.results.insert(*t, Ok(it.by_ref().take(reqs.len()).collect()));
+                    }
+                }
+                Err(f) => {
+                    tracing::error!(path = %f.path.display(), reason = %f.reason,
+                        "audit log write failed; refusing appends until it is writable");
+                    if q.failed.is_none() {
+                        q.failed = Some(FailedState {
+                            failure: f.clone(),
+                            since: format_time(SystemTime::now()),
+                            rejected: 0,
+                        });
+                    }
+                    for (t, reqs) in &batch {
+                        if let Some(st) = q.failed.as_mut() {
+                            st.rejected += reqs.len() as u64;
+                        }
+                        q.results.insert(*t, Err(f.clone()));
+                    }
+                }
+            }
+            q.leader_busy = false;
+            inner.done.notify_all();
+        }
+    }
+}
+
+fn clone_req(r: &Request) -> Request {
+    match r {
+        Request::Record { isc, kind, actor, detail } => {
+            Request::Record { isc: isc.clone(), kind: *kind, actor: *actor, detail: detail.clone() }
+        }
+        Request::Checkpoint { force } => Request::Checkpoint { force: *force },
+    }
+}
+
+fn ticker_period(cfg: &AuditConfig) -> Option<Duration> {
+    let sync = match cfg.durability {
+        Durability::Interval(d) => Some(d),
+        _ => None,
+    };
+    let p = match (sync, cfg.checkpoint_interval) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(p.max(Duration::from_millis(1)))
+}
+
+fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
+    loop {
+        {
+            let q = lock(&inner.queue);
+            let (q, _) = inner
+                .tick
+                .wait_timeout_while(q, period, |q| !q.stop)
+                .unwrap_or_else(|p| p.into_inner());
+            if q.stop {
+                return;
+            }
+        }
+        let checkpoint_due = {
+            let mut io = lock(&inner.io);
+            if let Err(f) = io.sync(false) {
+                tracing::error!(path = %f.path.display(), reason = %f.reason, "audit log sync failed");
+            }
+            let (_, uncovered) = io.head();
+            inner
+                .cfg
+                .checkpoint_interval
+                .is_some_and(|t| uncovered > 0 && io.last_checkpoint_at.elapsed() >= t)
+        };
+        if checkpoint_due {
+            if let Err(e) = inner.submit(vec![Request::Checkpoint { force: false }], false) {
+                tracing::error!(error = %e, "periodic audit checkpoint failed");
+            }
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            lock(&self.inner.queue).stop = true;
+            self.inner.tick.notify_all();
+            let _ = ticker.join();
+        }
+        self.close();
+    }
+}
+
+impl AuditLog {
+    /// Closing checkpoint, so a cleanly closed log is fully covered by a signature.
+    fn close(&self) {
+        let failed = lock(&self.inner.queue).failed.is_some();
+        if !failed {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "closing audit checkpoint failed");
+            }
+        }
+        let _ = lock(&self.inner.io).sync(true);
+    }
+}

@@ -1,0 +1,451 @@
+//! The record schema and its canonical line encoding.
+//!
+//! A record is one JSON line whose fields always appear in this order:
+//!
+//! ```text
+//! {"seq":N,"time":"…","isc":…,"kind":"…","actor":…,"detail":{…},"prev":"<64 hex>","hash":"<64 hex>"}\n
+//! ```
+//!
+//! `hash` is BLAKE3 over the line's bytes *without* the hash field, i.e. over
+//! `{"seq":…,"prev":"<64 hex>"}` (the body up to and including the `prev` value, then `}`).
+//! `prev` is the previous record's `hash` (64 zero digits for the first record of a log).
+//! Because `hash` is itself a function of every other byte of the line, `prev` commits to every
+//! byte of the previous line. The verifier never re-serialises a record: it hashes the bytes as
+//! stored, so the chain does not depend on any JSON canonicalisation.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The `prev` value of the very first record of a log.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Length of the fixed suffix `,"hash":"<64 hex>"}` that ends every line (without `\n`).
+pub(crate) const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+
+/// What happened. Serialised in snake_case (`isc_create`, `seccomp_denial`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An ISC was created from a manifest.
+    IscCreate,
+    /// An ISC was started.
+    IscStart,
+    /// An ISC was asked to stop.
+    IscStop,
+    /// An ISC's service exited (detail: status).
+    IscExit,
+    /// An ISC hit its memory limit.
+    IscOom,
+    /// The supervisor restarted an ISC.
+    IscRestart,
+    /// An image was built.
+    ImageBuild,
+    /// An image was imported.
+    ImageImport,
+    /// An image failed its content-manifest check.
+    ImageIntegrityFailure,
+    /// A secret was sealed and stored.
+    SecretSet,
+    /// A secret was unsealed (delivered at start).
+    SecretRead,
+    /// A secret was removed.
+    SecretRemove,
+    /// A key (master key, audit signing key) was rotated.
+    KeyRotate,
+    /// A network policy was applied or changed.
+    NetPolicy,
+    /// A Dock API request (peer uid, verb, result).
+    ApiRequest,
+    /// An `isc verify` result.
+    VerifyResult,
+    /// The kernel denied a syscall by seccomp.
+    SeccompDenial,
+    /// nftables dropped a packet (NFLOG).
+    NetDrop,
+    /// Landlock denied an access.
+    LandlockDenial,
+    /// An Ed25519-signed checkpoint over the chain head (written by this crate).
+    Checkpoint,
+    /// First record of a new file after rotation (written by this crate).
+    LogRotate,
+    /// Appends failed earlier and the log became writable again (written by this crate).
+    AuditWriteFailure,
+}
+
+impl Kind {
+    /// The snake_case name used on disk.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::IscCreate => "isc_create",
+            Kind::IscStart => "isc_start",
+            Kind::IscStop => "isc_stop",
+            Kind::IscExit => "isc_exit",
+            Kind::IscOom => "isc_oom",
+            Kind::IscRestart => "isc_restart",
+            Kind::ImageBuild => "image_build",
+            Kind::ImageImport => "image_import",
+            Kind::ImageIntegrityFailure => "image_integrity_failure",
+            Kind::SecretSet => "secret_set",
+            Kind::SecretRead => "secret_read",
+            Kind::SecretRemove => "secret_remove",
+            Kind::KeyRotate => "key_rotate",
+            Kind::NetPolicy => "net_policy",
+            Kind::ApiRequest => "api_request",
+            Kind::VerifyResult => "verify_result",
+            Kind::SeccompDenial => "seccomp_denial",
+            Kind::NetDrop => "net_drop",
+            Kind::LandlockDenial => "landlock_denial",
+            Kind::Checkpoint => "checkpoint",
+            Kind::LogRotate => "log_rotate",
+            Kind::AuditWriteFailure => "audit_write_failure",
+        }
+    }
+
+    /// Parses the on-disk name; `None` for an unknown kind.
+    pub fn parse(s: &str) -> Option<Kind> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who caused the event: `"isc"` (the runtime itself), `"kernel"`, or `{"uid": N}` (an API peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// The isc runtime acting on its own (supervisor, checkpoints).
+    Isc,
+    /// The kernel (seccomp, Landlock, netfilter denials).
+    Kernel,
+    /// A user, identified by the peer credentials of the API connection.
+    Uid(u32),
+}
+
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Actor::Isc => s.serialize_str("isc"),
+            Actor::Kernel => s.serialize_str("kernel"),
+            Actor::Uid(uid) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("uid", uid)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Name(String),
+            Uid { uid: u32 },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Name(n) if n == "isc" => Ok(Actor::Isc),
+            Repr::Name(n) if n == "kernel" => Ok(Actor::Kernel),
+            Repr::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown actor {n:?}: expected \"isc\", \"kernel\" or {{\"uid\": N}}"
+            ))),
+            Repr::Uid { uid } => Ok(Actor::Uid(uid)),
+        }
+    }
+}
+
+/// One parsed audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Position in the chain, 1 for the first record, dense across files.
+    pub seq: u64,
+    /// RFC 3339 UTC timestamp with nanoseconds, e.g. `2026-01-02T03:04:05.000000001Z`.
+    pub time: String,
+    /// The ISC the event belongs to, if any.
+    pub isc: Option<String>,
+    /// What happened.
+    pub kind: Kind,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Event-specific fields (always a JSON object).
+    pub detail: serde_json::Value,
+    /// Hex BLAKE3 `hash` of the previous record.
+    pub prev: String,
+    /// Hex BLAKE3 of this line without its hash field.
+    pub hash: String,
+}
+
+/// Formats a time as RFC 3339 UTC with nanoseconds (`YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`).
+///
+/// Fixed width, so formatted times compare correctly as strings (years 1970–9999).
+pub fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Parses an RFC 3339 timestamp (`Z` or `±HH:MM` offset, optional fraction) into a `SystemTime`.
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 9 {
+                nanos = nanos * 10 + u64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        for _ in (i - start)..9 {
+            nanos *= 10;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset: i64 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + std::time::Duration::new(secs, nanos as u32))
+}
+
+// Howard Hinnant's civil calendar algorithms (public domain), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Serialises one record into `out` (appending, including the trailing `\n`) and returns its hash.
+///
+/// `detail` must be a JSON object (checked by the caller).
+pub(crate) fn encode_line(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    isc: Option<&str>,
+    kind: Kind,
+    actor: Actor,
+    detail: &serde_json::Value,
+    prev: &blake3::Hash,
+) -> blake3::Hash {
+    use std::io::Write;
+    let start = out.len();
+    // Writing into a Vec cannot fail, and serde_json cannot fail on strings, ints and Values.
+    let _ = write!(out, "{{\"seq\":{seq},\"time\":\"{time}\",\"isc\":");
+    let _ = serde_json::to_writer(&mut *out, &isc);
+    let _ = write!(out, ",\"kind\":\"{}\",\"actor\":", kind.as_str());
+    let _ = serde_json::to_writer(&mut *out, &actor);
+    out.extend_from_slice(b",\"detail\":");
+    let _ = serde_json::to_writer(&mut *out, detail);
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(prev.to_hex().as_bytes());
+    out.push(b'"');
+    let mut h = blake3::Hasher::new();
+    h.update(&out[start..]);
+    h.update(b"}");
+    let hash = h.finalize();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.to_hex().as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash
+}
+
+/// Splits a stored line (without `\n`) into the hashed body and the stored hash, or `None` when the
+/// line does not end in the fixed `,"hash":"<64 hex>"}` suffix.
+pub(crate) fn split_hash(line: &[u8]) -> Option<(&[u8], blake3::Hash)> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    let suffix = &line[cut..];
+    if !suffix.starts_with(b",\"hash\":\"") {
+        return None;
+    }
+    let hex = std::str::from_utf8(&suffix[9..9 + 64]).ok()?;
+    let hash = blake3::Hash::from_hex(hex).ok()?;
+    Some((&line[..cut], hash))
+}
+
+/// BLAKE3 over a body as defined above (body bytes followed by `}`).
+pub(crate) fn hash_body(body: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(body);
+    h.update(b"}");
+    h.finalize()
+}
+
+/// The cheap view of a line the verifier and the tail scanner need.
+#[derive(Deserialize)]
+pub(crate) struct LineHead<'a> {
+    pub seq: u64,
+    #[allow(dead_code)]
+    pub time: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    pub isc: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[allow(dead_code)]
+    pub actor: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    pub detail: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    pub prev: std::borrow::Cow<'a, str>,
+    #[allow(dead_code)]
+    pub hash: serde::de::IgnoredAny,
+}
+
+/// Lower-case hex of arbitrary bytes.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Parses lower- or upper-case hex into exactly `N` bytes.
+pub(crate) fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b = s.as_bytes();
+    if b.len() != 2 * N {
+        return None;
+    }
+    let nib = |c: u8| -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn time_round_trips_and_is_fixed_width() {
+        let t = UNIX_EPOCH + Duration::new(1_767_323_045, 7);
+        let s = format_time(t);
+        assert_eq!(s, "2026-01-02T03:04:05.000000007Z");
+        assert_eq!(parse_time(&s), Some(t));
+        assert_eq!(
+            parse_time("2026-01-02T04:04:05.000000007+01:00"),
+            Some(t),
+            "offsets are applied"
+        );
+        assert_eq!(parse_time("2026-13-02T03:04:05Z"), None);
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn line_is_deterministic_and_hash_covers_body() {
+        let detail = serde_json::json!({"b": 1, "a": "x\"y"});
+        let prev = blake3::Hash::from_hex(GENESIS_PREV).unwrap();
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let t = "2026-01-02T03:04:05.000000007Z";
+        let ha =
+            encode_line(&mut a, 1, t, Some("web"), Kind::IscStart, Actor::Uid(7), &detail, &prev);
+        let hb =
+            encode_line(&mut b, 1, t, Some("web"), Kind::IscStart, Actor::Uid(7), &detail, &prev);
+        assert_eq!(a, b);
+        assert_eq!(ha, hb);
+        let line = &a[..a.len() - 1];
+        let (body, stored) = split_hash(line).unwrap();
+        assert_eq!(stored, ha);
+        assert_eq!(hash_body(body), ha);
+        let rec: Record = serde_json::from_slice(line).unwrap();
+        assert_eq!(rec.actor, Actor::Uid(7));
+        assert_eq!(rec.kind, Kind::IscStart);
+        assert_eq!(rec.hash, ha.to_hex().as_str());
+        assert!(std::str::from_utf8(line).unwrap().starts_with(
+            "{\"seq\":1,\"time\":\"2026-01-02T03:04:05.000000007Z\",\"isc\":\"web\",\"kind\":\"isc_start\",\"actor\":{\"uid\":7},\"detail\":"
+        ));
+    }
+
+    #[test]
+    fn kind_names_match_serde() {
+        for k in
+            [Kind::IscCreate, Kind::ImageIntegrityFailure, Kind::SeccompDenial, Kind::LogRotate]
+        {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("nope"), None);
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(to_hex(&bytes), "0001abff");
+        assert_eq!(from_hex::<4>("0001ABff"), Some(bytes));
+        assert_eq!(from_hex::<4>("0001abf"), None);
+    }
+}

@@ -1,0 +1,484 @@
+//! The single-writer core: under the directory's `flock`, follow what other processes appended,
+//! encode a batch of records (plus checkpoints and rotation headers), write it with one `write(2)`
+//! and sync it as configured.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::json;
+
+use crate::error::AuditError;
+use crate::keys::{checkpoint_message, sync_dir};
+use crate::record::{encode_line, format_time, to_hex, Actor, Kind};
+use crate::segment::{
+    file_index, file_name, genesis, list_files, read_from, scan_file, scan_region, TornTail,
+    LOCK_FILE,
+};
+use crate::Durability;
+
+/// A failed write, reported to every appender of the batch and kept as the log's failed state.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl Failure {
+    fn io(path: &Path, e: &std::io::Error) -> Failure {
+        Failure { path: path.to_owned(), reason: e.to_string() }
+    }
+    pub fn into_error(self) -> AuditError {
+        AuditError::Unwritable { path: self.path, reason: self.reason }
+    }
+}
+
+impl From<AuditError> for Failure {
+    fn from(e: AuditError) -> Failure {
+        let path = match &e {
+            AuditError::Corrupt { path, .. }
+            | AuditError::Read { path, .. }
+            | AuditError::Open { path, .. }
+            | AuditError::Lock { path, .. }
+            | AuditError::CreateDir { path, .. }
+            | AuditError::Unwritable { path, .. } => path.clone(),
+            _ => PathBuf::new(),
+        };
+        Failure { path, reason: e.to_string() }
+    }
+}
+
+/// One unit of work for the writer.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Record {
+        isc: Option<String>,
+        kind: Kind,
+        actor: Actor,
+        detail: serde_json::Value,
+    },
+    /// Sign the chain head if any record is not yet covered (or always, with `force`).
+    Checkpoint {
+        force: bool,
+    },
+}
+
+/// The file currently appended to and the chain state at its end.
+pub(crate) struct Active {
+    pub path: PathBuf,
+    pub name: String,
+    pub file: File,
+    pub len: u64,
+    pub last_seq: u64,
+    pub last_hash: blake3::Hash,
+    pub last_checkpoint_seq: u64,
+    /// Detail of the `log_rotate` record this (empty) file must start with.
+    pub header: Option<serde_json::Value>,
+}
+
+/// Writer state, owned by whoever holds the `io` mutex.
+pub(crate) struct Io {
+    pub dir: PathBuf,
+    pub lock: File,
+    pub lock_path: PathBuf,
+    pub active: Active,
+    pub dirty: bool,
+    pub last_sync: Instant,
+    pub last_checkpoint_at: Instant,
+    pub key: SigningKey,
+    pub key_id: String,
+    pub durability: Durability,
+    pub checkpoint_every: u64,
+    pub max_file_bytes: u64,
+    /// Re-read the chain state from disk before the next commit (set after a failed write).
+    pub reload: bool,
+}
+
+/// RAII `flock(LOCK_EX)` on the lock file.
+pub(crate) struct DirLock<'a> {
+    file: &'a File,
+}
+
+impl<'a> DirLock<'a> {
+    pub fn acquire(file: &'a File, path: &Path) -> Result<DirLock<'a>, AuditError> {
+        loop {
+            // SAFETY: flock on a valid, open descriptor owned by `file`; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(DirLock { file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(AuditError::Lock { path: path.to_owned(), source: e });
+            }
+        }
+    }
+}
+
+impl Drop for DirLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking cannot fail on a descriptor we locked.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+pub(crate) fn open_log_file(path: &Path, create_new: bool) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(create_new)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| AuditError::Open { path: path.to_owned(), source })
+}
+
+/// Reads the chain state of the log in `dir`, which the caller has locked. Returns the active
+/// file state and the torn tail found at its end, if any (the caller must rotate away from it).
+pub(crate) fn load_active(
+    dir: &Path,
+    lock: &File,
+) -> Result<(Active, Option<TornTail>), AuditError> {
+    let named = read_lock_content(lock, &dir.join(LOCK_FILE))?;
+    let files = list_files(dir)?;
+    let active_path = match named.filter(|n| file_index(n).is_some()) {
+        Some(n) if dir.join(&n).exists() => dir.join(n),
+        _ => match files.last() {
+            Some(p) => p.clone(),
+            None => {
+                let path = dir.join(file_name(1));
+                let file = open_log_file(&path, true)?;
+                sync_dir(dir);
+                write_lock_content(lock, &dir.join(LOCK_FILE), &file_name(1))?;
+                return Ok((
+                    Active {
+                        name: file_name(1),
+                        path,
+                        file,
+                        len: 0,
+                        last_seq: 0,
+                        last_hash: genesis(),
+                        last_checkpoint_seq: 0,
+                        header: None,
+                    },
+                    None,
+                ));
+            }
+        },
+    };
+    let file = open_log_file(&active_path, false)?;
+    let tail = scan_file(&file, &active_path)?;
+    let name = active_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let mut active = Active {
+        path: active_path.clone(),
+        name,
+        file,
+        len: tail.len,
+        last_seq: 0,
+        last_hash: genesis(),
+        last_checkpoint_seq: 0,
+        header: None,
+    };
+    match tail.scan.last {
+        Some((seq, hash)) => {
+            active.last_seq = seq;
+            active.last_hash = hash;
+            // Without a checkpoint in this file, treat all of its records as uncovered: at worst
+            // this signs one checkpoint more than strictly needed.
+            active.last_checkpoint_seq = tail
+                .scan
+                .last_checkpoint_seq
+                .unwrap_or(tail.scan.first_seq.unwrap_or(1).saturating_sub(1));
+        }
+        None => {
+            // No complete record here: the chain continues from the previous file.
+            let pos = files.iter().position(|p| *p == active_path);
+            if let Some(prev) = pos.and_then(|i| i.checked_sub(1)).map(|i| &files[i]) {
+                let pf = open_log_file(prev, false)?;
+                let pt = scan_file(&pf, prev)?;
+                if let Some((seq, hash)) = pt.scan.last {
+                    active.last_seq = seq;
+                    active.last_hash = hash;
+                    active.last_checkpoint_seq = pt.scan.last_checkpoint_seq.unwrap_or(0);
+                }
+                let prev_name = prev.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                active.header = Some(rotate_detail(prev_name, seq_hash(&active), pt.torn.as_ref()));
+            }
+        }
+    }
+    Ok((active, tail.torn))
+}
+
+fn seq_hash(a: &Active) -> (u64, blake3::Hash) {
+    (a.last_seq, a.last_hash)
+}
+
+fn rotate_detail(
+    prev_file: &str,
+    (seq, hash): (u64, blake3::Hash),
+    torn: Option<&TornTail>,
+) -> serde_json::Value {
+    let mut d = json!({
+        "prev_file": prev_file,
+        "prev_last_seq": seq,
+        "prev_last_hash": hash.to_hex().as_str(),
+    });
+    if let Some(t) = torn {
+        d["torn_tail"] = json!({"offset": t.offset, "len": t.len});
+    }
+    d
+}
+
+fn read_lock_content(lock: &File, path: &Path) -> Result<Option<String>, AuditError> {
+    let mut buf = [0u8; 64];
+    let n = lock
+        .read_at(&mut buf, 0)
+        .map_err(|source| AuditError::Read { path: path.to_owned(), source })?;
+    let s = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
+    Ok((!s.is_empty()).then(|| s.to_owned()))
+}
+
+fn write_lock_content(lock: &File, path: &Path, name: &str) -> Result<(), AuditError> {
+    let fail =
+        |e: std::io::Error| AuditError::Unwritable { path: path.to_owned(), reason: e.to_string() };
+    let text = format!("{name}\n");
+    lock.set_len(0).map_err(fail)?;
+    lock.write_all_at(text.as_bytes(), 0).map_err(fail)?;
+    Ok(())
+}
+
+impl Io {
+    /// Catches up with records other processes appended since we last held the lock.
+    /// Returns a torn tail another process left behind, if any.
+    fn refresh(&mut self) -> Result<Option<TornTail>, AuditError> {
+        let named = read_lock_content(&self.lock, &self.lock_path)?;
+        if named.as_deref().is_some_and(|n| n != self.active.name) {
+            let (active, torn) = load_active(&self.dir, &self.lock)?;
+            self.active = active;
+            return Ok(torn);
+        }
+        let len = self
+            .active
+            .file
+            .metadata()
+            .map_err(|source| AuditError::Read { path: self.active.path.clone(), source })?
+            .len();
+        if len < self.active.len {
+            return Err(AuditError::Corrupt {
+                path: self.active.path.clone(),
+                offset: len,
+                reason: format!(
+                    "the file shrank from {} to {len} bytes while open: it was truncated outside isc",
+                    self.active.len
+                ),
+            });
+        }
+        if len == self.active.len {
+            return Ok(None);
+        }
+        let buf = read_from(&self.active.file, &self.active.path, self.active.len, len)?;
+        let scan = scan_region(&buf, &self.active.path, self.active.len)?;
+        if let Some((seq, hash)) = scan.last {
+            self.active.last_seq = seq;
+            self.active.last_hash = hash;
+            self.active.header = None;
+        }
+        if let Some(cp) = scan.last_checkpoint_seq {
+            self.active.last_checkpoint_seq = cp;
+        }
+        let complete = self.active.len + scan.complete_len;
+        self.active.len = len;
+        Ok((complete < len).then(|| TornTail {
+            file: self.active.path.clone(),
+            offset: complete,
+            len: len - complete,
+        }))
+    }
+
+    fn encode(
+        &mut self,
+        buf: &mut Vec<u8>,
+        isc: Option<&str>,
+        kind: Kind,
+        actor: Actor,
+        detail: &serde_json::Value,
+    ) -> u64 {
+        let seq = self.active.last_seq + 1;
+        let time = format_time(SystemTime::now());
+        self.active.last_hash =
+            encode_line(buf, seq, &time, isc, kind, actor, detail, &self.active.last_hash);
+        self.active.last_seq = seq;
+        seq
+    }
+
+    fn encode_checkpoint(&mut self, buf: &mut Vec<u8>) -> u64 {
+        let covers = self.active.last_seq;
+        let head = self.active.last_hash;
+        let sig = self.key.sign(&checkpoint_message(covers, covers, &head));
+        let detail = json!({
+            "covers_seq": covers,
+            "count": covers,
+            "head": head.to_hex().as_str(),
+            "key_id": self.key_id,
+            "sig": to_hex(&sig.to_bytes()),
+        });
+        let seq = self.encode(buf, None, Kind::Checkpoint, Actor::Isc, &detail);
+        self.active.last_checkpoint_seq = seq;
+        self.last_checkpoint_at = Instant::now();
+        seq
+    }
+
+    fn uncovered(&self) -> u64 {
+        self.active.last_seq - self.active.last_checkpoint_seq
+    }
+
+    fn write_buf(&mut self, buf: &[u8]) -> Result<(), Failure> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&self.active.file).write_all(buf) {
+            let f = Failure::io(&self.active.path, &e);
+            // Nothing in `buf` was acknowledged to anyone: cut the partial write off so the file
+            // keeps ending on a record boundary.
+            let _ = self.active.file.set_len(self.active.len);
+            return Err(f);
+        }
+        self.active.len += buf.len() as u64;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Syncs per the durability setting (`force` syncs in every mode but `None`).
+    pub fn sync(&mut self, force: bool) -> Result<(), Failure> {
+        let due = match self.durability {
+            Durability::Durable => true,
+            Durability::Interval(d) => force || self.last_sync.elapsed() >= d,
+            Durability::None => false,
+        };
+        if self.dirty && due {
+            self.active.file.sync_data().map_err(|e| Failure::io(&self.active.path, &e))?;
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Starts a new file. `flush_old` writes `buf` (and a covering checkpoint) to the old file
+    /// first; it is false when the old file ends in a torn line that must be left as found.
+    fn rotate(
+        &mut self,
+        buf: &mut Vec<u8>,
+        torn: Option<&TornTail>,
+        flush_old: bool,
+    ) -> Result<(), Failure> {
+        if flush_old {
+            if self.uncovered() > 0 {
+                self.encode_checkpoint(buf);
+            }
+            self.write_buf(buf)?;
+            buf.clear();
+            self.sync(true)?;
+        }
+        let next = list_files(&self.dir)?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().and_then(file_index))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let name = file_name(next);
+        let path = self.dir.join(&name);
+        let file = open_log_file(&path, true)?;
+        sync_dir(&self.dir);
+        write_lock_content(&self.lock, &self.lock_path, &name)?;
+        let header = rotate_detail(&self.active.name, seq_hash(&self.active), torn);
+        tracing::info!(from = %self.active.name, to = %name, torn = torn.is_some(), "rotated audit log");
+        self.active = Active {
+            path,
+            name,
+            file,
+            len: 0,
+            last_seq: self.active.last_seq,
+            last_hash: self.active.last_hash,
+            last_checkpoint_seq: self.active.last_checkpoint_seq,
+            header: Some(header),
+        };
+        Ok(())
+    }
+
+    fn write_header_if_pending(&mut self, buf: &mut Vec<u8>) {
+        if self.active.len == 0 && buf.is_empty() {
+            if let Some(h) = self.active.header.take() {
+                self.encode(buf, None, Kind::LogRotate, Actor::Isc, &h);
+            }
+        }
+    }
+
+    /// Appends a batch under the directory lock; returns one seq per request (for a checkpoint
+    /// request: the checkpoint's seq, or the current head seq if nothing needed signing).
+    pub fn commit(&mut self, batch: &[Request]) -> Result<Vec<u64>, Failure> {
+        let lock = self.lock.try_clone().map_err(|e| Failure::io(&self.lock_path, &e))?;
+        let _guard = DirLock::acquire(&lock, &self.lock_path)?;
+        let result = self.commit_locked(batch);
+        if result.is_err() {
+            // The in-memory chain state may be ahead of the file (the partial write was cut off)
+            // or mid-rotation: re-read it from disk before the next attempt.
+            self.reload = true;
+        }
+        result
+    }
+
+    fn commit_locked(&mut self, batch: &[Request]) -> Result<Vec<u64>, Failure> {
+        let torn = if self.reload {
+            let (active, torn) = load_active(&self.dir, &self.lock)?;
+            self.active = active;
+            self.reload = false;
+            torn
+        } else {
+            self.refresh()?
+        };
+        if let Some(torn) = torn {
+            tracing::warn!(file = %torn.file.display(), offset = torn.offset, len = torn.len,
+                "audit log ends in a torn line left by a crashed writer; continuing in a new file");
+            let mut empty = Vec::new();
+            self.rotate(&mut empty, Some(&torn), false)?;
+        }
+        let mut buf = Vec::with_capacity(256 * batch.len() + 512);
+        let mut seqs = Vec::with_capacity(batch.len());
+        for req in batch {
+            self.write_header_if_pending(&mut buf);
+            if self.max_file_bytes > 0
+                && self.active.len + buf.len() as u64 >= self.max_file_bytes
+                && self.active.len + buf.len() as u64 > 0
+            {
+                self.rotate(&mut buf, None, true)?;
+                self.write_header_if_pending(&mut buf);
+            }
+            match req {
+                Request::Record { isc, kind, actor, detail } => {
+                    seqs.push(self.encode(&mut buf, isc.as_deref(), *kind, *actor, detail));
+                    if self.checkpoint_every > 0 && self.uncovered() >= self.checkpoint_every {
+                        self.encode_checkpoint(&mut buf);
+                    }
+                }
+                Request::Checkpoint { force } => {
+                    if *force || self.uncovered() > 0 {
+                        seqs.push(self.encode_checkpoint(&mut buf));
+                    } else {
+                        seqs.push(self.active.last_seq);
+                    }
+                }
+            }
+        }
+        self.write_buf(&buf)?;
+        self.sync(false)?;
+        Ok(seqs)
+    }
+
+    /// Seq of the last record and how many records no checkpoint covers yet (local view).
+    pub fn head(&self) -> (u64, u64) {
+        (self.active.last_seq, self.uncovered())
+    }
+}
