@@ -1,0 +1,286 @@
+//! Reading denials from the NFLOG group the `isc_<id>_din` / `_dout` chains log to.
+//!
+//! Protocol (include/uapi/linux/netfilter/nfnetlink_log.h): a NETLINK_NETFILTER socket sends an
+//! `NFULNL_MSG_CONFIG` message (subsystem `NFNL_SUBSYS_ULOG`) with `NFULA_CFG_CMD = BIND` for
+//! the group, then `NFULA_CFG_MODE = COPY_PACKET` with a small copy range (headers only). The
+//! kernel then sends one `NFULNL_MSG_PACKET` per logged packet with `NFULA_PREFIX` (our
+//! `isc:<id>:<in|out>`) and `NFULA_PAYLOAD` (the packet from its network header).
+//! The socket belongs to the network namespace of the thread that opens it.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const NFULNL_MSG_PACKET: u16 = 0;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_CFG_CMD_UNBIND: u8 = 2;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NFULA_PAYLOAD: u16 = 9;
+const NFULA_PREFIX: u16 = 10;
+const NLMSG_ERROR: u16 = 2;
+/// Bytes of each packet copied to us: enough for an IPv6 header plus ports.
+const COPY_RANGE: u32 = 96;
+
+/// Errors of the NFLOG reader.
+#[derive(Debug, thiserror::Error)]
+pub enum NflogError {
+    #[error("cannot open a NETLINK_NETFILTER socket: {0}")]
+    Socket(std::io::Error),
+    #[error("cannot bind NFLOG group {group}: {source} (another process may own the group; is nfnetlink_log available?)")]
+    Bind { group: u16, source: std::io::Error },
+}
+
+/// Direction of a denied packet relative to the ISC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards the ISC (ingress, P3).
+    In,
+    /// From the ISC (egress, P4; includes spoofed sources).
+    Out,
+}
+
+/// One denied packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// ISC id from the log prefix.
+    pub isc_id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
+    pub proto: u8,
+    /// Destination port for TCP and UDP.
+    pub dport: Option<u16>,
+}
+
+/// A reader bound to one NFLOG group.
+pub struct NflogReader {
+    sock: Socket,
+    group: u16,
+    pending: VecDeque<Denial>,
+}
+
+fn nla(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+    while buf.len() % 4 != 0 {
+        buf.push(0);
+    }
+}
+
+fn config_msg(group: u16, seq: u32, attrs: &[u8]) -> Vec<u8> {
+    let mut body = vec![libc::AF_UNSPEC as u8, 0];
+    body.extend_from_slice(&group.to_be_bytes());
+    body.extend_from_slice(attrs);
+    let len = 16 + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Iterate over netlink attributes in `buf`.
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let value = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, value))
+    })
+}
+
+/// Parse `isc:<id>:<in|out>`.
+fn parse_prefix(prefix: &str) -> Option<(String, Direction)> {
+    let rest = prefix.strip_prefix("isc:")?;
+    let (id, dir) = rest.rsplit_once(':')?;
+    let dir = match dir {
+        "in" => Direction::In,
+        "out" => Direction::Out,
+        _ => return None,
+    };
+    Some((id.to_string(), dir))
+}
+
+/// Parse addresses, protocol and destination port from an IP packet.
+fn parse_packet(p: &[u8]) -> Option<(IpAddr, IpAddr, u8, Option<u16>)> {
+    let version = p.first()? >> 4;
+    let (src, dst, proto, l4) = match version {
+        4 if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), p[9], p.get(ihl..))
+        }
+        6 if p.len() >= 40 => {
+            let src: [u8; 16] = p[8..24].try_into().ok()?;
+            let dst: [u8; 16] = p[24..40].try_into().ok()?;
+            (IpAddr::V6(Ipv6Addr::from(src)), IpAddr::V6(Ipv6Addr::from(dst)), p[6], p.get(40..))
+        }
+        _ => return None,
+    };
+    let dport = match (proto, l4) {
+        (6 | 17, Some(l4)) if l4.len() >= 4 => Some(u16::from_be_bytes([l4[2], l4[3]])),
+        _ => None,
+    };
+    Some((src, dst, proto, dport))
+}
+
+impl NflogReader {
+    /// Bind NFLOG `group` in the calling thread's network namespace.
+    pub fn open(group: u16) -> Result<Self, NflogError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NflogError::Socket)?;
+        sock.bind_auto().map_err(NflogError::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(NflogError::Socket)?;
+        // Without this a burst of denials overruns the socket and reading fails with ENOBUFS;
+        // losing log records is preferable to losing the reader.
+        let _ = sock.set_no_enobufs(true);
+        let reader = NflogReader { sock, group, pending: VecDeque::new() };
+        let bind = |source| NflogError::Bind { group, source };
+        let mut cmd = Vec::new();
+        nla(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+        reader.command(config_msg(group, 1, &cmd)).map_err(bind)?;
+        let mut mode = Vec::new();
+        let mut m = COPY_RANGE.to_be_bytes().to_vec();
+        m.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+        nla(&mut mode, NFULA_CFG_MODE, &m);
+        reader.command(config_msg(group, 2, &mode)).map_err(bind)?;
+        Ok(reader)
+    }
+
+    fn command(&self, msg: Vec<u8>) -> Result<(), std::io::Error> {
+        self.sock.send(&msg, 0)?;
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            if data.len() >= 20 && u16::from_ne_bytes([data[4], data[5]]) == NLMSG_ERROR {
+                let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+                return if code == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(-code)) };
+            }
+        }
+    }
+
+    /// The next denial, waiting at most `timeout`. Packets of other groups, prefixes not made
+    /// by isc and undecodable packets are skipped.
+    pub fn next(&mut self, timeout: Duration) -> Option<Denial> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.pending.pop_front() {
+                return Some(d);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && !self.readable(Duration::ZERO) {
+                return None;
+            }
+            if !self.readable(left) {
+                return None;
+            }
+            let Ok((data, _)) = self.sock.recv_from_full() else { return None };
+            self.decode(&data);
+        }
+    }
+
+    fn readable(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd { fd: self.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: poll(2) on one valid pollfd we own, for a bounded time.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        rc > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
+    fn decode(&mut self, data: &[u8]) {
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+            if len < 16 || off + len > data.len() {
+                return;
+            }
+            let msg = &data[off..off + len];
+            off += (len + 3) & !3;
+            if kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET || msg.len() < 20 {
+                continue;
+            }
+            let group = u16::from_be_bytes([msg[18], msg[19]]);
+            if group != self.group {
+                continue;
+            }
+            let (mut prefix, mut payload) = (None, None);
+            for (k, v) in attrs(&msg[20..]) {
+                match k {
+                    NFULA_PREFIX => prefix = Some(String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()),
+                    NFULA_PAYLOAD => payload = Some(v),
+                    _ => {}
+                }
+            }
+            let Some((isc_id, direction)) = prefix.as_deref().and_then(parse_prefix) else { continue };
+            let Some((src, dst, proto, dport)) = payload.and_then(parse_packet) else { continue };
+            self.pending.push_back(Denial { isc_id, direction, src, dst, proto, dport });
+        }
+    }
+}
+
+impl Drop for NflogReader {
+    fn drop(&mut self) {
+        let mut cmd = Vec::new();
+        nla(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_UNBIND]);
+        let _ = self.sock.send(&config_msg(self.group, 3, &cmd), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_packets_parse() {
+        assert_eq!(parse_prefix("isc:web-1:in"), Some(("web-1".into(), Direction::In)));
+        assert_eq!(parse_prefix("isc:a:b:out"), Some(("a:b".into(), Direction::Out)));
+        assert_eq!(parse_prefix("other:a:in"), None);
+        assert_eq!(parse_prefix("isc:a:sideways"), None);
+        let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 88, 0, 1, 192, 0, 2, 7];
+        v4.extend_from_slice(&[0x30, 0x39, 0x01, 0xbb]);
+        let (s, d, p, port) = parse_packet(&v4).unwrap();
+        assert_eq!((s, d, p, port), ("10.88.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap(), 6, Some(443)));
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        v6.extend_from_slice(&"fd69:7363::1".parse::<Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(&"2001:db8::53".parse::<Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
+        let (_, d, p, port) = parse_packet(&v6).unwrap();
+        assert_eq!((d, p, port), ("2001:db8::53".parse().unwrap(), 17, Some(53)));
+        assert!(parse_packet(&[0x45, 0]).is_none());
+    }
+
+    #[test]
+    fn config_message_layout_matches_nfnetlink() {
+        let mut cmd = Vec::new();
+        nla(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+        let msg = config_msg(100, 7, &cmd);
+        assert_eq!(msg.len(), 16 + 4 + 8);
+        assert_eq!(u16::from_ne_bytes([msg[4], msg[5]]), 0x0401);
+        assert_eq!(&msg[18..20], &100u16.to_be_bytes());
+        assert_eq!(attrs(&msg[20..]).next(), Some((NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND][..])));
+    }
+}
