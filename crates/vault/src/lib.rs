@@ -22,7 +22,7 @@ mod volume;
 pub use fsutil::FsError;
 pub use keys::{KdfParams, KeyError, KeyId, KeySource};
 pub use rotate::{RotateError, RotationReport};
-pub use secrets::{validate_name, SecretError, SecretInfo, Vault, MAX_SECRET_LEN};
+pub use secrets::{validate_name, OpenedSecrets, SecretError, SecretInfo, Vault, MAX_SECRET_LEN};
 pub use tmpfs::{unmount_secret_tmpfs, write_secret_tmpfs, TmpfsError};
 pub use volume::{is_mount_point, MountedVolume, VolumeError, VolumeInfo, MIN_VOLUME_SIZE};
 pub use zeroize::Zeroizing;
@@ -72,7 +72,7 @@ pub(crate) mod hex {
 
     /// Decodes lower-case hex; `None` on odd length or other characters.
     pub fn decode(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 {
+        if s.len() & 1 == 1 {
             return None;
         }
         (0..s.len())

@@ -83,6 +83,9 @@ pub enum SecretError {
     },
 }
 
+/// Opened secrets, `(name, value)`, values zeroized on drop.
+pub type OpenedSecrets = Vec<(String, Zeroizing<Vec<u8>>)>;
+
 /// What `list` tells about a secret: never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretInfo {
@@ -295,7 +298,7 @@ impl Vault {
         &mut self,
         isc: &str,
         names: &[String],
-    ) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, VaultError> {
+    ) -> Result<OpenedSecrets, VaultError> {
         validate_name("ISC", isc)?;
         let _guard = self.lock(false)?;
         let mut out = Vec::with_capacity(names.len());

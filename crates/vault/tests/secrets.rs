@@ -143,7 +143,10 @@ fn missing_key_file_is_a_clear_wrong_key_error() {
     assert!(
         matches!(
             &err,
-            VaultError::Secret(SecretError::WrongKey { source: KeyError::KeyNotPresent { .. }, .. })
+            VaultError::Secret(SecretError::WrongKey {
+                source: KeyError::KeyNotPresent { .. },
+                ..
+            })
         ),
         "{err}"
     );
@@ -167,15 +170,9 @@ fn insecure_key_file_is_refused() {
 #[test]
 fn passphrase_vault_derives_keys_and_rejects_a_wrong_passphrase() {
     let t = TestDir::new("pass");
-    let params = KdfParams {
-        m_cost_kib: 1024,
-        t_cost: 1,
-        p_cost: 1,
-    };
-    let src = |p: &str| KeySource::Passphrase {
-        passphrase: SecretString::from(p.to_string()),
-        params,
-    };
+    let params = KdfParams { m_cost_kib: 1024, t_cost: 1, p_cost: 1 };
+    let src =
+        |p: &str| KeySource::Passphrase { passphrase: SecretString::from(p.to_string()), params };
     let mut v = Vault::open(&t.root(), src("correct horse")).unwrap();
     v.set("web", "db", value(CANARY)).unwrap();
     drop(v);
@@ -186,10 +183,13 @@ fn passphrase_vault_derives_keys_and_rejects_a_wrong_passphrase() {
         .filter(|n| n.ends_with(".kdf"))
         .collect();
     assert_eq!(kdf.len(), 1);
-    assert!(!t.root().join("keys").read_dir().unwrap().flatten().any(|e| e
-        .file_name()
-        .to_string_lossy()
-        .starts_with("master-")));
+    assert!(!t
+        .root()
+        .join("keys")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("master-")));
 
     let mut v = Vault::open(&t.root(), src("correct horse")).unwrap();
     assert_eq!(&v.open_for_start("web", &names(&["db"])).unwrap()[0].1[..], CANARY);
@@ -209,7 +209,9 @@ fn passphrase_vault_derives_keys_and_rejects_a_wrong_passphrase() {
 fn invalid_names_are_refused() {
     let t = TestDir::new("names");
     let mut v = Vault::open(&t.root(), KeySource::File).unwrap();
-    for (isc, name) in [("web", "../x"), ("../web", "x"), ("web", ""), ("web", ".hidden"), ("a/b", "x")] {
+    for (isc, name) in
+        [("web", "../x"), ("../web", "x"), ("web", ""), ("web", ".hidden"), ("a/b", "x")]
+    {
         let err = v.set(isc, name, value(b"x")).unwrap_err();
         assert!(matches!(err, VaultError::Secret(SecretError::InvalidName { .. })), "{err}");
     }

@@ -24,10 +24,7 @@ fn files_0400_dir_0500_owned_by_host_uid_and_mount_is_ro_nosuid_nodev_noexec() {
     let dir = t.path.join("secrets");
     write_secret_tmpfs(&dir, &secrets(), UID, GID, 64 * 1024).unwrap();
 
-    let entry = mountinfo()
-        .into_iter()
-        .rfind(|m| m.mount_point == dir)
-        .expect("tmpfs mounted");
+    let entry = mountinfo().into_iter().rfind(|m| m.mount_point == dir).expect("tmpfs mounted");
     assert_eq!(entry.fs_type, "tmpfs");
     for opt in ["ro", "nosuid", "nodev", "noexec"] {
         assert!(entry.mount_options.iter().any(|o| o == opt), "{opt} missing: {entry:?}");

@@ -34,10 +34,8 @@ impl TestDir {
         assert!(mounts.is_empty(), "mounts left under {}: {mounts:?}", self.path.display());
         let losetup = Command::new("losetup").arg("-a").output().unwrap();
         let listing = String::from_utf8_lossy(&losetup.stdout);
-        let ours: Vec<&str> = listing
-            .lines()
-            .filter(|l| l.contains(&*self.path.to_string_lossy()))
-            .collect();
+        let ours: Vec<&str> =
+            listing.lines().filter(|l| l.contains(&*self.path.to_string_lossy())).collect();
         assert!(ours.is_empty(), "loop devices left: {ours:?}");
     }
 }
@@ -81,11 +79,7 @@ pub fn mountinfo() -> Vec<MountEntry> {
 }
 
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    mountinfo()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|m| m.starts_with(dir))
-        .collect()
+    mountinfo().into_iter().map(|m| m.mount_point).filter(|m| m.starts_with(dir)).collect()
 }
 
 /// Whether `needle` occurs anywhere in `haystack`.
