@@ -106,7 +106,8 @@ pub struct Stats {
 pub struct Events {
     /// Processes killed by the kernel OOM killer inside this cgroup.
     pub oom_kills: u64,
-    /// Times usage hit the memory limit (v1 `memory.failcnt`, v2 `memory.events` max).
+    /// Times usage hit the memory limit (v1 `memory.failcnt` + `memory.memsw.failcnt`, v2
+    /// `memory.events` max).
     pub memory_max_hits: u64,
     /// Forks refused because of `pids.max`.
     pub pids_max_hits: u64,

@@ -139,7 +139,10 @@ impl V1Part {
             // `oom_kill` in memory.oom_control exists since Linux 4.13.
             let oom = fsops::read_keyed(fs, dir, "memory.oom_control")?;
             e.oom_kills = oom.get("oom_kill").copied().unwrap_or(0);
-            e.memory_max_hits = fsops::read_u64(fs, dir, "memory.failcnt")?.unwrap_or(0);
+            // With memsw accounting the memory+swap counter usually fails first (it is charged
+            // first and equals the limit when swap is 0), so count both counters' failures.
+            e.memory_max_hits = fsops::read_u64(fs, dir, "memory.failcnt")?.unwrap_or(0)
+                + fsops::read_u64(fs, dir, "memory.memsw.failcnt")?.unwrap_or(0);
         }
         if let Some(dir) = self.dir(Controller::Pids) {
             e.pids_max_hits =
