@@ -9,7 +9,7 @@
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::{KeyId, MasterKey};
 
@@ -99,7 +99,13 @@ fn bound_ad(label: &[u8], isc: &str, name: &str) -> Vec<u8> {
 }
 
 fn cipher(key: &MasterKey) -> XChaCha20Poly1305 {
-    XChaCha20Poly1305::new(&Key::from(*key.bytes()))
+    // Build the key array in place and wipe it: the cipher keeps (and, with the crate's
+    // `zeroize` feature, wipes on drop) its own copy.
+    let mut k = Key::default();
+    k.copy_from_slice(key.bytes());
+    let c = XChaCha20Poly1305::new(&k);
+    k.as_mut_slice().zeroize();
+    c
 }
 
 /// Seals `plaintext` under `key` with associated data `ad`.

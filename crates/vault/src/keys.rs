@@ -391,12 +391,15 @@ impl KeyStore {
             .map_err(|source| FsError::Read { path: path.clone(), source })?;
         let key = match &self.source {
             KeySource::File => {
-                let bytes: [u8; MASTER_KEY_LEN] =
-                    contents[..].try_into().map_err(|_| KeyError::CorruptKeyFile {
-                        path: path.clone(),
+                if contents.len() != MASTER_KEY_LEN {
+                    return Err(KeyError::CorruptKeyFile {
+                        path,
                         reason: format!("{} bytes, expected {MASTER_KEY_LEN}", contents.len()),
-                    })?;
-                MasterKey::from_bytes(Zeroizing::new(bytes))
+                    });
+                }
+                let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+                bytes.copy_from_slice(&contents);
+                MasterKey::from_bytes(bytes)
             }
             KeySource::Passphrase { passphrase, .. } => {
                 let record: KdfRecord = serde_json::from_slice(&contents).map_err(|e| {

@@ -134,7 +134,11 @@ impl Vault {
     /// Opens the vault at `root` (created 0700 if missing). If a key rotation was interrupted,
     /// finishes or rolls it back first, so every secret is sealed with a present key.
     pub fn open(root: &Path, source: KeySource) -> Result<Self, VaultError> {
-        fsutil::ensure_dir(root, 0o700)?;
+        // A new root is private; an existing one (shared with the rest of isc) keeps its mode,
+        // since keys/, secrets/ and volumes/ below it are 0700 themselves.
+        if !root.exists() {
+            fsutil::ensure_dir(root, 0o700)?;
+        }
         let keys = KeyStore::open(&root.join("keys"), source)?;
         let lock_path = root.join("vault.lock");
         let lock = OpenOptions::new()

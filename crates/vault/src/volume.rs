@@ -391,11 +391,11 @@ impl Vault {
         }
         let raw_key = if encrypted {
             let key = self.open_blob(&p.key, &envelope::volume_key_ad(isc, name))?;
-            let raw: Zeroizing<[u8; RAW_KEY_LEN]> = Zeroizing::new(
-                key[..]
-                    .try_into()
-                    .map_err(|_| VolumeError::BadKey { path: p.key.clone(), len: key.len() })?,
-            );
+            if key.len() != RAW_KEY_LEN {
+                return Err(VolumeError::BadKey { path: p.key.clone(), len: key.len() }.into());
+            }
+            let mut raw = Zeroizing::new([0u8; RAW_KEY_LEN]);
+            raw.copy_from_slice(&key);
             Some(raw)
         } else {
             None
