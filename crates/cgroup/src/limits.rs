@@ -119,6 +119,42 @@ pub struct Events {
     pub throttled_usec: u64,
 }
 
+impl Events {
+    /// Human-readable lines for the exit record and audit log, one per kind of event that
+    /// happened, e.g. "killed by the kernel OOM killer: memory limit 64 MiB".
+    pub fn summary(&self, limits: &Limits) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.oom_kills > 0 {
+            let limit = limits
+                .memory
+                .map_or("no memory limit".to_string(), |m| format!("memory limit {} MiB", m >> 20));
+            out.push(format!(
+                "killed by the kernel OOM killer ({} kill(s)): {limit}",
+                self.oom_kills
+            ));
+        }
+        if self.pids_max_hits > 0 {
+            let limit = limits.pids.map_or("an ancestor's limit".to_string(), |p| p.to_string());
+            out.push(format!(
+                "fork/clone refused {} time(s) at the pids limit ({limit})",
+                self.pids_max_hits
+            ));
+        }
+        if self.throttled_periods > 0 {
+            let quota = limits
+                .cpu_quota
+                .map_or("an ancestor's quota".to_string(), |c| format!("cpu = {c}"));
+            out.push(format!(
+                "CPU throttled in {} of {} periods ({} ms in total) by {quota}",
+                self.throttled_periods,
+                self.cpu_periods,
+                self.throttled_usec / 1000
+            ));
+        }
+        out
+    }
+}
+
 impl Limits {
     /// Check every value's range before anything touches the kernel.
     pub fn validate(&self) -> Result<(), CgroupError> {
@@ -232,6 +268,33 @@ mod tests {
         for l in cases {
             assert!(l.validate().is_err(), "{l:?} accepted");
         }
+    }
+
+    #[test]
+    fn event_summary_names_the_limits() {
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(8),
+            cpu_quota: Some(0.2),
+            ..Default::default()
+        };
+        assert!(Events::default().summary(&limits).is_empty());
+        let e = Events {
+            oom_kills: 1,
+            pids_max_hits: 3,
+            cpu_periods: 20,
+            throttled_periods: 18,
+            throttled_usec: 1_500_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            e.summary(&limits),
+            [
+                "killed by the kernel OOM killer (1 kill(s)): memory limit 64 MiB",
+                "fork/clone refused 3 time(s) at the pids limit (8)",
+                "CPU throttled in 18 of 20 periods (1500 ms in total) by cpu = 0.2",
+            ]
+        );
     }
 
     #[test]
