@@ -11,10 +11,10 @@
 //! detect.
 
 mod error;
-// pub mod kernel;
+pub mod kernel;
 pub mod keys;
 mod log;
-// mod query;
+mod query;
 pub mod record;
 mod segment;
 mod verify;
@@ -25,7 +25,10 @@ pub use keys::{
     load_or_create_signing_key, load_verifying_key, KeyError, SigningKey, VerifyingKey,
 };
 pub use log::{AuditConfig, AuditLog, Durability, OpenReport};
-// q
+pub use query::{
+    export, export_verifiable, format_syslog, query, query_files, ExportFormat, ExportSink, Filter,
+    Follower,
+};
 pub use record::{Actor, Kind, Record};
 pub use segment::{list_files, TornTail};
 pub use verify::{verify_dir, verify_files, Finding, FindingKind, VerifyOptions, VerifyReport};
