@@ -31,9 +31,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Location {
     /// 1-based line number.
-    pub line: usize,
+    pub line: u32,
     /// 1-based column, in characters (not bytes).
-    pub column: usize,
+    pub column: u32,
 }
 
 impl Location {
@@ -47,7 +47,11 @@ impl Location {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
-        Location { line, column }
+        // Manifests are capped at MAX_MANIFEST_BYTES, far below u32::MAX lines or columns.
+        Location {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -76,8 +80,12 @@ pub struct ManifestError {
 impl ManifestError {
     pub(crate) fn io(file: &Path, source: std::io::Error) -> ManifestError {
         let fix = match source.kind() {
-            std::io::ErrorKind::NotFound => "check the path, or create the file (see docs/manifest.md)",
-            std::io::ErrorKind::PermissionDenied => "make the file readable by the user running isc",
+            std::io::ErrorKind::NotFound => {
+                "check the path, or create the file (see docs/manifest.md)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "make the file readable by the user running isc"
+            }
             _ => "make sure the path names a readable UTF-8 text file",
         };
         ManifestError {
@@ -113,12 +121,12 @@ impl ManifestError {
 
     /// The line (1-based), if known.
     pub fn line(&self) -> Option<usize> {
-        self.location.map(|l| l.line)
+        self.location.map(|l| l.line as usize)
     }
 
     /// The column (1-based, in characters), if known.
     pub fn column(&self) -> Option<usize> {
-        self.location.map(|l| l.column)
+        self.location.map(|l| l.column as usize)
     }
 }
 
@@ -138,9 +146,7 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_ref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -160,20 +166,12 @@ pub struct Problem {
 impl Problem {
     /// An unacceptable value.
     pub fn invalid(message: impl Into<String>, fix: impl Into<String>) -> Problem {
-        Problem {
-            kind: ErrorKind::InvalidValue,
-            message: message.into(),
-            fix: fix.into(),
-        }
+        Problem { kind: ErrorKind::InvalidValue, message: message.into(), fix: fix.into() }
     }
 
     /// A value refused on security grounds.
     pub fn refused(message: impl Into<String>, fix: impl Into<String>) -> Problem {
-        Problem {
-            kind: ErrorKind::Refused,
-            message: message.into(),
-            fix: fix.into(),
-        }
+        Problem { kind: ErrorKind::Refused, message: message.into(), fix: fix.into() }
     }
 }
 
@@ -188,10 +186,7 @@ mod tests {
         // 'b' 'é' ' ' '=' -> the '=' is the 4th character of line 2 although é is two bytes.
         let eq = text.find("= \"").unwrap();
         assert_eq!(Location::of_offset(text, eq), Location { line: 2, column: 4 });
-        assert_eq!(
-            Location::of_offset(text, 10_000),
-            Location { line: 3, column: 1 }
-        );
+        assert_eq!(Location::of_offset(text, 10_000), Location { line: 3, column: 1 });
     }
 
     #[test]

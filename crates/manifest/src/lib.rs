@@ -87,12 +87,8 @@ impl Manifest {
     /// Every path writable inside the ISC: declared tmpfs, volumes, the profile's implied paths.
     /// The engine feeds this to Landlock; nothing else may be written.
     pub fn writable_paths(&self) -> Vec<std::path::PathBuf> {
-        let mut out: Vec<std::path::PathBuf> = self
-            .profile
-            .implied_writable_paths()
-            .iter()
-            .map(std::path::PathBuf::from)
-            .collect();
+        let mut out: Vec<std::path::PathBuf> =
+            self.profile.implied_writable_paths().iter().map(std::path::PathBuf::from).collect();
         out.extend(self.filesystem.tmpfs.iter().map(|t| t.path.clone()));
         out.extend(self.filesystem.volumes.iter().map(|v| v.path.clone()));
         out

@@ -53,9 +53,7 @@ pub fn parse_egress(text: &str) -> Result<EgressRule, Problem> {
     };
     if let Some(inner_and_tail) = rest.strip_prefix('[') {
         // Bracketed IPv6 network, as in URLs: "[2001:db8::/64]:443".
-        let (inner, tail) = inner_and_tail
-            .split_once(']')
-            .ok_or_else(|| egress_syntax(text))?;
+        let (inner, tail) = inner_and_tail.split_once(']').ok_or_else(|| egress_syntax(text))?;
         let net = match net_of(inner) {
             Some(net @ IpNet::V6(_)) => checked_net(net, text)?,
             _ => return Err(egress_syntax(text)),
@@ -67,11 +65,7 @@ pub fn parse_egress(text: &str) -> Result<EgressRule, Problem> {
         return Ok(EgressRule::Cidr { net, port, proto });
     }
     if let Some(net) = net_of(rest) {
-        return Ok(EgressRule::Cidr {
-            net: checked_net(net, text)?,
-            port: None,
-            proto,
-        });
+        return Ok(EgressRule::Cidr { net: checked_net(net, text)?, port: None, proto });
     }
     let Some((left, right)) = rest.rsplit_once(':') else {
         if rules::dns_name(rest).is_ok() {
@@ -90,22 +84,14 @@ pub fn parse_egress(text: &str) -> Result<EgressRule, Problem> {
     }
     let port = port(right, text)?;
     if let Some(net) = net_of(left) {
-        return Ok(EgressRule::Cidr {
-            net: checked_net(net, text)?,
-            port: Some(port),
-            proto,
-        });
+        return Ok(EgressRule::Cidr { net: checked_net(net, text)?, port: Some(port), proto });
     }
     if left.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '/') {
         // Looks numeric but is not an address: do not silently treat it as a DNS name.
         return Err(egress_syntax(text));
     }
     rules::dns_name(left)?;
-    Ok(EgressRule::Host {
-        host: left.to_string(),
-        port,
-        proto,
-    })
+    Ok(EgressRule::Host { host: left.to_string(), port, proto })
 }
 
 /// Parses the string form of `publish`: `"127.0.0.1:18080"`, `"[::1]:18080"` or `"18080"`.
@@ -117,10 +103,7 @@ pub fn parse_publish(text: &str) -> Result<Publish, Problem> {
         )
     };
     if text.chars().all(|c| c.is_ascii_digit()) {
-        return Ok(Publish {
-            host_addr: None,
-            port: port(text, text)?,
-        });
+        return Ok(Publish { host_addr: None, port: port(text, text)? });
     }
     let (addr, p) = if let Some(rest) = text.strip_prefix('[') {
         let (a, tail) = rest.split_once(']').ok_or_else(bad)?;
@@ -133,10 +116,7 @@ pub fn parse_publish(text: &str) -> Result<Publish, Problem> {
         (a, p)
     };
     let host_addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    Ok(Publish {
-        host_addr: Some(host_addr),
-        port: port(p, text)?,
-    })
+    Ok(Publish { host_addr: Some(host_addr), port: port(p, text)? })
 }
 
 #[cfg(test)]
@@ -144,11 +124,7 @@ mod tests {
     use super::*;
 
     fn cidr(net: &str, port: Option<u16>, proto: Proto) -> EgressRule {
-        EgressRule::Cidr {
-            net: net.parse().unwrap(),
-            port,
-            proto,
-        }
+        EgressRule::Cidr { net: net.parse().unwrap(), port, proto }
     }
 
     #[test]
@@ -165,25 +141,15 @@ mod tests {
             parse_egress("[2001:db8::/64]:443").unwrap(),
             cidr("2001:db8::/64", Some(443), Proto::Tcp)
         );
-        assert_eq!(
-            parse_egress("2001:db8::/64").unwrap(),
-            cidr("2001:db8::/64", None, Proto::Tcp)
-        );
-        assert_eq!(
-            parse_egress("udp:10.0.0.0/8").unwrap(),
-            cidr("10.0.0.0/8", None, Proto::Udp)
-        );
+        assert_eq!(parse_egress("2001:db8::/64").unwrap(), cidr("2001:db8::/64", None, Proto::Tcp));
+        assert_eq!(parse_egress("udp:10.0.0.0/8").unwrap(), cidr("10.0.0.0/8", None, Proto::Udp));
         assert_eq!(
             parse_egress("udp:[2001:db8::1]:53").unwrap(),
             cidr("2001:db8::1/128", Some(53), Proto::Udp)
         );
         assert_eq!(
             parse_egress("db.internal:5432").unwrap(),
-            EgressRule::Host {
-                host: "db.internal".into(),
-                port: 5432,
-                proto: Proto::Tcp
-            }
+            EgressRule::Host { host: "db.internal".into(), port: 5432, proto: Proto::Tcp }
         );
     }
 

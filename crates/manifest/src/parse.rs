@@ -29,23 +29,11 @@ pub const TOP_KEYS: &[&str] = &[
     "security",
     "resources",
 ];
-const SERVICE_KEYS: &[&str] = &[
-    "exec",
-    "user",
-    "group",
-    "workdir",
-    "env",
-    "restart",
-    "stop_timeout",
-];
+const SERVICE_KEYS: &[&str] =
+    &["exec", "user", "group", "workdir", "env", "restart", "stop_timeout"];
 const IMAGE_KEYS: &[&str] = &["source", "paths"];
-const SECURITY_KEYS: &[&str] = &[
-    "allow_root",
-    "capabilities",
-    "syscalls",
-    "allow_syscalls",
-    "deny_syscalls",
-];
+const SECURITY_KEYS: &[&str] =
+    &["allow_root", "capabilities", "syscalls", "allow_syscalls", "deny_syscalls"];
 const RESOURCES_KEYS: &[&str] = &[
     "memory",
     "swap",
@@ -60,6 +48,8 @@ const RESOURCES_KEYS: &[&str] = &[
     "stack",
 ];
 
+/// Largest manifest accepted: bounds parser work on hostile input.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// Longest `stop_timeout` accepted.
 const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Smallest memory limit accepted: below this not even a shell starts.
@@ -74,13 +64,18 @@ const MAX_NOFILE: i64 = 1_048_576;
 /// Parses and validates a whole manifest.
 pub(crate) fn parse_manifest(text: &str, origin: &Path) -> Res<Manifest> {
     let doc = Doc { text, origin };
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(doc.error(
+            0..0,
+            "",
+            Problem::refused(
+                format!("the manifest is {} bytes; at most 1 MiB is accepted", text.len()),
+                "check that this is the right file; a manifest is a few kilobytes",
+            ),
+        ));
+    }
     let root = DeTable::parse(text).map_err(|e| syntax_error(&doc, &e))?;
-    let top = Table {
-        doc: &doc,
-        prefix: String::new(),
-        table: root.get_ref(),
-        span: root.span(),
-    };
+    let top = Table { doc: &doc, prefix: String::new(), table: root.get_ref(), span: root.span() };
     top.deny_unknown(TOP_KEYS)?;
 
     let name_node = top.require("name", "the ISC's name", "name = \"web\"")?;
@@ -104,11 +99,13 @@ pub(crate) fn parse_manifest(text: &str, origin: &Path) -> Res<Manifest> {
         }
     };
 
-    let service_node = top.require("service", "the service to run", "[service] exec = [\"/bin/sh\"]")?;
+    let service_node =
+        top.require("service", "the service to run", "[service] exec = [\"/bin/sh\"]")?;
     let service_table = service_node.table("a table", "[service]")?;
     let service = parse_service(&service_table)?;
 
-    let image_node = top.require("image", "where the root image comes from", "[image] source = \"host\"")?;
+    let image_node =
+        top.require("image", "where the root image comes from", "[image] source = \"host\"")?;
     let image = parse_image(&image_node.table("a table", "[image]")?, origin)?;
 
     let secrets = match top.get("secrets") {
@@ -125,10 +122,9 @@ pub(crate) fn parse_manifest(text: &str, origin: &Path) -> Res<Manifest> {
     };
     let network = match top.get("network") {
         None => None,
-        Some(n) => Some(crate::parse_network::parse_network(
-            &n.table("a table", "[network]")?,
-            name,
-        )?),
+        Some(n) => {
+            Some(crate::parse_network::parse_network(&n.table("a table", "[network]")?, name)?)
+        }
     };
     let security = match top.get("security") {
         None => Security::default(),
@@ -202,11 +198,7 @@ fn syntax_error(doc: &Doc<'_>, e: &toml::de::Error) -> ManifestError {
 
 /// A string that must be one of `options`.
 pub(crate) fn choice<'a>(node: &Node<'a, '_>, options: &[&str], example: &str) -> Res<&'a str> {
-    let list = options
-        .iter()
-        .map(|o| format!("\"{o}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ");
     let s = node.str(&format!("one of {list}"), example)?;
     if options.contains(&s) {
         Ok(s)
@@ -242,10 +234,8 @@ fn parse_service(t: &Table<'_, '_>) -> Res<Service> {
     }
     for (i, (node, arg)) in args.iter().enumerate() {
         if arg.contains('\0') {
-            return Err(node.fail(Problem::invalid(
-                "an argument contains a NUL byte",
-                "remove the NUL byte",
-            )));
+            return Err(node
+                .fail(Problem::invalid("an argument contains a NUL byte", "remove the NUL byte")));
         }
         if i == 0 && !arg.starts_with('/') {
             return Err(node.fail(Problem::invalid(
@@ -288,11 +278,13 @@ fn parse_service(t: &Table<'_, '_>) -> Res<Service> {
 
     let restart = match t.get("restart") {
         None => RestartPolicy::default(),
-        Some(n) => match choice(&n, &["never", "on-failure", "always"], "restart = \"on-failure\"")? {
-            "on-failure" => RestartPolicy::OnFailure,
-            "always" => RestartPolicy::Always,
-            _ => RestartPolicy::Never,
-        },
+        Some(n) => {
+            match choice(&n, &["never", "on-failure", "always"], "restart = \"on-failure\"")? {
+                "on-failure" => RestartPolicy::OnFailure,
+                "always" => RestartPolicy::Always,
+                _ => RestartPolicy::Never,
+            }
+        }
     };
 
     let stop_timeout = match t.get("stop_timeout") {
@@ -300,14 +292,21 @@ fn parse_service(t: &Table<'_, '_>) -> Res<Service> {
         Some(n) => {
             let d = match n.value {
                 toml::de::DeValue::Integer(_) => {
-                    Duration::from_secs(n.int_in(0, 3600, "seconds", "stop_timeout = \"10s\"")? as u64)
+                    Duration::from_secs(
+                        n.int_in(0, 3600, "seconds", "stop_timeout = \"10s\"")? as u64
+                    )
                 }
-                _ => units::parse_duration(n.str("a duration like \"10s\"", "stop_timeout = \"10s\"")?)
-                    .map_err(|p| n.fail(p))?,
+                _ => units::parse_duration(
+                    n.str("a duration like \"10s\"", "stop_timeout = \"10s\"")?,
+                )
+                .map_err(|p| n.fail(p))?,
             };
             if d > MAX_STOP_TIMEOUT {
                 return Err(n.fail(Problem::invalid(
-                    format!("stop_timeout of {} is longer than one hour", units::format_duration(d)),
+                    format!(
+                        "stop_timeout of {} is longer than one hour",
+                        units::format_duration(d)
+                    ),
                     "use at most \"1h\"; a service that needs longer to stop should checkpoint",
                 )));
             }
@@ -315,15 +314,7 @@ fn parse_service(t: &Table<'_, '_>) -> Res<Service> {
         }
     };
 
-    Ok(Service {
-        exec,
-        user,
-        group,
-        workdir,
-        env,
-        restart,
-        stop_timeout,
-    })
+    Ok(Service { exec, user, group, workdir, env, restart, stop_timeout })
 }
 
 /// Lexically resolves `.` and `..` in an absolute path.
@@ -484,13 +475,7 @@ fn parse_security(t: &Table<'_, '_>) -> Res<Security> {
             "keep it in only one of allow_syscalls and deny_syscalls".into(),
         ));
     }
-    Ok(Security {
-        allow_root,
-        capabilities,
-        syscalls,
-        allow_syscalls,
-        deny_syscalls,
-    })
+    Ok(Security { allow_root, capabilities, syscalls, allow_syscalls, deny_syscalls })
 }
 
 /// A size that may also be `"unlimited"` (→ `None`).
@@ -527,9 +512,7 @@ fn parse_resources(t: &Table<'_, '_>) -> Res<Resources> {
         r.cpu = Some(v);
     }
     let weight = |key: &str, example: &str| -> Res<Option<u64>> {
-        t.get(key)
-            .map(|n| n.int_in(1, 10_000, "a weight", example).map(|v| v as u64))
-            .transpose()
+        t.get(key).map(|n| n.int_in(1, 10_000, "a weight", example).map(|v| v as u64)).transpose()
     };
     r.cpu_weight = weight("cpu_weight", "cpu_weight = 100")?;
     r.io_weight = weight("io_weight", "io_weight = 100")?;

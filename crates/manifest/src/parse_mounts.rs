@@ -38,11 +38,8 @@ impl MountPoints {
                 "choose another mount point",
             )));
         }
-        if let Some(implied) = self
-            .profile
-            .implied_writable_paths()
-            .iter()
-            .find(|p| Path::new(p) == path)
+        if let Some(implied) =
+            self.profile.implied_writable_paths().iter().find(|p| Path::new(p) == path)
         {
             return Err(node.err(
                 ErrorKind::Duplicate,
@@ -70,7 +67,11 @@ fn positive_size(n: &Node<'_, '_>, min: u64, example: &str) -> Res<u64> {
                 units::format_size(size),
                 units::format_size(min)
             ),
-            format!("write a larger size, e.g. `{example}` (a tmpfs of size 0 would be unlimited)"),
+            if size == 0 {
+                format!("write a size, e.g. `{example}` (size 0 would mean no limit at all)")
+            } else {
+                format!("write a larger size, e.g. `{example}`")
+            },
         )));
     }
     Ok(size)
@@ -82,11 +83,7 @@ pub(crate) fn parse_filesystem(
     has_secrets: bool,
 ) -> Res<Filesystem> {
     t.deny_unknown(FILESYSTEM_KEYS)?;
-    let mut mounts = MountPoints {
-        seen: BTreeMap::new(),
-        profile,
-        has_secrets,
-    };
+    let mut mounts = MountPoints { seen: BTreeMap::new(), profile, has_secrets };
     let mut fs = Filesystem::default();
 
     let tmpfs_ex = "tmpfs = [{ path = \"/tmp\", size = \"16M\" }]";
@@ -113,12 +110,7 @@ pub(crate) fn parse_filesystem(
                 None => false,
                 Some(x) => x.bool("exec = false")?,
             };
-            fs.tmpfs.push(TmpfsDecl {
-                path,
-                size,
-                mode,
-                exec,
-            });
+            fs.tmpfs.push(TmpfsDecl { path, size, mode, exec });
         }
     }
 
@@ -145,12 +137,7 @@ pub(crate) fn parse_filesystem(
                 "encrypted = true",
             )?;
             let encrypted = enc_node.bool("encrypted = true")?;
-            fs.volumes.push(VolumeDecl {
-                name: name.to_string(),
-                path,
-                size,
-                encrypted,
-            });
+            fs.volumes.push(VolumeDecl { name: name.to_string(), path, size, encrypted });
         }
     }
 
@@ -169,10 +156,7 @@ pub(crate) fn parse_secrets(t: &Table<'_, '_>) -> Res<BTreeMap<String, SecretDec
     for (key_span, name, node) in t.entries() {
         rules::file_name("a secret name", name)
             .map_err(|p| t.doc.error(key_span.clone(), &node.key, p))?;
-        let e = node.table(
-            "a table (use {} for the defaults)",
-            &format!("{name} = {{}}"),
-        )?;
+        let e = node.table("a table (use {} for the defaults)", &format!("{name} = {{}}"))?;
         e.deny_unknown(SECRET_KEYS)?;
         let (file_name, file_node) = match e.get("file_name") {
             None => (name.to_string(), node.clone()),
@@ -183,11 +167,7 @@ pub(crate) fn parse_secrets(t: &Table<'_, '_>) -> Res<BTreeMap<String, SecretDec
             }
         };
         if let Some(first) = files.get(&file_name) {
-            return Err(duplicate(
-                &file_node,
-                &format!("file {SECRETS_DIR}/{file_name}"),
-                first,
-            ));
+            return Err(duplicate(&file_node, &format!("file {SECRETS_DIR}/{file_name}"), first));
         }
         files.insert(file_name.clone(), file_node.key.clone());
         out.insert(name.to_string(), SecretDecl { file_name });

@@ -62,7 +62,9 @@ pub(crate) fn parse_network(t: &Table<'_, '_>, own_name: &str) -> Res<Network> {
                     let clash = published.iter().find(|((addr, hp, pr), _)| {
                         *hp == publish.port
                             && *pr == proto
-                            && (addr.is_none() || publish.host_addr.is_none() || *addr == publish.host_addr)
+                            && (addr.is_none()
+                                || publish.host_addr.is_none()
+                                || *addr == publish.host_addr)
                     });
                     if let Some((_, first)) = clash {
                         return Err(duplicate(
@@ -75,11 +77,7 @@ pub(crate) fn parse_network(t: &Table<'_, '_>, own_name: &str) -> Res<Network> {
                     Some(publish)
                 }
             };
-            net.listen.push(Listen {
-                port,
-                proto,
-                publish,
-            });
+            net.listen.push(Listen { port, proto, publish });
         }
     }
 
@@ -104,7 +102,9 @@ pub(crate) fn parse_network(t: &Table<'_, '_>, own_name: &str) -> Res<Network> {
             if s == own_name {
                 return Err(item.err(
                     ErrorKind::InvalidValue,
-                    format!("{s:?} is this ISC's own name; an ISC always reaches itself over loopback"),
+                    format!(
+                        "{s:?} is this ISC's own name; an ISC always reaches itself over loopback"
+                    ),
                     "remove it from allow_from".into(),
                 ));
             }
@@ -120,10 +120,7 @@ pub(crate) fn parse_network(t: &Table<'_, '_>, own_name: &str) -> Res<Network> {
         let rate_ex = "bandwidth = \"10mbit\"";
         net.bandwidth = Some(if let Some(s) = n.value.as_str() {
             let bps = units::parse_rate(s).map_err(|p| n.fail(p))?;
-            Bandwidth {
-                ingress_bps: bps,
-                egress_bps: bps,
-            }
+            Bandwidth { ingress_bps: bps, egress_bps: bps }
         } else if n.value.is_table() {
             let b = n.table("", rate_ex)?;
             b.deny_unknown(BANDWIDTH_KEYS)?;
@@ -132,10 +129,7 @@ pub(crate) fn parse_network(t: &Table<'_, '_>, own_name: &str) -> Res<Network> {
                 let s = r.str("a bit rate like \"10mbit\"", &format!("{key} = \"10mbit\""))?;
                 units::parse_rate(s).map_err(|p: Problem| r.fail(p))
             };
-            Bandwidth {
-                ingress_bps: rate("ingress")?,
-                egress_bps: rate("egress")?,
-            }
+            Bandwidth { ingress_bps: rate("ingress")?, egress_bps: rate("egress")? }
         } else {
             return Err(n.wrong_type(
                 "a bit rate like \"10mbit\" or { ingress = \"10mbit\", egress = \"5mbit\" }",

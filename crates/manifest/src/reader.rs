@@ -35,10 +35,8 @@ impl Doc<'_> {
 
 /// Joins a table path and a key, quoting keys that are not bare TOML keys.
 fn join(prefix: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let bare =
+        !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     let key = if bare { key.to_string() } else { format!("{key:?}") };
     if prefix.is_empty() {
         key
@@ -89,16 +87,11 @@ impl<'a, 'i> Node<'a, 'i> {
     }
 
     pub fn bool(&self, example: &str) -> Res<bool> {
-        self.value
-            .as_bool()
-            .ok_or_else(|| self.wrong_type("true or false", example))
+        self.value.as_bool().ok_or_else(|| self.wrong_type("true or false", example))
     }
 
     pub fn int(&self, what: &str, example: &str) -> Res<i64> {
-        let i = self
-            .value
-            .as_integer()
-            .ok_or_else(|| self.wrong_type(what, example))?;
+        let i = self.value.as_integer().ok_or_else(|| self.wrong_type(what, example))?;
         i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| {
             self.err(
                 ErrorKind::InvalidValue,
@@ -182,9 +175,7 @@ impl<'a, 'i> Node<'a, 'i> {
     pub fn size(&self, example: &str) -> Res<u64> {
         match self.value {
             DeValue::String(s) => crate::units::parse_size(s).map_err(|p| self.fail(p)),
-            DeValue::Integer(_) => {
-                Ok(self.int_in(0, i64::MAX, "a size in bytes", example)? as u64)
-            }
+            DeValue::Integer(_) => Ok(self.int_in(0, i64::MAX, "a size in bytes", example)? as u64),
             _ => Err(self.wrong_type("a size like \"128M\"", example)),
         }
     }
@@ -236,15 +227,12 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn get(&self, key: &str) -> Option<Node<'a, 'i>> {
-        self.table
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == key)
-            .map(|(_, v)| Node {
-                doc: self.doc,
-                key: join(&self.prefix, key),
-                value: v.get_ref(),
-                span: v.span(),
-            })
+        self.table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| Node {
+            doc: self.doc,
+            key: join(&self.prefix, key),
+            value: v.get_ref(),
+            span: v.span(),
+        })
     }
 
     /// A required key; the error points at the table (its header) and shows an example.
@@ -302,11 +290,7 @@ fn close_enough(valid: &str, given: &str) -> bool {
     // One insertion or deletion.
     let (long, short) = if a.len() > b.len() { (&a, &b) } else { (&b, &a) };
     (0..long.len()).any(|skip| {
-        long.iter()
-            .enumerate()
-            .filter(|(i, _)| *i != skip)
-            .map(|(_, c)| c)
-            .eq(short.iter())
+        long.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, c)| c).eq(short.iter())
     })
 }
 

@@ -20,10 +20,7 @@ fn strings<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Value {
 }
 
 fn table<const N: usize>(entries: [(&str, Value); N]) -> Table {
-    entries
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+    entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// The manifest as TOML text with every default made explicit.
@@ -50,10 +47,8 @@ pub(crate) fn to_toml_string(m: &Manifest) -> String {
 
     let mut image = table([("source", s(m.image.source.to_string()))]);
     if m.image.source == ImageSource::Host {
-        image.insert(
-            "paths".into(),
-            strings(m.image.paths.iter().map(|p| p.display().to_string())),
-        );
+        image
+            .insert("paths".into(), strings(m.image.paths.iter().map(|p| p.display().to_string())));
     }
     top.insert("image".into(), Value::Table(image));
 
@@ -96,10 +91,7 @@ pub(crate) fn to_toml_string(m: &Manifest) -> String {
             .listen
             .iter()
             .map(|l| {
-                let mut t = table([
-                    ("port", int(l.port.into())),
-                    ("proto", s(l.proto.as_str())),
-                ]);
+                let mut t = table([("port", int(l.port.into())), ("proto", s(l.proto.as_str()))]);
                 if let Some(p) = &l.publish {
                     let v = match p.host_addr {
                         None => int(p.port.into()),
@@ -130,12 +122,7 @@ pub(crate) fn to_toml_string(m: &Manifest) -> String {
     let secrets: Table = m
         .secrets
         .iter()
-        .map(|(k, d)| {
-            (
-                k.clone(),
-                Value::Table(table([("file_name", s(&d.file_name))])),
-            )
-        })
+        .map(|(k, d)| (k.clone(), Value::Table(table([("file_name", s(&d.file_name))]))))
         .collect();
     top.insert("secrets".into(), Value::Table(secrets));
 
@@ -153,10 +140,7 @@ pub(crate) fn to_toml_string(m: &Manifest) -> String {
 
     let r = &m.resources;
     let mut res = Table::new();
-    res.insert(
-        "memory".into(),
-        r.memory.map_or(s("unlimited"), |v| s(format_size(v))),
-    );
+    res.insert("memory".into(), r.memory.map_or(s("unlimited"), |v| s(format_size(v))));
     res.insert("swap".into(), s(format_size(r.swap)));
     if let Some(cpu) = r.cpu {
         res.insert("cpu".into(), Value::Float(cpu));

@@ -63,9 +63,8 @@ pub fn dns_label(what: &str, text: &str) -> Result<(), Problem> {
         Some("it is empty".to_string())
     } else if text.len() > 63 {
         Some(format!("it is {} characters long (at most 63)", text.len()))
-    } else if let Some(c) = text
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    } else if let Some(c) =
+        text.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
         Some(format!("it contains {c:?}"))
     } else if text.starts_with('-') || text.ends_with('-') {
@@ -218,9 +217,7 @@ pub fn env_var(name: &str, value: &str) -> Result<(), Problem> {
 pub fn file_name(what: &str, text: &str) -> Result<(), Problem> {
     let ok = !text.is_empty()
         && text.len() <= 64
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         && text != "."
         && text != "..";
     if ok {
@@ -248,9 +245,7 @@ pub fn capability(text: &str) -> Result<String, Problem> {
         .unwrap_or_default();
     Err(Problem::invalid(
         format!("unknown capability {text:?}"),
-        format!(
-            "{hint}use a name from capabilities(7) without CAP_, e.g. \"NET_BIND_SERVICE\""
-        ),
+        format!("{hint}use a name from capabilities(7) without CAP_, e.g. \"NET_BIND_SERVICE\""),
     ))
 }
 
@@ -259,9 +254,7 @@ pub fn syscall_name(text: &str) -> Result<(), Problem> {
     let ok = !text.is_empty()
         && text.len() <= 64
         && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
@@ -295,7 +288,10 @@ mod tests {
         let p = dns_label("a name", "Web_1").unwrap_err();
         assert!(p.message.contains("contains 'W'"), "{p:?}");
         assert!(p.fix.contains("\"web-1\""), "{p:?}");
-        assert!(dns_label("a name", &"a".repeat(64)).unwrap_err().message.contains("64 characters"));
+        assert!(dns_label("a name", &"a".repeat(64))
+            .unwrap_err()
+            .message
+            .contains("64 characters"));
         assert!(dns_label("a name", "-x").is_err());
         assert!(dns_label("a name", "").is_err());
     }

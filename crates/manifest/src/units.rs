@@ -29,15 +29,9 @@ pub fn parse_size(text: &str) -> Result<u64, Problem> {
         "t" | "tb" | "tib" => 40,
         _ => return Err(bad()),
     };
-    number
-        .checked_mul(1u64 << shift)
-        .filter(|v| *v <= i64::MAX as u64)
-        .ok_or_else(|| {
-            Problem::invalid(
-                format!("size {text:?} is too large"),
-                "use a size below 8 EiB",
-            )
-        })
+    number.checked_mul(1u64 << shift).filter(|v| *v <= i64::MAX as u64).ok_or_else(|| {
+        Problem::invalid(format!("size {text:?} is too large"), "use a size below 8 EiB")
+    })
 }
 
 /// Renders a size the way [`parse_size`] reads it, with the largest exact binary suffix.
@@ -71,10 +65,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, Problem> {
         "h" => 3_600_000,
         _ => return Err(bad()),
     };
-    number
-        .checked_mul(millis_per)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)
+    number.checked_mul(millis_per).map(Duration::from_millis).ok_or_else(bad)
 }
 
 /// Renders a duration the way [`parse_duration`] reads it.
@@ -133,12 +124,9 @@ pub fn parse_rate(text: &str) -> Result<u64, Problem> {
 
 /// Renders a bit rate the way [`parse_rate`] reads it.
 pub fn format_rate(bps: u64) -> String {
-    for (mult, unit) in [
-        (1_000_000_000_000, "tbit"),
-        (1_000_000_000, "gbit"),
-        (1_000_000, "mbit"),
-        (1_000, "kbit"),
-    ] {
+    for (mult, unit) in
+        [(1_000_000_000_000, "tbit"), (1_000_000_000, "gbit"), (1_000_000, "mbit"), (1_000, "kbit")]
+    {
         if bps != 0 && bps % mult == 0 {
             return format!("{}{unit}", bps / mult);
         }
@@ -195,8 +183,10 @@ pub fn parse_cpuset(text: &str) -> Result<String, Problem> {
             Some((lo, hi)) => (lo, hi),
             None => (part, part),
         };
-        let lo: u32 = lo.parse().map_err(|_| bad(format!("`{part}` is not a CPU number or range")))?;
-        let hi: u32 = hi.parse().map_err(|_| bad(format!("`{part}` is not a CPU number or range")))?;
+        let lo: u32 =
+            lo.parse().map_err(|_| bad(format!("`{part}` is not a CPU number or range")))?;
+        let hi: u32 =
+            hi.parse().map_err(|_| bad(format!("`{part}` is not a CPU number or range")))?;
         if lo > hi {
             return Err(bad(format!("range `{part}` is descending")));
         }
