@@ -307,3 +307,66 @@ fn stale_cgroups_of_a_dead_monitor_are_collected() {
     }
     assert!(g.cgroups[0].paths().iter().all(|p| p.is_dir()), "live cgroup was touched");
 }
+
+/// `struct clone_args` (linux/sched.h), CLONE_ARGS_SIZE_VER2.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+#[test]
+fn clone_into_cgroup_with_the_v2_dir_fd() {
+    use std::os::fd::AsRawFd;
+    let mut g = Guard::new("clone3");
+    let i = g.create("isc-test-clone3", &Limits::default());
+    let cg = g.cgroups[i].as_ref();
+    let Some(fd) = cg.v2_dir_fd() else {
+        assert!(g.layout.unified().is_none(), "a unified hierarchy exists but no v2 fd");
+        return;
+    };
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: fd.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork(2); the child only
+    // calls pause(2) and _exit(2), which are async-signal-safe.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    };
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::pause();
+            libc::_exit(0)
+        }
+    }
+    assert!(pid > 0, "clone3: {}", std::io::Error::last_os_error());
+    let pid = pid as i32;
+    // The child is in the unified cgroup from its first instruction, before any attach().
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let unified = membership.lines().find(|l| l.starts_with("0::")).unwrap().to_string();
+    cg.attach(pid).unwrap();
+    let procs = cg.procs().unwrap();
+    cg.kill_all().unwrap();
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(unified.ends_with(&format!("/{}/isc-test-clone3", g.parent.display())), "{unified}");
+    assert_eq!(procs, vec![pid]);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+}
