@@ -188,6 +188,9 @@ fn wait_detached(path: &Path, number: u32, timeout: Duration) -> Result<(), Loop
 
 /// Loop devices whose backing file is `backing` (for leak checks and `remove_volume`).
 pub fn devices_backed_by(backing: &Path) -> Vec<u32> {
+    // sysfs shows the resolved path of the file, so compare against the canonical form.
+    let backing = std::fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
+    let backing = backing.as_path();
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/block") {
         for e in entries.flatten() {

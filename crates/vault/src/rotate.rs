@@ -246,6 +246,8 @@ impl Vault {
             return Err(corrupt("key ids are not 16 hex digits".into()).into());
         };
         if self.keys.has(new) {
+            // Refuse to touch anything unless the new key loads (e.g. the right passphrase).
+            self.keys.get(new)?;
             tracing::warn!(old_key = %old, new_key = %new, "finishing an interrupted key rotation");
             let mut steps = Steps { done: 0, stop_after: None };
             self.roll_forward(old, new, &mut steps)?;

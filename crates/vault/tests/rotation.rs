@@ -152,3 +152,48 @@ fn unreadable_blob_keeps_the_old_key() {
     let got = v.open_for_start("web", &["good".to_string()]).unwrap();
     assert_eq!(&got[0].1[..], b"g");
 }
+
+#[test]
+fn passphrase_rotation_interrupted_at_every_step_recovers_only_with_the_passphrase() {
+    use isc_vault::KdfParams;
+    use secrecy::SecretString;
+    let src = |p: &str| KeySource::Passphrase {
+        passphrase: SecretString::from(p.to_string()),
+        params: KdfParams { m_cost_kib: 256, t_cost: 1, p_cost: 1 },
+    };
+    let kdf_files = |root: &Path| {
+        fs::read_dir(root.join("keys"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".kdf"))
+            .count()
+    };
+    let mut k = 1;
+    loop {
+        let t = TestDir::new("rot-pass");
+        let mut v = Vault::open(&t.root(), src("pass")).unwrap();
+        v.set("web", "a", Zeroizing::new(b"A".to_vec())).unwrap();
+        v.set("web", "b", Zeroizing::new(b"B".to_vec())).unwrap();
+        match v.rotate_key_interrupted_after(k) {
+            Ok(_) => {
+                assert!(k > 4 + 2 * 2 + 4, "only {k} steps");
+                break;
+            }
+            Err(VaultError::Rotate(RotateError::Interrupted { .. })) => {}
+            Err(e) => panic!("step {k}: {e}"),
+        }
+        drop(v);
+        let journal = t.root().join("keys/rotation.journal");
+        if k >= 4 && journal.exists() {
+            // Finishing needs the new key, which only the right passphrase derives.
+            assert!(Vault::open(&t.root(), src("wrong")).is_err(), "step {k}");
+            assert!(journal.exists(), "step {k}: a wrong passphrase must not touch the journal");
+        }
+        let mut v = Vault::open(&t.root(), src("pass")).unwrap();
+        assert_eq!(kdf_files(&t.root()), 1, "step {k}");
+        assert!(!journal.exists());
+        let got = v.open_for_start("web", &["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!((&got[0].1[..], &got[1].1[..]), (&b"A"[..], &b"B"[..]));
+        k += 1;
+    }
+}
