@@ -162,7 +162,11 @@ impl V1Part {
     pub fn kill_all(&self, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
         let freezer = self.dir(Controller::Freezer).filter(|d| d.join("freezer.state").exists());
         if let Some(dir) = freezer {
-            set_freezer(fs, dir, "FROZEN")?;
+            // A task in uninterruptible sleep can keep the cgroup FREEZING; kill anyway (the
+            // signal is delivered once it is thawed) and let destroy's re-kill catch forks.
+            if let Err(e) = set_freezer(fs, dir, "FROZEN") {
+                tracing::warn!(error = %e, "freeze before kill incomplete; killing unfrozen");
+            }
             let killed = self.kill_members(fs);
             let thawed = set_freezer(fs, dir, "THAWED");
             killed.and(thawed)
