@@ -307,3 +307,21 @@ fn schema_rejects_what_the_parser_rejects_by_pattern() {
         assert!(!validator.is_valid(&json), "{name}: schema accepted it");
     }
 }
+
+/// Every TOML example in docs/manifest.md parses, and the full one equals examples/full.toml.
+#[test]
+fn reference_page_examples_are_valid() {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/manifest.md"),
+    )
+    .expect("docs/manifest.md exists");
+    let blocks: Vec<&str> =
+        page.split("```toml\n").skip(1).map(|rest| rest.split("```").next().unwrap()).collect();
+    assert!(blocks.len() >= 2, "expected the minimal and full examples");
+    let parsed: Vec<Manifest> = blocks
+        .iter()
+        .map(|b| Manifest::parse(b, &example("doc.toml")).unwrap_or_else(|e| panic!("{e}\n{b}")))
+        .collect();
+    assert!(parsed.contains(&load("minimal.toml")));
+    assert!(parsed.contains(&load("full.toml")));
+}
