@@ -114,3 +114,27 @@ fn oversized_manifest_is_refused_before_parsing() {
     assert_eq!((err.line(), err.column(), err.kind), (Some(1), Some(1), ErrorKind::Refused));
     assert!(err.message.contains("at most 1 MiB"), "{err}");
 }
+
+#[test]
+fn array_of_tables_and_dotted_keys_are_located_too() {
+    let text = common::doc(
+        "",
+        "",
+        "[[filesystem.tmpfs]]\npath = \"/tmp\"\n[[filesystem.tmpfs]]\npath = \"/proc/x\"\n",
+    );
+    let err = Manifest::parse(&text, Path::new("isc.toml")).unwrap_err();
+    assert_eq!((err.line(), err.column()), (Some(10), Some(8)), "{err}");
+    assert_eq!(err.key.as_deref(), Some("filesystem.tmpfs[1].path"));
+
+    let text = common::doc("resources.memory = \"lots\"\n", "", "");
+    let err = Manifest::parse(&text, Path::new("isc.toml")).unwrap_err();
+    assert_eq!((err.line(), err.column()), (Some(1), Some(20)), "{err}");
+    assert_eq!(err.key.as_deref(), Some("resources.memory"));
+
+    let text =
+        common::doc("", "", "[[filesystem.volumes]]\nname = \"d\"\npath = \"/d\"\nsize = \"8M\"\n");
+    let err = Manifest::parse(&text, Path::new("isc.toml")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::MissingKey);
+    assert_eq!(err.key.as_deref(), Some("filesystem.volumes[0].encrypted"));
+    assert_eq!(err.line(), Some(7), "{err}");
+}
