@@ -24,7 +24,7 @@ pub use error::AuditError;
 pub use keys::{
     load_or_create_signing_key, load_verifying_key, KeyError, SigningKey, VerifyingKey,
 };
-pub use log::{AuditConfig, AuditLog, Durability, OpenReport};
+pub use log::{AuditConfig, AuditLog, Durability, LogStats, OpenReport};
 pub use query::{
     export, export_verifiable, format_syslog, query, query_files, ExportFormat, ExportSink, Filter,
     Follower,

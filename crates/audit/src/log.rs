@@ -65,6 +65,19 @@ impl AuditConfig {
     }
 }
 
+/// Counters of one `AuditLog` (this process only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches committed (each under one lock, one `write`).
+    pub commits: u64,
+    /// Requests (records and explicit checkpoints) committed.
+    pub requests: u64,
+    /// `write(2)` calls.
+    pub writes: u64,
+    /// `fdatasync(2)` calls.
+    pub syncs: u64,
+}
+
 /// What `AuditLog::open` found.
 #[derive(Debug, Clone)]
 pub struct OpenReport {
@@ -153,6 +166,7 @@ impl AuditLog {
             checkpoint_every: cfg.checkpoint_every,
             max_file_bytes: cfg.max_file_bytes,
             reload: false,
+            stats: LogStats::default(),
         };
         if let Some(t) = &torn {
             tracing::warn!(file = %t.file.display(), offset = t.offset, len = t.len,
@@ -322,6 +336,11 @@ impl AuditLog {
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Counters of this handle (group-commit effectiveness).
+    pub fn stats(&self) -> LogStats {
+        lock(&self.inner.io).stats
     }
 
     /// Seq of the last record this process knows of.

@@ -96,6 +96,8 @@ pub(crate) struct Io {
     pub max_file_bytes: u64,
     /// Re-read the chain state from disk before the next commit (set after a failed write).
     pub reload: bool,
+    /// Counters for tests and benchmarks.
+    pub stats: crate::LogStats,
 }
 
 /// RAII `flock(LOCK_EX)` on the lock file.
@@ -348,6 +350,7 @@ impl Io {
         }
         self.active.len += buf.len() as u64;
         self.dirty = true;
+        self.stats.writes += 1;
         Ok(())
     }
 
@@ -362,6 +365,7 @@ impl Io {
             self.active.file.sync_data().map_err(|e| Failure::io(&self.active.path, &e))?;
             self.dirty = false;
             self.last_sync = Instant::now();
+            self.stats.syncs += 1;
         }
         Ok(())
     }
@@ -422,6 +426,10 @@ impl Io {
         let lock = self.lock.try_clone().map_err(|e| Failure::io(&self.lock_path, &e))?;
         let _guard = DirLock::acquire(&lock, &self.lock_path)?;
         let result = self.commit_locked(batch);
+        if let Ok(seqs) = &result {
+            self.stats.commits += 1;
+            self.stats.requests += seqs.len() as u64;
+        }
         if result.is_err() {
             // The in-memory chain state may be ahead of the file (the partial write was cut off)
             // or mid-rotation: re-read it from disk before the next attempt.
