@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::closure::{Plan, PlanEntry, Planner};
 use crate::skeleton::{self, in_tree, GENERATED_FILES};
-use crate::store::Store;
+use crate::store::{ImageMeta, ImageStore};
 use crate::{ImageError, PreparedRoot};
 
 /// What a host-built image contains and who its service user is.
@@ -69,10 +69,10 @@ pub fn prepare_host_image(
     }
     let plan = Planner::new().plan(&req.paths)?;
     let key = cache_key(&plan, req);
-    let store = Store::open(store_root)?;
-    if let Some(found) = store.lookup_key(&key)? {
-        tracing::debug!(key = %key, id = %found.id, "host image cache hit");
-        return Ok(found);
+    let store = ImageStore::open(store_root)?;
+    if let Some(id) = store.lookup_key(&key)? {
+        tracing::debug!(key = %key, id = %id, "host image cache hit");
+        return Ok(store.check_before_start(&id)?);
     }
     let staging = store.staging()?;
     let rootfs = staging.path().join("rootfs");
@@ -81,7 +81,8 @@ pub fn prepare_host_image(
         .map_err(HostBuildError::from)?;
     chown_tree_root(&rootfs)
         .map_err(|e| HostBuildError::Copy { path: rootfs.clone(), source: e })?;
-    let prepared = store.commit(staging, &key, &key)?;
+    let meta = ImageMeta { source: "host".to_string(), defaults: None };
+    let prepared = store.commit(staging, &meta, Some(&key))?;
     tracing::info!(id = %prepared.id, files = plan.entries.len(), "built host image");
     Ok(prepared)
 }

@@ -11,8 +11,11 @@ pub mod closure;
 pub mod dir;
 pub mod elf;
 pub mod host;
+pub mod immutable;
+pub mod integrity;
 pub mod ldcache;
 pub mod loader;
+pub mod manifest;
 pub mod skeleton;
 pub mod store;
 
@@ -20,6 +23,9 @@ use std::path::PathBuf;
 
 pub use dir::prepare_dir_image;
 pub use host::{elf_closure, prepare_host_image, HostImageRequest};
+pub use integrity::{Change, DriftReport, IntegrityError};
+pub use manifest::{Manifest, ManifestEntry, MountPolicy};
+pub use store::{verify_tree, ImageDefaults, ImageLease, ImageMeta, ImageStore, ImageSummary};
 
 /// A root tree ready for the engine to mount read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,9 @@ pub enum ImageError {
     /// The image store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A stored image failed its before-start integrity check.
+    #[error(transparent)]
+    Integrity(#[from] integrity::IntegrityError),
     /// A prepared directory is unusable.
     #[error(transparent)]
     Dir(#[from] dir::DirImageError),

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
 use isc_image::{elf_closure, prepare_dir_image, prepare_host_image, HostImageRequest, ImageError};
 
 /// The files `ldd` says the loader maps for `bin` (interpreter and every `=> path`).
@@ -116,7 +118,7 @@ fn closure_of_bin_true_is_fast() {
 
 #[test]
 fn built_true_runs_in_chroot_and_is_cached() {
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
+    let store = common::TestStore::new();
     let req = request(&["/bin/true", "/bin/sh"]);
     let t = Instant::now();
     let first = prepare_host_image(store.path(), &req).unwrap();
@@ -163,12 +165,12 @@ fn setuid_bits_are_stripped_and_owner_is_root() {
     std::fs::write(&f, b"#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6755)).unwrap();
     std::os::unix::fs::chown(&f, Some(1234), Some(1234)).unwrap();
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
+    let store = common::TestStore::new();
     let req = HostImageRequest { paths: vec![f.clone()], extra_dirs: vec![], uid: 1000, gid: 1000 };
     let img = prepare_host_image(store.path(), &req).unwrap();
     let copied = img.rootfs.join(f.strip_prefix("/").unwrap());
     let md = std::fs::metadata(&copied).unwrap();
-    assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(md.permissions().mode() & 0o7777, 0o555, "setuid/setgid and write bits stripped");
     assert_eq!((md.uid(), md.gid()), (0, 0));
     // The #! interpreter came along with its own closure.
     assert!(img.rootfs.join("usr/bin/sh").exists() || img.rootfs.join("usr/bin/dash").exists());
@@ -207,7 +209,7 @@ fn origin_rpath_library_is_found_and_runs() {
         "closure lacks {}: {closure:?}",
         lib.display()
     );
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
+    let store = common::TestStore::new();
     let img = prepare_host_image(
         store.path(),
         &HostImageRequest { paths: vec![bin.clone()], extra_dirs: vec![], uid: 1000, gid: 1000 },
@@ -229,7 +231,7 @@ fn origin_rpath_library_is_found_and_runs() {
 
 #[test]
 fn missing_and_bad_paths_are_clear_errors() {
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
+    let store = common::TestStore::new();
     let err =
         prepare_host_image(store.path(), &request(&["/usr/bin/isc-does-not-exist"])).unwrap_err();
     let msg = err.to_string();
@@ -246,8 +248,8 @@ fn missing_and_bad_paths_are_clear_errors() {
 
 #[test]
 fn concurrent_builders_agree() {
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
-    let root = store.path().to_path_buf();
+    let store = common::TestStore::new();
+    let root = store.path_buf();
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let root = root.clone();
@@ -266,7 +268,7 @@ fn concurrent_builders_agree() {
 
 #[test]
 fn dir_source_accepts_a_built_tree() {
-    let store = tempfile::Builder::new().prefix("isc-image-test-").tempdir().unwrap();
+    let store = common::TestStore::new();
     let built = prepare_host_image(store.path(), &request(&["/bin/true"])).unwrap();
     let dir = prepare_dir_image(&built.rootfs, &[PathBuf::from("/data")]).unwrap();
     assert_eq!(dir.rootfs, built.rootfs);
