@@ -260,6 +260,7 @@ pub fn create_isc_side(plan: &VethPlan, netns: &File) -> Result<(), LinkError> {
     let res = in_netns(netns, move || {
         let mut r = Rtnl::open()?;
         r.set_up("lo")?;
+        disable_dad(ISC_IFNAME)?;
         r.add_address(ISC_IFNAME, IpAddr::V4(p.isc_v4), 31)?;
         r.add_address(ISC_IFNAME, IpAddr::V6(p.isc_v6), 127)?;
         r.set_up(ISC_IFNAME)?;
@@ -273,9 +274,21 @@ pub fn create_isc_side(plan: &VethPlan, netns: &File) -> Result<(), LinkError> {
     res
 }
 
+/// Turn off IPv6 DAD on `ifname` in the calling thread's namespace (sysctl files under
+/// /proc/sys/net follow the opener's namespace). Without it the link-local address stays
+/// tentative for a second or more, and the kernel sends no neighbour solicitation for
+/// *forwarded* packets until it is usable (ndisc_send_ns needs a non-tentative link-local
+/// source), so ISC-to-ISC IPv6 would stall. Both ends of the pair are ours: DAD has nothing to
+/// detect.
+pub fn disable_dad(ifname: &str) -> Result<(), LinkError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"));
+    std::fs::write(&path, b"0").map_err(|source| LinkError::Io { what: format!("write {}", path.display()), source })
+}
+
 /// Address the host end and bring it up. The kernel adds the connected routes for the /31 and
 /// the /127 (so the ISC address is routed through this link) when the addresses are added.
 pub fn configure_host_side(plan: &VethPlan) -> Result<(), LinkError> {
+    disable_dad(&plan.if_host)?;
     let mut rtnl = Rtnl::open()?;
     rtnl.add_address(&plan.if_host, IpAddr::V4(plan.host_v4), 31)?;
     rtnl.add_address(&plan.if_host, IpAddr::V6(plan.host_v6), 127)?;
