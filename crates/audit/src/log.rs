@@ -269,6 +269,9 @@ impl AuditLog {
     pub fn ensure_writable(&self) -> Result<(), AuditError> {
         let failed = lock(&self.inner.queue).failed.clone();
         if let Some(f) = failed {
+            // Recover only with the reserve free again, so a record squeezed into the last free
+            // bytes does not flap the log between failed and writable.
+            self.check_space()?;
             let detail = json!({
                 "error": f.failure.reason,
                 "since": f.since,
@@ -282,6 +285,7 @@ impl AuditLog {
             };
             self.inner.submit(vec![req], true)?;
             tracing::info!(dir = %self.inner.dir.display(), "audit log writable again");
+            return Ok(());
         }
         self.check_space()
     }
