@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Errors of the lease allocator.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
-    #[error("cannot create the network state directory {path}: {source} (check --root and permissions)")]
+    #[error(
+        "cannot create the network state directory {path}: {source} (check --root and permissions)"
+    )]
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
@@ -35,7 +37,9 @@ pub enum AllocError {
     InterfaceTaken { if_host: String, holder: String },
     #[error("no free address pair left in {v4} / {v6}; enlarge the prefixes or stop ISCs")]
     Exhausted { v4: Ipv4Net, v6: Ipv6Net },
-    #[error("prefix {prefix} is too small: it needs room for at least one /31 (IPv4) or /127 (IPv6)")]
+    #[error(
+        "prefix {prefix} is too small: it needs room for at least one /31 (IPv4) or /127 (IPv6)"
+    )]
     PrefixTooSmall { prefix: String },
 }
 

@@ -25,8 +25,8 @@ pub use link::LinkError;
 pub use nflog::{Denial, Direction, NflogError, NflogReader};
 pub use nft::{NftCli, NftError, NftRunner};
 pub use policy::{
-    landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, IscNetPolicy, IscNetRequest,
-    LandlockPorts, Listen, PolicyError, Proto, Publish,
+    landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, IscNetPolicy,
+    IscNetRequest, LandlockPorts, Listen, PolicyError, Proto, Publish,
 };
 pub use tc::{TcCli, TcError, TcRunner};
 
@@ -98,7 +98,8 @@ impl NetConfig {
 pub fn enable_forwarding() -> Result<(), NetError> {
     // /proc/thread-self: sysctl files under /proc/sys/net follow the opener's namespace.
     for path in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
-        std::fs::write(path, b"1").map_err(|source| NetError::Forwarding { path: path.to_string(), source })?;
+        std::fs::write(path, b"1")
+            .map_err(|source| NetError::Forwarding { path: path.to_string(), source })?;
     }
     Ok(())
 }
@@ -148,7 +149,8 @@ impl IscNetLease {
     /// timer (e.g. every 60 s, or the minimum TTL if the caller has one).
     pub fn refresh_egress(&mut self, egress: &[EgressSpec]) -> Result<(), NetError> {
         let id = self.policy.id.clone();
-        self.policy.egress = policy::resolve_egress(egress).map_err(|source| NetError::Policy { id: id.clone(), source })?;
+        self.policy.egress = policy::resolve_egress(egress)
+            .map_err(|source| NetError::Policy { id: id.clone(), source })?;
         nft::Batch { ops: rules::egress_refresh_ops(&self.policy) }
             .apply(&NftCli::default())
             .map_err(|source| NetError::Nft { id, source })
@@ -178,8 +180,11 @@ impl IscNetLease {
         let nft = rules::remove_isc(&self.policy)
             .apply(&NftCli::default())
             .map_err(|source| NetError::Nft { id: id.clone(), source });
-        let link = link::delete_host_side(&self.lease.if_host).map(|_| ()).map_err(|source| NetError::Link { id: id.clone(), source });
-        let lease = self.cfg.allocator().and_then(|a| a.release(&id).map(|_| ()).map_err(NetError::from));
+        let link = link::delete_host_side(&self.lease.if_host)
+            .map(|_| ())
+            .map_err(|source| NetError::Link { id: id.clone(), source });
+        let lease =
+            self.cfg.allocator().and_then(|a| a.release(&id).map(|_| ()).map_err(NetError::from));
         tracing::info!(isc = %id, if_host = %self.lease.if_host, "ISC network torn down");
         nft.and(link).and(lease)
     }
@@ -211,7 +216,11 @@ fn build_policy(req: &IscNetRequest, lease: &Lease, egress: Vec<EgressRule>) -> 
 /// pair, create the veth (ISC end `eth0` created directly in that namespace), address and route
 /// both ends, add its firewall objects in one nft transaction, then apply bandwidth limits.
 /// On failure, everything done so far is undone.
-pub fn setup_isc(cfg: &NetConfig, req: &IscNetRequest, netns_pid: i32) -> Result<IscNetLease, NetError> {
+pub fn setup_isc(
+    cfg: &NetConfig,
+    req: &IscNetRequest,
+    netns_pid: i32,
+) -> Result<IscNetLease, NetError> {
     let id = req.id.clone();
     let perr = |source| NetError::Policy { id: id.clone(), source };
     policy::validate_id(&req.id).map_err(perr)?;
@@ -221,7 +230,8 @@ pub fn setup_isc(cfg: &NetConfig, req: &IscNetRequest, netns_pid: i32) -> Result
         }
     }
     let egress = policy::resolve_egress(&req.egress).map_err(perr)?;
-    let netns = link::open_netns_of(netns_pid).map_err(|source| NetError::Link { id: id.clone(), source })?;
+    let netns = link::open_netns_of(netns_pid)
+        .map_err(|source| NetError::Link { id: id.clone(), source })?;
     let lease = cfg.allocator()?.allocate(&req.id)?;
     let policy = build_policy(req, &lease, egress);
     // From here on, dropping `out` undoes whatever was done.
@@ -233,11 +243,16 @@ pub fn setup_isc(cfg: &NetConfig, req: &IscNetRequest, netns_pid: i32) -> Result
         host_v6: out.lease.host_v6,
         isc_v6: out.lease.isc_v6,
     };
-    link::create_isc_side(&plan, &netns).map_err(|source| NetError::Link { id: id.clone(), source })?;
+    link::create_isc_side(&plan, &netns)
+        .map_err(|source| NetError::Link { id: id.clone(), source })?;
     rules::add_isc(&cfg.rules(), &out.policy)
         .apply(&NftCli::default())
         .map_err(|source| NetError::Nft { id: id.clone(), source })?;
     link::configure_host_side(&plan).map_err(|source| NetError::Link { id: id.clone(), source })?;
+    if req.bandwidth.from_isc.is_some() {
+        link::create_ifb_for(&plan.if_host)
+            .map_err(|source| NetError::Link { id: id.clone(), source })?;
+    }
     tc::apply_bandwidth(&TcCli::default(), &plan.if_host, &req.bandwidth)
         .map_err(|source| NetError::Tc { id: id.clone(), source })?;
     tracing::info!(isc = %id, if_host = %plan.if_host, v4 = %plan.isc_v4, v6 = %plan.isc_v6, "ISC network up");
@@ -258,7 +273,8 @@ pub fn reconcile(cfg: &NetConfig, policies: &[IscNetPolicy]) -> Result<(), NetEr
         .map_err(|source| NetError::Nft { id: "*".into(), source })?;
     let alloc = cfg.allocator()?;
     for stale in alloc.leases()?.into_iter().filter(|l| !policies.iter().any(|p| p.id == l.id)) {
-        link::delete_host_side(&stale.if_host).map_err(|source| NetError::Link { id: stale.id.clone(), source })?;
+        link::delete_host_side(&stale.if_host)
+            .map_err(|source| NetError::Link { id: stale.id.clone(), source })?;
         alloc.release(&stale.id)?;
         tracing::warn!(isc = %stale.id, if_host = %stale.if_host, "removed leftover network of a stopped ISC");
     }

@@ -14,7 +14,9 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -58,7 +60,12 @@ impl Rtnl {
     }
 
     /// Send one request and collect the answers until the ACK (or DONE for dumps).
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16, what: &str) -> Result<Vec<RouteNetlinkMessage>, LinkError> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>, LinkError> {
         self.seq = self.seq.wrapping_add(1);
         let mut nl = NetlinkMessage::from(msg);
         nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
@@ -73,11 +80,16 @@ impl Rtnl {
             let (data, _) = self.sock.recv_from_full().map_err(io)?;
             let mut off = 0;
             while off < data.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .map_err(|e| LinkError::Decode { what: what.to_string(), detail: e.to_string() })?;
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]).map_err(
+                        |e| LinkError::Decode { what: what.to_string(), detail: e.to_string() },
+                    )?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Err(LinkError::Decode { what: what.to_string(), detail: "zero-length message".into() });
+                    return Err(LinkError::Decode {
+                        what: what.to_string(),
+                        detail: "zero-length message".into(),
+                    });
                 }
                 off += (len + 3) & !3;
                 if msg.header.sequence_number != self.seq {
@@ -87,7 +99,9 @@ impl Rtnl {
                     NetlinkPayload::Error(e) => {
                         return match e.code {
                             None => Ok(out),
-                            Some(_) => Err(LinkError::Kernel { what: what.to_string(), source: e.to_io() }),
+                            Some(_) => {
+                                Err(LinkError::Kernel { what: what.to_string(), source: e.to_io() })
+                            }
                         };
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
@@ -107,7 +121,11 @@ impl Rtnl {
                 RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
                 _ => None,
             })),
-            Err(LinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(LinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -129,7 +147,24 @@ impl Rtnl {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL, &format!("create veth {host}"))?;
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("create veth {host}"),
+        )?;
+        Ok(())
+    }
+
+    /// Create an ifb device `name` here (kept down until [`Rtnl::set_up`]).
+    pub fn create_ifb(&mut self, name: &str) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("create ifb {name}"),
+        )?;
         Ok(())
     }
 
@@ -151,7 +186,11 @@ impl Rtnl {
         msg.header.index = index;
         match self.request(RouteNetlinkMessage::DelLink(msg), 0, &format!("delete link {name}")) {
             Ok(_) => Ok(true),
-            Err(LinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(LinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -178,7 +217,8 @@ impl Rtnl {
     pub fn add_default_route(&mut self, name: &str, gw: IpAddr) -> Result<(), LinkError> {
         let index = self.require_index(name)?;
         let mut msg = RouteMessage::default();
-        msg.header.address_family = if gw.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        msg.header.address_family =
+            if gw.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Static;
         msg.header.scope = RouteScope::Universe;
@@ -222,7 +262,9 @@ pub fn in_netns<T: Send + 'static>(
     netns: &File,
     f: impl FnOnce() -> Result<T, LinkError> + Send + 'static,
 ) -> Result<T, LinkError> {
-    let fd = netns.try_clone().map_err(|source| LinkError::OpenNetns { path: "<netns fd>".into(), source })?;
+    let fd = netns
+        .try_clone()
+        .map_err(|source| LinkError::OpenNetns { path: "<netns fd>".into(), source })?;
     std::thread::spawn(move || {
         nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|source| LinkError::Setns { path: "<netns fd>".into(), source })?;
@@ -282,7 +324,8 @@ pub fn create_isc_side(plan: &VethPlan, netns: &File) -> Result<(), LinkError> {
 /// detect.
 pub fn disable_dad(ifname: &str) -> Result<(), LinkError> {
     let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"));
-    std::fs::write(&path, b"0").map_err(|source| LinkError::Io { what: format!("write {}", path.display()), source })
+    std::fs::write(&path, b"0")
+        .map_err(|source| LinkError::Io { what: format!("write {}", path.display()), source })
 }
 
 /// Address the host end and bring it up. The kernel adds the connected routes for the /31 and
@@ -295,7 +338,18 @@ pub fn configure_host_side(plan: &VethPlan) -> Result<(), LinkError> {
     rtnl.set_up(&plan.if_host)
 }
 
-/// Delete the host end (the ISC end goes with it). Returns whether it existed.
+/// Delete the host end (the ISC end goes with it) and its ifb device if any. Returns whether
+/// the veth existed.
 pub fn delete_host_side(if_host: &str) -> Result<bool, LinkError> {
-    Rtnl::open()?.delete_link(if_host)
+    let mut rtnl = Rtnl::open()?;
+    rtnl.delete_link(&crate::tc::ifb_name(if_host))?;
+    rtnl.delete_link(if_host)
+}
+
+/// Create and bring up the ifb device that shapes traffic from the ISC behind `if_host`.
+pub fn create_ifb_for(if_host: &str) -> Result<(), LinkError> {
+    let name = crate::tc::ifb_name(if_host);
+    let mut rtnl = Rtnl::open()?;
+    rtnl.create_ifb(&name)?;
+    rtnl.set_up(&name)
 }

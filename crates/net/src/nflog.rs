@@ -177,7 +177,11 @@ impl NflogReader {
             let (data, _) = self.sock.recv_from_full()?;
             if data.len() >= 20 && u16::from_ne_bytes([data[4], data[5]]) == NLMSG_ERROR {
                 let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
-                return if code == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(-code)) };
+                return if code == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from_raw_os_error(-code))
+                };
             }
         }
     }
@@ -203,7 +207,8 @@ impl NflogReader {
     }
 
     fn readable(&self, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd { fd: self.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd =
+            libc::pollfd { fd: self.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: poll(2) on one valid pollfd we own, for a bounded time.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -230,12 +235,19 @@ impl NflogReader {
             let (mut prefix, mut payload) = (None, None);
             for (k, v) in attrs(&msg[20..]) {
                 match k {
-                    NFULA_PREFIX => prefix = Some(String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()),
+                    NFULA_PREFIX => {
+                        prefix = Some(
+                            String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v))
+                                .into_owned(),
+                        )
+                    }
                     NFULA_PAYLOAD => payload = Some(v),
                     _ => {}
                 }
             }
-            let Some((isc_id, direction)) = prefix.as_deref().and_then(parse_prefix) else { continue };
+            let Some((isc_id, direction)) = prefix.as_deref().and_then(parse_prefix) else {
+                continue;
+            };
             let Some((src, dst, proto, dport)) = payload.and_then(parse_packet) else { continue };
             self.pending.push_back(Denial { isc_id, direction, src, dst, proto, dport });
         }
@@ -263,7 +275,10 @@ mod tests {
         let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 88, 0, 1, 192, 0, 2, 7];
         v4.extend_from_slice(&[0x30, 0x39, 0x01, 0xbb]);
         let (s, d, p, port) = parse_packet(&v4).unwrap();
-        assert_eq!((s, d, p, port), ("10.88.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap(), 6, Some(443)));
+        assert_eq!(
+            (s, d, p, port),
+            ("10.88.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap(), 6, Some(443))
+        );
         let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
         v6.extend_from_slice(&"fd69:7363::1".parse::<Ipv6Addr>().unwrap().octets());
         v6.extend_from_slice(&"2001:db8::53".parse::<Ipv6Addr>().unwrap().octets());

@@ -173,7 +173,9 @@ pub fn resolve_egress(specs: &[EgressSpec]) -> Result<Vec<EgressRule>, PolicyErr
             return Err(PolicyError::ZeroPort { what: "egress" });
         }
         match &spec.target {
-            EgressTarget::Net(net) => rules.push(EgressRule { net: net.trunc(), proto: spec.proto, port: spec.port }),
+            EgressTarget::Net(net) => {
+                rules.push(EgressRule { net: net.trunc(), proto: spec.proto, port: spec.port })
+            }
             EgressTarget::Host(host) => {
                 let addrs = (host.as_str(), spec.port).to_socket_addrs().map_err(|source| {
                     PolicyError::Resolve { host: host.clone(), port: spec.port, source }
@@ -239,7 +241,8 @@ pub fn landlock_ports(req: &IscNetRequest, peer_listen_tcp: &[u16]) -> LandlockP
         .map(|e| e.port)
         .chain(peer_listen_tcp.iter().copied())
         .collect();
-    let mut bind: Vec<u16> = req.listen.iter().filter(|l| l.proto == Proto::Tcp).map(|l| l.port).collect();
+    let mut bind: Vec<u16> =
+        req.listen.iter().filter(|l| l.proto == Proto::Tcp).map(|l| l.port).collect();
     connect.sort_unstable();
     connect.dedup();
     bind.sort_unstable();
@@ -275,15 +278,35 @@ mod tests {
     #[test]
     fn egress_resolves_cidrs_and_names() {
         let specs = vec![
-            EgressSpec { target: EgressTarget::Net("192.0.2.7/24".parse().unwrap()), proto: Proto::Tcp, port: 5432 },
-            EgressSpec { target: EgressTarget::Host("localhost".into()), proto: Proto::Udp, port: 53 },
+            EgressSpec {
+                target: EgressTarget::Net("192.0.2.7/24".parse().unwrap()),
+                proto: Proto::Tcp,
+                port: 5432,
+            },
+            EgressSpec {
+                target: EgressTarget::Host("localhost".into()),
+                proto: Proto::Udp,
+                port: 53,
+            },
         ];
         let rules = resolve_egress(&specs).unwrap();
-        assert!(rules.contains(&EgressRule { net: "192.0.2.0/24".parse().unwrap(), proto: Proto::Tcp, port: 5432 }));
+        assert!(rules.contains(&EgressRule {
+            net: "192.0.2.0/24".parse().unwrap(),
+            proto: Proto::Tcp,
+            port: 5432
+        }));
         assert!(rules.iter().any(|r| r.port == 53 && r.net.addr().is_loopback()));
-        let zero = vec![EgressSpec { target: EgressTarget::Net("192.0.2.1/32".parse().unwrap()), proto: Proto::Tcp, port: 0 }];
+        let zero = vec![EgressSpec {
+            target: EgressTarget::Net("192.0.2.1/32".parse().unwrap()),
+            proto: Proto::Tcp,
+            port: 0,
+        }];
         assert!(resolve_egress(&zero).is_err());
-        let bogus = vec![EgressSpec { target: EgressTarget::Host("no-such-host.invalid".into()), proto: Proto::Tcp, port: 1 }];
+        let bogus = vec![EgressSpec {
+            target: EgressTarget::Host("no-such-host.invalid".into()),
+            proto: Proto::Tcp,
+            port: 1,
+        }];
         assert!(resolve_egress(&bogus).is_err());
     }
 
@@ -291,10 +314,21 @@ mod tests {
     fn landlock_ports_follow_the_declaration() {
         let req = IscNetRequest {
             id: "a".into(),
-            listen: vec![Listen { proto: Proto::Tcp, port: 8080 }, Listen { proto: Proto::Udp, port: 53 }],
+            listen: vec![
+                Listen { proto: Proto::Tcp, port: 8080 },
+                Listen { proto: Proto::Udp, port: 53 },
+            ],
             egress: vec![
-                EgressSpec { target: EgressTarget::Net("192.0.2.1/32".parse().unwrap()), proto: Proto::Tcp, port: 5432 },
-                EgressSpec { target: EgressTarget::Net("192.0.2.2/32".parse().unwrap()), proto: Proto::Udp, port: 53 },
+                EgressSpec {
+                    target: EgressTarget::Net("192.0.2.1/32".parse().unwrap()),
+                    proto: Proto::Tcp,
+                    port: 5432,
+                },
+                EgressSpec {
+                    target: EgressTarget::Net("192.0.2.2/32".parse().unwrap()),
+                    proto: Proto::Udp,
+                    port: 53,
+                },
             ],
             ..Default::default()
         };

@@ -2,9 +2,10 @@
 //! (STACK.md §1), so this shells out to `tc`, behind [`TcRunner`] for tests.
 //!
 //! Traffic *to* the ISC leaves the host end of the veth: a `tbf` root qdisc shapes it. Traffic
-//! *from* the ISC enters the host end: an `ingress` qdisc with a `matchall` filter and a
-//! `police` action drops what exceeds the rate (ingress cannot queue without an ifb device).
-//! Deleting the link removes both, so teardown has nothing to do here.
+//! *from* the ISC enters the host end: an `ingress` qdisc with a catch-all `u32` filter
+//! redirects it (`mirred`) to a per-ISC ifb device whose root `tbf` shapes it. (This kernel has
+//! no `police` action nor `matchall` classifier; u32, mirred, ifb and tbf are built in.)
+//! Deleting the links removes the qdiscs; the ifb link is deleted with the veth.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -64,7 +65,9 @@ impl TcRunner for TcCli {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(_)) => {
-                    let out = child.wait_with_output().map_err(|source| TcError::Spawn { path: self.path.clone(), source })?;
+                    let out = child
+                        .wait_with_output()
+                        .map_err(|source| TcError::Spawn { path: self.path.clone(), source })?;
                     return Err(TcError::Failed {
                         args: args.join(" "),
                         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -73,7 +76,10 @@ impl TcRunner for TcCli {
                 Ok(None) if start.elapsed() > self.timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(TcError::Timeout { path: self.path.clone(), timeout: self.timeout });
+                    return Err(TcError::Timeout {
+                        path: self.path.clone(),
+                        timeout: self.timeout,
+                    });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
                 Err(source) => return Err(TcError::Spawn { path: self.path.clone(), source }),
@@ -88,22 +94,34 @@ fn burst_bytes(rate: u64) -> u64 {
     (rate / 8 / 50).max(4 * 1514)
 }
 
-/// The tc commands that apply `bw` to host interface `dev`.
+/// Name of the ifb device that shapes traffic from the ISC behind host interface `dev`.
+pub fn ifb_name(dev: &str) -> String {
+    format!("ifb{}", dev.strip_prefix("isc").unwrap_or(dev))
+}
+
+/// The tc commands that apply `bw` to host interface `dev` (the ifb device, when `from_isc`
+/// is set, must exist: see [`ifb_name`]).
 pub fn bandwidth_commands(dev: &str, bw: &Bandwidth) -> Vec<Vec<String>> {
     let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut cmds = Vec::new();
     if let Some(rate) = bw.to_isc {
         let (r, b) = (format!("{rate}bit"), format!("{}b", burst_bytes(rate)));
-        cmds.push(v(&["qdisc", "replace", "dev", dev, "root", "tbf", "rate", &r, "burst", &b, "latency", "50ms"]));
+        cmds.push(v(&[
+            "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &r, "burst", &b, "latency",
+            "50ms",
+        ]));
     }
     if let Some(rate) = bw.from_isc {
-        // Policing drops instead of queueing, so give TCP a larger bucket (100 ms) to keep the
-        // achieved rate close to the configured one.
-        let (r, b) = (format!("{rate}bit"), format!("{}b", (rate / 8 / 10).max(4 * 1514)));
+        let ifb = ifb_name(dev);
+        let (r, b) = (format!("{rate}bit"), format!("{}b", burst_bytes(rate)));
+        cmds.push(v(&[
+            "qdisc", "replace", "dev", &ifb, "root", "tbf", "rate", &r, "burst", &b, "latency",
+            "50ms",
+        ]));
         cmds.push(v(&["qdisc", "replace", "dev", dev, "handle", "ffff:", "ingress"]));
         cmds.push(v(&[
-            "filter", "replace", "dev", dev, "parent", "ffff:", "protocol", "all", "prio", "1", "matchall", "action",
-            "police", "rate", &r, "burst", &b, "conform-exceed", "drop",
+            "filter", "replace", "dev", dev, "parent", "ffff:", "protocol", "all", "prio", "1",
+            "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &ifb,
         ]));
     }
     cmds
@@ -137,9 +155,20 @@ mod tests {
         let bw = Bandwidth { to_isc: Some(8_000_000), from_isc: Some(2_000_000) };
         apply_bandwidth(&rec, "iscweb", &bw).unwrap();
         let cmds = rec.0.lock().unwrap().clone();
-        assert_eq!(cmds[0], "qdisc replace dev iscweb root tbf rate 8000000bit burst 20000b latency 50ms");
-        assert_eq!(cmds[1], "qdisc replace dev iscweb handle ffff: ingress");
-        assert!(cmds[2].contains("matchall action police rate 2000000bit burst 25000b conform-exceed drop"), "{}", cmds[2]);
+        assert_eq!(
+            cmds[0],
+            "qdisc replace dev iscweb root tbf rate 8000000bit burst 20000b latency 50ms"
+        );
+        assert_eq!(
+            cmds[1],
+            "qdisc replace dev ifbweb root tbf rate 2000000bit burst 6056b latency 50ms"
+        );
+        assert_eq!(cmds[2], "qdisc replace dev iscweb handle ffff: ingress");
+        assert!(
+            cmds[3].ends_with("u32 match u32 0 0 action mirred egress redirect dev ifbweb"),
+            "{}",
+            cmds[3]
+        );
         assert!(bandwidth_commands("x", &Bandwidth::default()).is_empty());
     }
 }

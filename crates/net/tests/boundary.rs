@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{cfg, in_private_netns, outside, sa, Netns};
 use isc_net::{
-    setup_isc, Direction, EgressSpec, EgressTarget, IscNetRequest, Listen, NflogReader, Proto, Publish,
+    setup_isc, Direction, EgressSpec, EgressTarget, IscNetRequest, Listen, NflogReader, Proto,
+    Publish,
 };
 
 fn tcp(port: u16) -> Listen {
@@ -32,7 +33,12 @@ fn ingress_only_declared_ports_and_published_on_declared_address() {
             id: "web".into(),
             name: "web".into(),
             listen: vec![tcp(8080)],
-            publish: vec![Publish { host_addr: "192.0.2.1".parse().unwrap(), host_port: 18080, proto: Proto::Tcp, port: 8080 }],
+            publish: vec![Publish {
+                host_addr: "192.0.2.1".parse().unwrap(),
+                host_port: 18080,
+                proto: Proto::Tcp,
+                port: 8080,
+            }],
             ..Default::default()
         };
         let lease = setup_isc(&cfg(dir.path()), &req, isc.pid()).unwrap();
@@ -45,14 +51,26 @@ fn ingress_only_declared_ports_and_published_on_declared_address() {
         // From the host.
         assert!(common::tcp_reach_here(at(v4, 8080), None), "declared port from the host (v4)");
         assert!(common::tcp_reach_here(at(v6, 8080), None), "declared port from the host (v6)");
-        assert!(!common::tcp_ok_here(at(v4, 9090), None), "undeclared port reachable from the host (v4)");
-        assert!(!common::tcp_ok_here(at(v6, 9090), None), "undeclared port reachable from the host (v6)");
+        assert!(
+            !common::tcp_ok_here(at(v4, 9090), None),
+            "undeclared port reachable from the host (v4)"
+        );
+        assert!(
+            !common::tcp_ok_here(at(v6, 9090), None),
+            "undeclared port reachable from the host (v6)"
+        );
         // From outside, routed and published.
         assert!(out.tcp_reach(at(v4, 8080), None), "declared port from outside");
         assert!(!out.tcp_ok(at(v4, 9090), None), "undeclared port reachable from outside");
         assert!(!out.tcp_ok(at(v6, 9090), None), "undeclared v6 port reachable from outside");
-        assert!(out.tcp_reach(sa("192.0.2.1:18080"), None), "published port on the declared host address");
-        assert!(!out.tcp_ok(sa("[2001:db8::1]:18080"), None), "published on an undeclared host address");
+        assert!(
+            out.tcp_reach(sa("192.0.2.1:18080"), None),
+            "published port on the declared host address"
+        );
+        assert!(
+            !out.tcp_ok(sa("[2001:db8::1]:18080"), None),
+            "published on an undeclared host address"
+        );
         lease.teardown().unwrap();
         assert!(!out.tcp_ok(sa("192.0.2.1:18080"), None), "publish survived teardown");
     });
@@ -95,7 +113,12 @@ fn egress_only_declared_destinations_and_never_the_host() {
         assert!(!isc.udp_ok(sa("[2001:db8::2]:5353")), "undeclared v6 UDP");
         assert!(!isc.udp_ok(sa("192.0.2.2:53")), "DNS to an undeclared resolver (v4)");
         assert!(!isc.udp_ok(sa("[2001:db8::2]:53")), "DNS to an undeclared resolver (v6)");
-        for host in [at(lease.host_v4(), 7000), sa("192.0.2.1:7000"), at(lease.host_v6(), 7001), sa("[2001:db8::1]:7001")] {
+        for host in [
+            at(lease.host_v4(), 7000),
+            sa("192.0.2.1:7000"),
+            at(lease.host_v6(), 7001),
+            sa("[2001:db8::1]:7001"),
+        ] {
             assert!(!isc.tcp_ok(host, None), "host address {host} reachable from the ISC");
         }
         assert!(!isc.udp_ok(at(lease.host_v4(), 53)), "host resolver reachable");
@@ -137,10 +160,21 @@ fn iscs_reach_each_other_only_as_allowed() {
         let c = cfg(dir.path());
         let (na, nb, nc) = (Netns::new(), Netns::new(), Netns::new());
         let listen = vec![tcp(8080), tcp(8081)];
-        let a = setup_isc(&c, &IscNetRequest { id: "a".into(), listen: vec![tcp(8080)], ..Default::default() }, na.pid()).unwrap();
-        let cc = setup_isc(&c, &IscNetRequest { id: "c".into(), ..Default::default() }, nc.pid()).unwrap();
+        let a = setup_isc(
+            &c,
+            &IscNetRequest { id: "a".into(), listen: vec![tcp(8080)], ..Default::default() },
+            na.pid(),
+        )
+        .unwrap();
+        let cc = setup_isc(&c, &IscNetRequest { id: "c".into(), ..Default::default() }, nc.pid())
+            .unwrap();
         let allow = vec![IpAddr::V4(a.addr_v4()), IpAddr::V6(a.addr_v6())];
-        let mut b = setup_isc(&c, &IscNetRequest { id: "b".into(), listen, allow_from: allow, ..Default::default() }, nb.pid()).unwrap();
+        let mut b = setup_isc(
+            &c,
+            &IscNetRequest { id: "b".into(), listen, allow_from: allow, ..Default::default() },
+            nb.pid(),
+        )
+        .unwrap();
         for p in [8080, 8081, 9090] {
             nb.tcp_server(at(b.addr_v4(), p));
             nb.tcp_server(at(b.addr_v6(), p));
@@ -154,7 +188,8 @@ fn iscs_reach_each_other_only_as_allowed() {
         assert!(!nc.tcp_ok(at(b.addr_v6(), 8080), None), "C→B over IPv6");
         assert!(!nb.tcp_ok(at(a.addr_v4(), 8080), None), "B→A although A allows nobody");
         // A spoofing C's address is dropped at A's link, whatever B allows.
-        let (gw, forged, target) = (a.host_v4().to_string(), cc.addr_v4().to_string(), format!("{}/32", b.addr_v4()));
+        let (gw, forged, target) =
+            (a.host_v4().to_string(), cc.addr_v4().to_string(), format!("{}/32", b.addr_v4()));
         na.ip(&["addr", "add", &format!("{forged}/32"), "dev", "eth0"]);
         na.ip(&["route", "add", &target, "via", &gw, "dev", "eth0", "src", &forged]);
         assert!(!na.tcp_ok(at(b.addr_v4(), 8080), None), "spoofed peer address");

@@ -8,7 +8,9 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use nftables::expr::{self, Expression, NamedExpression};
-use nftables::schema::{self, FlushObject, NfCmd, NfListObject, NfObject, SetFlag, SetType, SetTypeValue};
+use nftables::schema::{
+    self, FlushObject, NfCmd, NfListObject, NfObject, SetFlag, SetType, SetTypeValue,
+};
 use nftables::stmt::{self, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::{json, Value};
@@ -49,7 +51,9 @@ fn set_type(key: &[KeyType]) -> SetTypeValue<'static> {
 
 fn val(v: &Val) -> Expression<'static> {
     match v {
-        Val::Net(net) if net.prefix_len() == net.max_prefix_len() => Expression::String(s(&net.addr().to_string())),
+        Val::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+            Expression::String(s(&net.addr().to_string()))
+        }
         Val::Net(net) => Expression::Named(NamedExpression::Prefix(expr::Prefix {
             addr: Box::new(Expression::String(s(&net.network().to_string()))),
             len: u32::from(net.prefix_len()),
@@ -86,14 +90,23 @@ fn field(f: &Field) -> Expression<'static> {
         Field::ThDport => payload("th", "dport"),
         Field::Iifname => meta(expr::MetaKey::Iifname),
         Field::Oifname => meta(expr::MetaKey::Oifname),
-        Field::CtState => Expression::Named(NamedExpression::CT(expr::CT { key: s("state"), family: None, dir: None })),
+        Field::CtState => Expression::Named(NamedExpression::CT(expr::CT {
+            key: s("state"),
+            family: None,
+            dir: None,
+        })),
         Field::FibDaddrType => {
             let mut flags = HashSet::new();
             flags.insert(expr::FibFlag::Daddr);
-            Expression::Named(NamedExpression::Fib(expr::Fib { result: expr::FibResult::Type, flags }))
+            Expression::Named(NamedExpression::Fib(expr::Fib {
+                result: expr::FibResult::Type,
+                flags,
+            }))
         }
         Field::Icmpv6Type => payload("icmpv6", "type"),
-        Field::Concat(fs) => Expression::Named(NamedExpression::Concat(fs.iter().map(field).collect())),
+        Field::Concat(fs) => {
+            Expression::Named(NamedExpression::Concat(fs.iter().map(field).collect()))
+        }
     }
 }
 
@@ -211,7 +224,9 @@ fn op(o: &Op) -> Value {
         }
         Op::FlushChain(name) => NfCmd::Flush(FlushObject::Chain(chain(name))),
         Op::DeleteChain(name) => NfCmd::Delete(NfListObject::Chain(chain(name))),
-        Op::AddSet { name, key, interval } => NfCmd::Add(NfListObject::Set(set(name, key, *interval))),
+        Op::AddSet { name, key, interval } => {
+            NfCmd::Add(NfListObject::Set(set(name, key, *interval)))
+        }
         Op::FlushSet(name) => NfCmd::Flush(FlushObject::Set(set(name, &[KeyType::Ipv4], false))),
         Op::DeleteSet(name) => NfCmd::Delete(NfListObject::Set(set(name, &[KeyType::Ipv4], false))),
         Op::AddVmap { name, key } => {

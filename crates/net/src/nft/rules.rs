@@ -17,7 +17,10 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{m, not, verdict, BaseChain, Batch, ChainKind, Elem, Field, Hook, KeyType, Op, Stmt, Val, Verdict};
+use super::{
+    m, not, verdict, BaseChain, Batch, ChainKind, Elem, Field, Hook, KeyType, Op, Stmt, Val,
+    Verdict,
+};
 use crate::policy::{IscNetPolicy, Proto};
 
 /// Map: host interface name → `jump isc_<id>_out`.
@@ -138,8 +141,14 @@ pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
     }
     b.push(Op::AddVmap { name: OUT_BY_IF.into(), key: vec![KeyType::Ifname] });
     b.push(Op::AddVmap { name: IN_BY_IF.into(), key: vec![KeyType::Ifname] });
-    b.push(Op::AddVmap { name: DNAT4.into(), key: vec![KeyType::Ipv4, KeyType::Proto, KeyType::Service] });
-    b.push(Op::AddVmap { name: DNAT6.into(), key: vec![KeyType::Ipv6, KeyType::Proto, KeyType::Service] });
+    b.push(Op::AddVmap {
+        name: DNAT4.into(),
+        key: vec![KeyType::Ipv4, KeyType::Proto, KeyType::Service],
+    });
+    b.push(Op::AddVmap {
+        name: DNAT6.into(),
+        key: vec![KeyType::Ipv6, KeyType::Proto, KeyType::Service],
+    });
 
     // forward: everything from or to an ISC link goes through that ISC's chain; ISC links that
     // have no entry (being set up or torn down) get nothing.
@@ -150,15 +159,36 @@ pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
 
     // input: an ISC may resolve its neighbour (ND), answer the host, and nothing else: its
     // `out` chain drops anything addressed to the host (fib daddr type local).
-    b.rule("input", vec![m(Field::Iifname, s(IF_WILDCARD)), m(Field::Icmpv6Type, nd_types()), verdict(Verdict::Accept)]);
+    b.rule(
+        "input",
+        vec![
+            m(Field::Iifname, s(IF_WILDCARD)),
+            m(Field::Icmpv6Type, nd_types()),
+            verdict(Verdict::Accept),
+        ],
+    );
     // Link-local chatter (MLD reports, router solicitations) is expected noise: drop unlogged.
-    b.rule("input", vec![m(Field::Iifname, s(IF_WILDCARD)), m(Field::Ip6Saddr, link_local6()), verdict(Verdict::Drop)]);
+    b.rule(
+        "input",
+        vec![
+            m(Field::Iifname, s(IF_WILDCARD)),
+            m(Field::Ip6Saddr, link_local6()),
+            verdict(Verdict::Drop),
+        ],
+    );
     b.rule("input", vec![Stmt::Vmap { field: Field::Iifname, map: OUT_BY_IF.into() }]);
     b.rule("input", vec![m(Field::Iifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
 
     // output: the host reaches an ISC only on its listen ports, like everyone else. The host's
     // own link-local traffic (ND, MLD) on the veth is let through.
-    b.rule("output", vec![m(Field::Oifname, s(IF_WILDCARD)), m(Field::Ip6Saddr, link_local6()), verdict(Verdict::Accept)]);
+    b.rule(
+        "output",
+        vec![
+            m(Field::Oifname, s(IF_WILDCARD)),
+            m(Field::Ip6Saddr, link_local6()),
+            verdict(Verdict::Accept),
+        ],
+    );
     b.rule("output", vec![Stmt::Vmap { field: Field::Oifname, map: IN_BY_IF.into() }]);
     b.rule("output", vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
 
@@ -170,11 +200,19 @@ pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
 
     b.rule(
         "postrouting",
-        vec![not(Field::Oifname, s(IF_WILDCARD)), m(Field::IpSaddr, Val::Net(IpNet::V4(cfg.v4_prefix))), Stmt::Masquerade],
+        vec![
+            not(Field::Oifname, s(IF_WILDCARD)),
+            m(Field::IpSaddr, Val::Net(IpNet::V4(cfg.v4_prefix))),
+            Stmt::Masquerade,
+        ],
     );
     b.rule(
         "postrouting",
-        vec![not(Field::Oifname, s(IF_WILDCARD)), m(Field::Ip6Saddr, Val::Net(IpNet::V6(cfg.v6_prefix))), Stmt::Masquerade],
+        vec![
+            not(Field::Oifname, s(IF_WILDCARD)),
+            m(Field::Ip6Saddr, Val::Net(IpNet::V6(cfg.v6_prefix))),
+            Stmt::Masquerade,
+        ],
     );
     b.ops
 }
@@ -183,7 +221,10 @@ fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, prefix: String) {
     let burst = cfg.log_per_second.saturating_mul(2).max(1);
     b.rule(
         chain,
-        vec![Stmt::Limit { per_second: cfg.log_per_second.max(1), burst }, Stmt::Log { prefix, group: cfg.nflog_group }],
+        vec![
+            Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
+            Stmt::Log { prefix, group: cfg.nflog_group },
+        ],
     );
     b.rule(chain, vec![verdict(Verdict::Drop)]);
 }
@@ -263,8 +304,16 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     }
     let svc = [KeyType::Proto, KeyType::Service];
     b.push(Op::AddSet { name: n.listen.clone(), key: svc.to_vec(), interval: false });
-    b.push(Op::AddSet { name: n.egress4.clone(), key: vec![KeyType::Ipv4, svc[0], svc[1]], interval: true });
-    b.push(Op::AddSet { name: n.egress6.clone(), key: vec![KeyType::Ipv6, svc[0], svc[1]], interval: true });
+    b.push(Op::AddSet {
+        name: n.egress4.clone(),
+        key: vec![KeyType::Ipv4, svc[0], svc[1]],
+        interval: true,
+    });
+    b.push(Op::AddSet {
+        name: n.egress6.clone(),
+        key: vec![KeyType::Ipv6, svc[0], svc[1]],
+        interval: true,
+    });
     b.push(Op::AddSet { name: n.from4.clone(), key: vec![KeyType::Ipv4], interval: false });
     b.push(Op::AddSet { name: n.from6.clone(), key: vec![KeyType::Ipv6], interval: false });
     for set in n.sets() {
@@ -290,8 +339,14 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     b.rule(out, vec![not(Field::IpSaddr, Val::Addr(IpAddr::V4(p.addr_v4))), dout()]);
     b.rule(out, vec![not(Field::Ip6Saddr, Val::Addr(IpAddr::V6(p.addr_v6))), dout()]);
     b.rule(out, vec![established(), verdict(Verdict::Accept)]);
-    b.rule(out, vec![m(Field::FibDaddrType, strs(&["local", "broadcast", "multicast", "anycast"])), dout()]);
-    b.rule(out, vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), dout()]);
+    b.rule(
+        out,
+        vec![m(Field::FibDaddrType, strs(&["local", "broadcast", "multicast", "anycast"])), dout()],
+    );
+    b.rule(
+        out,
+        vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), dout()],
+    );
     b.rule(out, vec![m(Field::Ip6Daddr, link_local6()), dout()]);
     b.rule(out, vec![Stmt::Vmap { field: Field::Oifname, map: IN_BY_IF.into() }]);
     let k4 = key(&[Field::IpDaddr, Field::L4proto, Field::ThDport]);
@@ -345,8 +400,14 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
 
     // Dispatch last, so the chains are complete when traffic starts to reach them.
     let ifk = vec![s(&p.if_host)];
-    b.push(Op::AddElems { set: OUT_BY_IF.into(), elems: vec![Elem::Map(ifk.clone(), Verdict::Jump(out.clone()))] });
-    b.push(Op::AddElems { set: IN_BY_IF.into(), elems: vec![Elem::Map(ifk, Verdict::Jump(inn.clone()))] });
+    b.push(Op::AddElems {
+        set: OUT_BY_IF.into(),
+        elems: vec![Elem::Map(ifk.clone(), Verdict::Jump(out.clone()))],
+    });
+    b.push(Op::AddElems {
+        set: IN_BY_IF.into(),
+        elems: vec![Elem::Map(ifk, Verdict::Jump(inn.clone()))],
+    });
     push_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
     push_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
     b.ops
@@ -431,9 +492,18 @@ mod tests {
             addr_v4: format!("10.88.0.{}", 2 * n + 1).parse().unwrap(),
             addr_v6: format!("fd69:7363::{:x}", 2 * n + 1).parse().unwrap(),
             listen: vec![Listen { proto: Proto::Tcp, port: 8080 }],
-            publish: vec![Publish { host_addr: "192.0.2.1".parse().unwrap(), host_port: 18080 + u16::from(n), proto: Proto::Tcp, port: 8080 }],
+            publish: vec![Publish {
+                host_addr: "192.0.2.1".parse().unwrap(),
+                host_port: 18080 + u16::from(n),
+                proto: Proto::Tcp,
+                port: 8080,
+            }],
             egress: vec![
-                EgressRule { net: "198.51.100.0/24".parse().unwrap(), proto: Proto::Tcp, port: 443 },
+                EgressRule {
+                    net: "198.51.100.0/24".parse().unwrap(),
+                    proto: Proto::Tcp,
+                    port: 443,
+                },
                 EgressRule { net: "2001:db8::1/128".parse().unwrap(), proto: Proto::Udp, port: 53 },
             ],
             allow_from: vec!["10.88.0.99".parse().unwrap()],
@@ -445,10 +515,22 @@ mod tests {
         let b = full_reconcile(&cfg(), &[policy("a", 0), policy("b", 1)]);
         let text = b.to_text();
         assert!(text.starts_with("add table inet isc\ndelete table inet isc\n"), "{text}");
-        assert!(text.contains("add map inet isc isc_out_by_if { type ifname : verdict; }"), "{text}");
-        assert!(text.contains("add element inet isc isc_out_by_if { \"isca\" : jump isc_a_out }"), "{text}");
-        assert!(text.contains("add rule inet isc isc_a_out ip saddr != 10.88.0.1 goto isc_a_dout"), "{text}");
-        assert!(text.contains("add element inet isc isc_a_egress4 { 198.51.100.0/24 . tcp . 443 }"), "{text}");
+        assert!(
+            text.contains("add map inet isc isc_out_by_if { type ifname : verdict; }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add element inet isc isc_out_by_if { \"isca\" : jump isc_a_out }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add rule inet isc isc_a_out ip saddr != 10.88.0.1 goto isc_a_dout"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add element inet isc isc_a_egress4 { 198.51.100.0/24 . tcp . 443 }"),
+            "{text}"
+        );
         assert!(text.contains("log prefix \"isc:b:in\" group 100"), "{text}");
         assert!(text.contains("dnat ip to 10.88.0.3:8080"), "{text}");
         let json = serde_json::to_string(&b.to_json()).unwrap();
@@ -464,8 +546,15 @@ mod tests {
         let p = policy("a", 0);
         let text = remove_isc(&p).to_text();
         let first_chain_delete = text.find("delete chain").unwrap();
-        assert!(text.find("delete element inet isc isc_out_by_if { \"isca\" }").unwrap() < first_chain_delete, "{text}");
-        assert!(text.contains("delete element inet isc isc_dnat4 { 192.0.2.1 . tcp . 18080 }"), "{text}");
+        assert!(
+            text.find("delete element inet isc isc_out_by_if { \"isca\" }").unwrap()
+                < first_chain_delete,
+            "{text}"
+        );
+        assert!(
+            text.contains("delete element inet isc isc_dnat4 { 192.0.2.1 . tcp . 18080 }"),
+            "{text}"
+        );
         assert!(text.contains("delete set inet isc isc_a_egress6"), "{text}");
         assert!(!text.contains("handle"), "{text}");
     }

@@ -53,8 +53,12 @@ impl NftRunner for NftCli {
         if self.check_only {
             cmd.arg("-c");
         }
-        cmd.args(["-j", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| NftError::Spawn { path: self.path.clone(), source })?;
+        cmd.args(["-j", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child =
+            cmd.spawn().map_err(|source| NftError::Spawn { path: self.path.clone(), source })?;
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let reader = std::thread::spawn(move || {
             let mut s = String::new();
@@ -69,7 +73,10 @@ impl NftRunner for NftCli {
                 Ok(None) if start.elapsed() > self.timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(NftError::Timeout { path: self.path.clone(), timeout: self.timeout });
+                    return Err(NftError::Timeout {
+                        path: self.path.clone(),
+                        timeout: self.timeout,
+                    });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
                 Err(source) => return Err(NftError::Spawn { path: self.path.clone(), source }),

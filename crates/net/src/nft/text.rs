@@ -25,7 +25,9 @@ fn val(v: &Val) -> String {
         Val::Proto(p) => p.as_str().to_string(),
         Val::Port(p) => p.to_string(),
         Val::Str(s) => quote(s),
-        Val::Strs(vs) => format!("{{ {} }}", vs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")),
+        Val::Strs(vs) => {
+            format!("{{ {} }}", vs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))
+        }
         Val::SetRef(n) => format!("@{n}"),
     }
 }
@@ -70,7 +72,9 @@ fn stmt(s: &Stmt) -> String {
         Stmt::Match { field: f, eq: true, val: v } => format!("{} {}", field(f), val(v)),
         Stmt::Match { field: f, eq: false, val: v } => format!("{} != {}", field(f), val(v)),
         Stmt::Vmap { field: f, map } => format!("{} vmap @{map}", field(f)),
-        Stmt::Limit { per_second, burst } => format!("limit rate {per_second}/second burst {burst} packets"),
+        Stmt::Limit { per_second, burst } => {
+            format!("limit rate {per_second}/second burst {burst} packets")
+        }
         Stmt::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
         Stmt::Dnat { addr: std::net::IpAddr::V4(a), port } => format!("dnat ip to {a}:{port}"),
         Stmt::Dnat { addr: std::net::IpAddr::V6(a), port } => format!("dnat ip6 to [{a}]:{port}"),
@@ -123,12 +127,19 @@ pub(super) fn batch_to_text(b: &Batch) -> String {
             ),
             Op::FlushSet(n) => format!("flush set {t} {n}"),
             Op::DeleteSet(n) => format!("delete set {t} {n}"),
-            Op::AddVmap { name, key } => format!("add map {t} {name} {{ type {} : verdict; }}", key_type(key)),
+            Op::AddVmap { name, key } => {
+                format!("add map {t} {name} {{ type {} : verdict; }}", key_type(key))
+            }
             Op::AddRule { chain, stmts } => {
-                format!("add rule {t} {chain} {}", stmts.iter().map(stmt).collect::<Vec<_>>().join(" "))
+                format!(
+                    "add rule {t} {chain} {}",
+                    stmts.iter().map(stmt).collect::<Vec<_>>().join(" ")
+                )
             }
             Op::AddElems { set, elems: es } => format!("add element {t} {set} {{ {} }}", elems(es)),
-            Op::DeleteElems { set, elems: es } => format!("delete element {t} {set} {{ {} }}", elems(es)),
+            Op::DeleteElems { set, elems: es } => {
+                format!("delete element {t} {set} {{ {} }}", elems(es))
+            }
         };
         let _ = writeln!(out, "{line}");
     }

@@ -76,7 +76,10 @@ impl Netns {
     }
 
     /// Run `f` on a thread inside this namespace.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, isc_net::LinkError> + Send + 'static) -> T {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, isc_net::LinkError> + Send + 'static,
+    ) -> T {
         in_netns(&self.file, f).unwrap()
     }
 
@@ -152,7 +155,8 @@ pub fn tcp_reach_here(to: SocketAddr, bind: Option<IpAddr>) -> bool {
 }
 
 pub fn udp_ok_here(to: SocketAddr) -> bool {
-    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let any: SocketAddr =
+        if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let s = UdpSocket::bind(any).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     // A DNS-shaped query (id 0x1234, one question for "a."), so a resolver would answer.
