@@ -313,7 +313,8 @@ impl AuditLog {
                 reason: std::io::Error::from_raw_os_error(libc::EROFS).to_string(),
             });
         }
-        let free = u64::from(st.f_bavail) * u64::from(st.f_frsize);
+        // Both fields are u64 on 64-bit Linux targets.
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
         if free < self.inner.cfg.min_free_bytes {
             return Err(AuditError::Unwritable {
                 path: active,

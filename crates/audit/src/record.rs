@@ -273,19 +273,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The fields of a record to encode (everything but `prev` and `hash`).
+pub(crate) struct Fields<'a> {
+    pub seq: u64,
+    pub time: &'a str,
+    pub isc: Option<&'a str>,
+    pub kind: Kind,
+    pub actor: Actor,
+    /// Must be a JSON object (checked by the caller).
+    pub detail: &'a serde_json::Value,
+}
+
 /// Serialises one record into `out` (appending, including the trailing `\n`) and returns its hash.
-///
-/// `detail` must be a JSON object (checked by the caller).
-pub(crate) fn encode_line(
-    out: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    isc: Option<&str>,
-    kind: Kind,
-    actor: Actor,
-    detail: &serde_json::Value,
-    prev: &blake3::Hash,
-) -> blake3::Hash {
+pub(crate) fn encode_line(out: &mut Vec<u8>, f: &Fields<'_>, prev: &blake3::Hash) -> blake3::Hash {
+    let Fields { seq, time, isc, kind, actor, detail } = *f;
     use std::io::Write;
     let start = out.len();
     // Writing into a Vec cannot fail, and serde_json cannot fail on strings, ints and Values.
@@ -411,10 +412,16 @@ mod tests {
         let mut a = Vec::new();
         let mut b = Vec::new();
         let t = "2026-01-02T03:04:05.000000007Z";
-        let ha =
-            encode_line(&mut a, 1, t, Some("web"), Kind::IscStart, Actor::Uid(7), &detail, &prev);
-        let hb =
-            encode_line(&mut b, 1, t, Some("web"), Kind::IscStart, Actor::Uid(7), &detail, &prev);
+        let fields = Fields {
+            seq: 1,
+            time: t,
+            isc: Some("web"),
+            kind: Kind::IscStart,
+            actor: Actor::Uid(7),
+            detail: &detail,
+        };
+        let ha = encode_line(&mut a, &fields, &prev);
+        let hb = encode_line(&mut b, &fields, &prev);
         assert_eq!(a, b);
         assert_eq!(ha, hb);
         let line = &a[..a.len() - 1];

@@ -176,14 +176,21 @@ type Step = Result<(), Box<Finding>>;
 impl Walker<'_> {
     fn walk_file(&mut self, path: &Path, buf: &[u8], is_last: bool) -> Step {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        let mut spans = Vec::new();
         let mut pos = 0usize;
-        let mut line_no = 0u64;
         while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
-            line_no += 1;
-            let at = Loc { file: path, offset: pos as u64, line: line_no };
-            self.check_line(&at, &buf[pos..pos + nl], buf, pos + nl + 1, line_no == 1)?;
+            spans.push((pos, pos + nl));
             pos += nl + 1;
         }
+        // Hashing and parsing each line is independent: spread it over the CPUs, then walk the
+        // chain in order.
+        let pres = pre_check_all(buf, &spans);
+        for (i, ((start, end), pre)) in spans.iter().zip(pres).enumerate() {
+            let at = Loc { file: path, offset: *start as u64, line: i as u64 + 1 };
+            let pre = pre.map_err(|(kind, seq, msg)| at.finding(kind, seq, msg))?;
+            self.check_line(&at, pre, &buf[*start..*end], buf, end + 1, i == 0)?;
+        }
+        let line_no = spans.len() as u64;
         let torn = (pos < buf.len()).then(|| TornTail {
             file: path.to_owned(),
             offset: pos as u64,
@@ -216,51 +223,18 @@ impl Walker<'_> {
     fn check_line(
         &mut self,
         at: &Loc<'_>,
+        pre: Pre,
         line: &[u8],
         buf: &[u8],
         rest: usize,
         first_in_file: bool,
     ) -> Step {
-        let Some((body, stored)) = split_hash(line) else {
-            return Err(at.finding(
-                FindingKind::Edited,
-                None,
-                "the line does not end in a valid hash field: the record was edited or damaged"
-                    .into(),
-            ));
-        };
-        let head: Result<LineHead<'_>, _> = serde_json::from_slice(line);
-        let seq_hint = head.as_ref().ok().map(|h| h.seq);
-        if hash_body(body) != stored {
-            return Err(at.finding(
-                FindingKind::Edited,
-                seq_hint,
-                format!(
-                    "record{} was edited: its bytes do not match its hash",
-                    seq_hint.map(|s| format!(" seq {s}")).unwrap_or_default()
-                ),
-            ));
-        }
-        let head = head.map_err(|e| {
-            at.finding(
-                FindingKind::Malformed,
-                None,
-                format!("the line is not an audit record: {e}"),
-            )
-        })?;
-        let seq = head.seq;
-        let prev = blake3::Hash::from_hex(head.prev.as_bytes()).map_err(|_| {
-            at.finding(
-                FindingKind::Malformed,
-                Some(seq),
-                format!("record seq {seq} has a malformed prev field"),
-            )
-        })?;
+        let Pre { seq, prev, stored, tag } = pre;
         self.check_order(at, seq, prev, buf, rest)?;
         if first_in_file {
-            self.check_rotation(at, seq, prev, &head.kind, line)?;
+            self.check_rotation(at, seq, prev, tag, line)?;
         }
-        if head.kind == "checkpoint" {
+        if tag == Tag::Checkpoint {
             self.check_checkpoint(at, seq, prev, line)?;
         }
         if let Some((aseq, ahash)) = &self.opts.anchor {
@@ -356,14 +330,17 @@ impl Walker<'_> {
         at: &Loc<'_>,
         seq: u64,
         prev: blake3::Hash,
-        kind: &str,
+        tag: Tag,
         line: &[u8],
     ) -> Step {
         let Some((prev_name, torn)) = self.prev_file.take() else {
             return Ok(());
         };
         let bad = |msg: String| Err(at.finding(FindingKind::RotationMismatch, Some(seq), msg));
-        if kind != "log_rotate" {
+        if tag != Tag::LogRotate {
+            let kind = serde_json::from_slice::<LineHead<'_>>(line)
+                .map(|h| h.kind.into_owned())
+                .unwrap_or_default();
             return bad(format!(
                 "file starts with record seq {seq} of kind {kind}, not with the log_rotate record \
                  that continues {prev_name}"
@@ -503,6 +480,78 @@ impl Loc<'_> {
             message,
         })
     }
+}
+
+/// Record kinds the walk treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Checkpoint,
+    LogRotate,
+    Other,
+}
+
+/// What can be checked of one line on its own.
+struct Pre {
+    seq: u64,
+    prev: blake3::Hash,
+    stored: blake3::Hash,
+    tag: Tag,
+}
+
+type PreError = (FindingKind, Option<u64>, String);
+
+/// Checks one line in isolation: hash field present, hash matches the bytes, record parses.
+fn pre_check(line: &[u8]) -> Result<Pre, PreError> {
+    let Some((body, stored)) = split_hash(line) else {
+        return Err((
+            FindingKind::Edited,
+            None,
+            "the line does not end in a valid hash field: the record was edited or damaged".into(),
+        ));
+    };
+    let head: Result<LineHead<'_>, _> = serde_json::from_slice(line);
+    let seq_hint = head.as_ref().ok().map(|h| h.seq);
+    if hash_body(body) != stored {
+        return Err((
+            FindingKind::Edited,
+            seq_hint,
+            format!(
+                "record{} was edited: its bytes do not match its hash",
+                seq_hint.map(|s| format!(" seq {s}")).unwrap_or_default()
+            ),
+        ));
+    }
+    let head = head.map_err(|e| {
+        (FindingKind::Malformed, None, format!("the line is not an audit record: {e}"))
+    })?;
+    let seq = head.seq;
+    let prev = blake3::Hash::from_hex(head.prev.as_bytes()).map_err(|_| {
+        (FindingKind::Malformed, Some(seq), format!("record seq {seq} has a malformed prev field"))
+    })?;
+    let tag = match &*head.kind {
+        "checkpoint" => Tag::Checkpoint,
+        "log_rotate" => Tag::LogRotate,
+        _ => Tag::Other,
+    };
+    Ok(Pre { seq, prev, stored, tag })
+}
+
+/// `pre_check` over every line, on all CPUs when there are enough lines to be worth it.
+fn pre_check_all(buf: &[u8], spans: &[(usize, usize)]) -> Vec<Result<Pre, PreError>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 || spans.len() < 8192 {
+        return spans.iter().map(|&(a, b)| pre_check(&buf[a..b])).collect();
+    }
+    let chunk = spans.len().div_ceil(cpus);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = spans
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || c.iter().map(|&(a, b)| pre_check(&buf[a..b])).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("verify worker panicked")).collect()
+    })
 }
 
 fn parse_record(at: &Loc<'_>, line: &[u8]) -> Result<Record, Box<Finding>> {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::error::AuditError;
 use crate::keys::{checkpoint_message, sync_dir};
-use crate::record::{encode_line, format_time, to_hex, Actor, Kind};
+use crate::record::{encode_line, format_time, to_hex, Actor, Fields, Kind};
 use crate::segment::{
     file_index, file_name, genesis, list_files, read_from, scan_file, scan_region, TornTail,
     LOCK_FILE,
@@ -310,8 +310,8 @@ impl Io {
     ) -> u64 {
         let seq = self.active.last_seq + 1;
         let time = format_time(SystemTime::now());
-        self.active.last_hash =
-            encode_line(buf, seq, &time, isc, kind, actor, detail, &self.active.last_hash);
+        let fields = Fields { seq, time: &time, isc, kind, actor, detail };
+        self.active.last_hash = encode_line(buf, &fields, &self.active.last_hash);
         self.active.last_seq = seq;
         seq
     }

@@ -296,3 +296,28 @@ fn removed_start_is_missing_unless_verifying_from_a_checkpoint() {
     assert!(r.is_ok(), "{:?}", r.first_finding());
     assert_eq!(r.first_seq, Some(6));
 }
+
+#[test]
+fn large_file_is_checked_in_parallel_and_still_names_the_first_bad_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = AuditConfig::new(tmp.path().join("keys"));
+    cfg.durability = Durability::None;
+    cfg.checkpoint_interval = None;
+    let (log, _) = AuditLog::open(&dir, cfg).unwrap();
+    let recs = (0..12_000).map(|i| (None, Kind::NetDrop, Actor::Kernel, json!({"i": i})));
+    log.append_many(recs).unwrap();
+    let key = log.verifying_key();
+    drop(log);
+    assert!(verify_dir(&dir, &key, false).unwrap().is_ok());
+    let path = only_file(&dir);
+    let text = fs::read_to_string(&path).unwrap();
+    // Corrupt two records; the earlier one must be named even though workers see both.
+    let text =
+        text.replace("{\"i\":11000}", "{\"i\":11001}").replace("{\"i\":9000}", "{\"i\":9001}");
+    fs::write(&path, text).unwrap();
+    let e = verify_dir(&dir, &key, false).unwrap().first_error.unwrap();
+    assert_eq!(e.kind, FindingKind::Edited);
+    // 9000 data records before it plus one checkpoint per 1000.
+    assert_eq!(e.seq, Some(9010));
+}
