@@ -216,7 +216,7 @@ pub fn parse_rate(value: &str) -> Result<u64, PolicyError> {
         _ => return Err(bad()),
     };
     let bits = num * mult;
-    if !(bits >= 1.0 && bits < 1e13) {
+    if !(1.0..1e13).contains(&bits) {
         return Err(bad());
     }
     Ok(bits as u64)
