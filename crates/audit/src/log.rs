@@ -452,7 +452,17 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
         let checkpoint_due = {
             let mut io = lock(&inner.io);
             if let Err(f) = io.sync(false) {
-                tracing::error!(path = %f.path.display(), reason = %f.reason, "audit log sync failed");
+                tracing::error!(path = %f.path.display(), reason = %f.reason,
+                    "audit log sync failed; refusing appends until it is writable");
+                // Records acknowledged under `Interval` may not be on disk: fail closed.
+                let mut q = lock(&inner.queue);
+                if q.failed.is_none() {
+                    q.failed = Some(FailedState {
+                        failure: f,
+                        since: format_time(SystemTime::now()),
+                        rejected: 0,
+                    });
+                }
             }
             let (_, uncovered) = io.head();
             inner
