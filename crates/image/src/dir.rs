@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::skeleton::{check_mount_point, missing_mount_points, SkeletonError};
-use crate::PreparedRoot;
+use crate::{ImageError, PreparedRoot};
 
 /// Errors of a prepared-directory image.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,11 @@ pub enum DirImageError {
     MountPoint(#[from] SkeletonError),
 }
 
+/// [`validate_dir_image`] with the crate-wide error type (the engine's entry point).
+pub fn prepare_dir_image(path: &Path, extra_dirs: &[PathBuf]) -> Result<PreparedRoot, ImageError> {
+    Ok(validate_dir_image(path, extra_dirs)?)
+}
+
 fn list(v: &[PathBuf]) -> String {
     v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -50,7 +55,7 @@ fn fix(root: &Path, v: &[PathBuf]) -> String {
 /// (`/proc /dev /sys /tmp /run /run/secrets /etc`) and `extra_dirs` as real directories (not
 /// symlinks, which could point a mount outside the tree). The tree is not copied or hashed; its
 /// id is `dir-` and the BLAKE3 of its canonical path, so it names the location, not the content.
-pub fn prepare_dir_image(
+pub fn validate_dir_image(
     path: &Path,
     extra_dirs: &[PathBuf],
 ) -> Result<PreparedRoot, DirImageError> {
@@ -82,7 +87,7 @@ mod tests {
     fn missing_mount_points_are_named_with_a_fix() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("proc")).unwrap();
-        let err = prepare_dir_image(dir.path(), &[PathBuf::from("/data")]).unwrap_err();
+        let err = validate_dir_image(dir.path(), &[PathBuf::from("/data")]).unwrap_err();
         let msg = err.to_string();
         for m in ["/dev", "/sys", "/tmp", "/run/secrets", "/etc", "/data", "mkdir -p"] {
             assert!(msg.contains(m), "{m} not in {msg}");
@@ -104,9 +109,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         std::fs::write(&f, "x").unwrap();
-        assert!(matches!(prepare_dir_image(&f, &[]), Err(DirImageError::NotADirectory { .. })));
+        assert!(matches!(validate_dir_image(&f, &[]), Err(DirImageError::NotADirectory { .. })));
         assert!(matches!(
-            prepare_dir_image(&dir.path().join("nope"), &[]),
+            validate_dir_image(&dir.path().join("nope"), &[]),
             Err(DirImageError::Unreadable { .. })
         ));
     }

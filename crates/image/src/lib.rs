@@ -16,6 +16,8 @@ pub mod integrity;
 pub mod ldcache;
 pub mod loader;
 pub mod manifest;
+pub mod oci;
+mod oci_layer;
 pub mod skeleton;
 pub mod store;
 
@@ -25,6 +27,7 @@ pub use dir::prepare_dir_image;
 pub use host::{elf_closure, prepare_host_image, HostImageRequest};
 pub use integrity::{Change, DriftReport, IntegrityError};
 pub use manifest::{Manifest, ManifestEntry, MountPolicy};
+pub use oci::{import_docker_archive, import_oci_layout, ImportOptions, ImportedImage, OciError};
 pub use store::{verify_tree, ImageDefaults, ImageLease, ImageMeta, ImageStore, ImageSummary};
 
 /// A root tree ready for the engine to mount read-only.
@@ -53,6 +56,9 @@ pub enum ImageError {
     /// A stored image failed its before-start integrity check.
     #[error(transparent)]
     Integrity(#[from] integrity::IntegrityError),
+    /// An OCI import was refused or failed.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
     /// A prepared directory is unusable.
     #[error(transparent)]
     Dir(#[from] dir::DirImageError),

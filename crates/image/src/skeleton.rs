@@ -137,6 +137,14 @@ pub fn write_skeleton(
     Ok(())
 }
 
+/// Creates only the skeleton mount points (imported images bring their own `/etc` files).
+pub fn write_mount_points(root: &Path) -> Result<(), SkeletonError> {
+    for d in SKELETON_DIRS {
+        create_mount_point(root, Path::new(d))?;
+    }
+    Ok(())
+}
+
 /// The skeleton directories and `extra_dirs` that are not real directories under `root`.
 pub fn missing_mount_points(root: &Path, extra_dirs: &[PathBuf]) -> Vec<PathBuf> {
     SKELETON_DIRS
