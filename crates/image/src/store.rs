@@ -345,6 +345,12 @@ impl ImageStore {
         Ok(report)
     }
 
+    /// Differences between two stored images (`isc image diff A B`): paths only in `b` are
+    /// `added`, only in `a` are `removed`.
+    pub fn diff(&self, a: &str, b: &str) -> Result<DriftReport, StoreError> {
+        Ok(integrity::diff_manifests(&self.manifest(a)?, &self.manifest(b)?, &[]))
+    }
+
     /// Takes a lease on `id` for a running ISC.
     pub fn lease(&self, id: &str) -> Result<ImageLease, StoreError> {
         self.existing(id)?;

@@ -218,3 +218,18 @@ fn live_tree_is_checked_through_proc_pid_root() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.skipped_mounts, vec!["/proc".to_string()]);
 }
+
+#[test]
+fn diff_between_two_images_lists_changes() {
+    let s = TestStore::new();
+    let (store, a, _) = build(&s);
+    let mut other = request();
+    other.uid = 1001;
+    other.paths.push(PathBuf::from("/usr/bin/env"));
+    let b = prepare_host_image(s.path(), &other).unwrap().id;
+    let d = store.diff(&a, &b).unwrap();
+    assert_eq!(d.added, vec!["/usr/bin/env".to_string()]);
+    assert!(d.removed.is_empty());
+    let changed: Vec<&str> = d.changed.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(changed, vec!["/etc/passwd"]);
+}
