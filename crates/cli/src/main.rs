@@ -1,1 +1,227 @@
-fn main() {}
+//! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
+
+mod launch;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use isc_engine::state::{self, ControlRequest, ControlResponse};
+use isc_manifest::Manifest;
+
+use launch::{CgroupHooks, Dirs};
+
+#[derive(Parser)]
+#[command(
+    name = "isc",
+    version,
+    about = "Immutable Service Containers: one service, one hardened container, verifiable promises"
+)]
+struct Cli {
+    /// Persistent state (images, keys, audit).
+    #[arg(long, global = true, env = "ISC_ROOT", default_value = "/var/lib/isc")]
+    root: PathBuf,
+    /// Runtime state (running ISCs and their control sockets).
+    #[arg(long, global = true, env = "ISC_STATE", default_value = "/run/isc")]
+    state: PathBuf,
+    /// Log filter (e.g. `info`, `isc_engine=debug`).
+    #[arg(long, global = true, env = "ISC_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one ISC in the foreground (no FILE: the built-in demo).
+    Run {
+        file: Option<PathBuf>,
+        /// Print a JSON start/exit record on stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with manifests.
+    Manifest {
+        #[command(subcommand)]
+        cmd: ManifestCmd,
+    },
+    /// List running ISCs.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live CPU, memory, pids and IO of a running ISC.
+    Stats {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running ISC (SIGTERM to the service, SIGKILL after its stop timeout).
+    Stop { name: String },
+    /// Run probes: inside the live confinement of ISC `--isc NAME` (forked by its PID 1), or in
+    /// this process (what a service inside an ISC runs for the integration tests).
+    Probe {
+        #[arg(long)]
+        isc: Option<String>,
+        /// Probe names, e.g. `status mount write:/etc` (see `--list`).
+        names: Vec<String>,
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCmd {
+    /// Validate a manifest; errors name the line, column, key and a fix.
+    Check { file: PathBuf },
+    /// Print the JSON Schema of isc.toml (for editors).
+    Schema,
+    /// Print the built-in demo manifest.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("isc: error: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let dirs = Dirs { root: cli.root, state: cli.state };
+    match cli.cmd {
+        Cmd::Run { file, json } => run(file.as_deref(), json, &dirs),
+        Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
+            let m = Manifest::load(&file)?;
+            println!(
+                "{}: ok (ISC `{}`, profile {}, image {})",
+                file.display(),
+                m.name,
+                m.profile.as_str(),
+                m.image.source
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Manifest { cmd: ManifestCmd::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&isc_manifest::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Manifest { cmd: ManifestCmd::Demo } => {
+            print!("{}", isc_manifest::DEMO_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ps { json } => ps(&dirs, json),
+        Cmd::Stats { name, json } => stats(&dirs, &name, json),
+        Cmd::Stop { name } => {
+            match state::request(&dirs.state, &name, &ControlRequest::Stop, Duration::from_secs(2))?
+            {
+                ControlResponse::Stopping => println!("stopping {name}"),
+                other => anyhow::bail!("unexpected answer from the monitor: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { list: true, .. } => {
+            for p in isc_engine::probe::PROBES {
+                println!("{p}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { isc: None, names, .. } => {
+            let outcomes: Vec<_> = names.iter().map(|n| isc_engine::probe::run(n)).collect();
+            println!("{}", serde_json::to_string(&outcomes)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { isc: Some(name), names, .. } => {
+            let req = ControlRequest::Probe { names };
+            match state::request(&dirs.state, &name, &req, Duration::from_secs(10))? {
+                ControlResponse::Probes { outcomes } => {
+                    println!("{}", serde_json::to_string(&outcomes)?)
+                }
+                ControlResponse::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer from the monitor: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(file: Option<&Path>, json: bool, dirs: &Dirs) -> Result<ExitCode> {
+    let manifest = match file {
+        Some(f) => Manifest::load(f)?,
+        None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
+    };
+    let spec = launch::resolve(&manifest, dirs)?;
+    let mut hooks = CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state)?;
+    let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
+    opts.seccomp_log = false;
+    let record = isc_engine::run(&spec, &opts, &mut hooks)
+        .with_context(|| format!("ISC `{}`", spec.name))?;
+    drop(hooks);
+    if json {
+        let mut v = serde_json::to_value(&record)?;
+        v["image_id"] = spec.image_id.clone().into();
+        eprintln!("{}", serde_json::to_string(&v)?);
+    } else if let Some(reason) = &record.reason {
+        eprintln!("isc: `{}` ended: {reason}", record.name);
+    } else if let Some(sig) = record.signal {
+        eprintln!("isc: `{}` was killed by signal {sig}", record.name);
+    }
+    std::io::stdout().flush().ok();
+    Ok(ExitCode::from(record.status.clamp(0, 255) as u8))
+}
+
+fn ps(dirs: &Dirs, json: bool) -> Result<ExitCode> {
+    let list = state::list(&dirs.state)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!("{:<20} {:>8} {:>8} {:>12}  IMAGE", "NAME", "MONITOR", "INIT", "HOST-UID");
+        for s in list {
+            println!(
+                "{:<20} {:>8} {:>8} {:>12}  {}",
+                s.name,
+                s.monitor_pid,
+                s.init_pid,
+                s.host_uid_base,
+                &s.image_id[..s.image_id.len().min(16)]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(dirs: &Dirs, name: &str, json: bool) -> Result<ExitCode> {
+    state::get(&dirs.state, name)?;
+    let layout = isc_cgroup::Layout::detect()?;
+    let cg = isc_cgroup::open(&layout, Some(&launch::cgroup_parent(&dirs.state)), name)
+        .with_context(|| format!("opening the cgroup of `{name}`"))?;
+    let s = cg.stats()?;
+    let ev = cg.events()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"name": name, "stats": s, "events": ev})
+            )?
+        );
+    } else {
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        println!("{name}: cpu {} us, memory {} / {} bytes, pids {} / {}, io read {} write {} bytes, oom kills {}, pids-limit hits {}, throttled periods {}",
+            opt(s.cpu_usage_usec), opt(s.memory_current), opt(s.memory_limit), opt(s.pids_current), opt(s.pids_limit),
+            opt(s.io_read_bytes), opt(s.io_write_bytes), ev.oom_kills, ev.pids_max_hits, ev.throttled_periods);
+    }
+    Ok(ExitCode::SUCCESS)
+}

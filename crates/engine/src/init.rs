@@ -99,6 +99,12 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         Some(ToInit::Go) => {}
         other => return Err(("waiting for the monitor", format!("unexpected message {other:?}"))),
     }
+    // Become root of the new user namespace: until now our ids were the host's (unmapped
+    // inside), and files we create (the /dev mount targets) would get EOVERFLOW.
+    // SAFETY: id syscalls; we hold CAP_SETUID/CAP_SETGID in our user namespace.
+    os_step("becoming root of the user namespace", unsafe { libc::setresgid(0, 0, 0) })?;
+    // SAFETY: as above.
+    os_step("becoming root of the user namespace", unsafe { libc::setresuid(0, 0, 0) })?;
     // The cgroup namespace is created only now, after the monitor placed us in the ISC's
     // cgroup, so its root is that cgroup and the host's tree stays invisible.
     // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.

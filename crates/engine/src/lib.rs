@@ -18,5 +18,5 @@ pub mod spec;
 pub mod state;
 pub mod syscall;
 
-pub use monitor::{run, ExitRecord, MonitorError, NoHooks, RunOptions, StartHooks};
+pub use monitor::{run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
 pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};

@@ -76,6 +76,19 @@ pub trait StartHooks {
     }
 }
 
+/// Several hooks run in order; the first exit reason wins.
+#[derive(Default)]
+pub struct HookChain(pub Vec<Box<dyn StartHooks>>);
+
+impl StartHooks for HookChain {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.0.iter_mut().try_for_each(|h| h.before_release(child_pid))
+    }
+    fn exit_reason(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|h| h.exit_reason())
+    }
+}
+
 /// No hooks.
 pub struct NoHooks;
 impl StartHooks for NoHooks {
@@ -245,6 +258,7 @@ pub fn run(
         stop_deadline: None,
         exited: None,
         next_probe: 1,
+        chan_open: true,
         pending: Vec::new(),
     };
     let wait_status = sup.run(&child, sfd.as_raw_fd(), out_r, err_r);
@@ -344,6 +358,7 @@ struct Supervisor<'a> {
     stop_deadline: Option<Instant>,
     exited: Option<(Option<i32>, Option<i32>)>,
     next_probe: u64,
+    chan_open: bool,
     pending: Vec<PendingProbe>,
 }
 
@@ -356,7 +371,11 @@ impl Supervisor<'_> {
             let mut fds = vec![
                 libc::pollfd { fd: child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.chan.raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: if self.chan_open { self.chan.raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
                 libc::pollfd { fd: listener_fd, events: libc::POLLIN, revents: 0 },
             ];
             fds.extend(outs.iter().map(|(fd, _)| libc::pollfd {
@@ -392,7 +411,7 @@ impl Supervisor<'_> {
             if fds[1].revents & libc::POLLIN != 0 {
                 self.on_signal(sfd);
             }
-            if fds[2].revents & libc::POLLIN != 0 {
+            if fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 self.on_message();
             }
             if fds[3].revents & libc::POLLIN != 0 {
@@ -414,9 +433,7 @@ impl Supervisor<'_> {
             }
             if fds[0].revents & libc::POLLIN != 0 {
                 // Drain what is left: the exit message and the last output.
-                while self.chan_has_data() {
-                    self.on_message();
-                }
+                while self.chan_has_data() && self.on_message() {}
                 for (fd, dest) in &outs {
                     while relay(fd.as_raw_fd(), *dest) {}
                 }
@@ -426,6 +443,9 @@ impl Supervisor<'_> {
     }
 
     fn chan_has_data(&self) -> bool {
+        if !self.chan_open {
+            return false;
+        }
         let mut p = libc::pollfd { fd: self.chan.raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: zero-timeout poll on our channel fd.
         unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
@@ -457,15 +477,21 @@ impl Supervisor<'_> {
         }
     }
 
-    fn on_message(&mut self) {
+    /// Handles one message; false once PID 1's end is closed.
+    fn on_message(&mut self) -> bool {
         match self.chan.recv::<FromInit>() {
             Ok(Some(FromInit::ServiceExited { code, signal })) => {
                 self.exited = Some((code, signal))
             }
             Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
             Ok(Some(other)) => tracing::warn!(?other, "unexpected message from PID 1"),
-            Ok(None) | Err(_) => {}
+            Ok(None) => {
+                self.chan_open = false;
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "control channel"),
         }
+        true
     }
 
     fn on_probe_result(&mut self, id: u64, outcome: ProbeOutcome) {

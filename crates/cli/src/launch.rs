@@ -1,0 +1,232 @@
+//! From a validated manifest to a running ISC: prepare the image, resolve the engine spec,
+//! create the cgroup (limits written before the child exists), run, and clean up.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use isc_cgroup::{IscCgroup, Layout, Limits};
+use isc_engine::{IscSpec, RlimitSpec, StartHooks, TmpfsMount, Weakening};
+use isc_image::{prepare_dir_image, prepare_host_image, HostImageRequest};
+use isc_manifest::{
+    EgressRule, ImageSource, Manifest, Proto, SysAccess, DEFAULT_TMPFS_MODE, DEFAULT_TMPFS_SIZE,
+};
+
+/// Where isc keeps its files.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Persistent state: images, keys, audit (`/var/lib/isc`).
+    pub root: PathBuf,
+    /// Runtime state: running ISCs, control sockets (`/run/isc`).
+    pub state: PathBuf,
+}
+
+/// Mount points the image must contain for this manifest.
+fn mount_points(m: &Manifest) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = m.filesystem.tmpfs.iter().map(|t| t.path.clone()).collect();
+    v.extend(m.filesystem.volumes.iter().map(|t| t.path.clone()));
+    v.extend(m.profile.implied_writable_paths().iter().map(PathBuf::from));
+    if m.service.workdir != Path::new("/") {
+        v.push(m.service.workdir.clone());
+    }
+    v
+}
+
+/// Resolves the manifest into the engine's spec (preparing the image on the way).
+pub fn resolve(m: &Manifest, dirs: &Dirs) -> Result<IscSpec> {
+    let extra = mount_points(m);
+    let prepared = match &m.image.source {
+        ImageSource::Host => prepare_host_image(
+            &dirs.root,
+            &HostImageRequest {
+                paths: m.image.paths.clone(),
+                extra_dirs: extra,
+                uid: m.service.user,
+                gid: m.service.group,
+            },
+        )
+        .context("building the root image from host files")?,
+        ImageSource::Dir(p) => prepare_dir_image(p, &extra).context("checking the prepared root tree")?,
+        other => bail!(
+            "image source `{other}` is not supported by this build yet (issue 3 adds OCI, EROFS and store ids); fix: use `host` or `dir:PATH`"
+        ),
+    };
+    if !m.filesystem.volumes.is_empty() {
+        bail!("[filesystem] volumes are not supported by this build yet (issue 6); fix: remove them or use a tmpfs");
+    }
+    if !m.secrets.is_empty() {
+        bail!("[secrets] are not supported by this build yet (issue 6); fix: remove them");
+    }
+    let mut tmpfs: Vec<TmpfsMount> = m
+        .filesystem
+        .tmpfs
+        .iter()
+        .map(|t| TmpfsMount {
+            path: t.path.clone(),
+            size_bytes: t.size,
+            mode: t.mode,
+            exec: t.exec,
+        })
+        .collect();
+    for p in m.profile.implied_writable_paths() {
+        if !tmpfs.iter().any(|t| t.path == Path::new(p)) {
+            tmpfs.push(TmpfsMount {
+                path: p.into(),
+                size_bytes: DEFAULT_TMPFS_SIZE,
+                mode: DEFAULT_TMPFS_MODE,
+                exec: false,
+            });
+        }
+    }
+    let (mut bind_ports, mut connect_ports) = (vec![], vec![]);
+    if let Some(net) = &m.network {
+        bind_ports.extend(net.listen.iter().filter(|l| l.proto == Proto::Tcp).map(|l| l.port));
+        for e in &net.egress {
+            match e {
+                EgressRule::Cidr { port: Some(p), proto: Proto::Tcp, .. } => connect_ports.push(*p),
+                EgressRule::Host { port, proto: Proto::Tcp, .. } => connect_ports.push(*port),
+                _ => {}
+            }
+        }
+    }
+    Ok(IscSpec {
+        name: m.name.clone(),
+        hostname: m.hostname.clone(),
+        rootfs: prepared.rootfs,
+        image_id: prepared.id,
+        exec: m.service.exec.clone(),
+        env: m.service.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        workdir: m.service.workdir.clone(),
+        uid: m.service.user,
+        gid: m.service.group,
+        tmpfs,
+        binds: vec![],
+        sys_read_only: m.filesystem.sys == SysAccess::ReadOnly,
+        capabilities: m.security.capabilities.clone(),
+        allow_syscalls: m.security.allow_syscalls.clone(),
+        deny_syscalls: m.security.deny_syscalls.clone(),
+        tcp_bind_ports: bind_ports,
+        tcp_connect_ports: connect_ports,
+        rlimits: RlimitSpec {
+            nofile: m.resources.nofile,
+            nproc: m.resources.nproc,
+            memlock: m.resources.memlock,
+            stack: m.resources.stack,
+        },
+        stop_timeout: m.service.stop_timeout,
+        weakening: Weakening::default(),
+    })
+}
+
+/// The cgroup limits a manifest asks for.
+pub fn limits(m: &Manifest) -> Limits {
+    let r = &m.resources;
+    Limits {
+        memory: r.memory,
+        swap: r.swap,
+        cpu_quota: r.cpu,
+        cpu_weight: r.cpu_weight,
+        pids: r.pids,
+        cpuset: r.cpuset.clone(),
+        io_weight: r.io_weight,
+        io_throttle: vec![],
+    }
+}
+
+/// The cgroup parent for ISCs of one state directory: `isc` for the default `/run/isc`, else
+/// `isc.<hash>` so that separate state directories (tests, several Docks) never collect each
+/// other's cgroups as stale.
+pub fn cgroup_parent(state_dir: &Path) -> PathBuf {
+    if state_dir == Path::new("/run/isc") {
+        PathBuf::from("isc")
+    } else {
+        let h = blake3::hash(state_dir.as_os_str().as_encoded_bytes()).to_hex();
+        PathBuf::from(format!("isc.{}", &h[..12]))
+    }
+}
+
+/// The cgroup side of a start: attach before release, report kernel limit events at the end,
+/// remove the cgroup when dropped.
+pub struct CgroupHooks {
+    cgroup: Option<Box<dyn IscCgroup>>,
+    limits: Limits,
+}
+
+/// Removes the per-state-dir parent directories when no ISC is left in them.
+fn remove_empty_parents(paths: &[PathBuf]) {
+    for p in paths {
+        if let Some(parent) = p.parent() {
+            // ENOTEMPTY/EBUSY while other ISCs run: expected, nothing to do.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+impl CgroupHooks {
+    /// Removes stale cgroups of dead monitors, checks capacity, creates the ISC's cgroup.
+    pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
+        isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
+        let layout = Layout::detect().context("detecting the cgroup layout")?;
+        let running: Vec<String> = isc_engine::state::list(state_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| format!("isc-{}", s.name))
+            .collect();
+        let own = format!("isc-{name}");
+        let parent = cgroup_parent(state_dir);
+        let removed = isc_cgroup::collect_stale(&layout, Some(&parent), |n| {
+            n != own && running.iter().any(|r| r == n)
+        })
+        .context("removing stale ISC cgroups")?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
+        }
+        let cgroup = isc_cgroup::create(&layout, Some(&parent), name, &limits)
+            .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
+        for w in cgroup.warnings() {
+            tracing::warn!(isc = name, warning = %w, "resource control weaker than requested");
+        }
+        Ok(Self { cgroup: Some(cgroup), limits })
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{} MiB", b / (1024 * 1024))
+}
+
+impl StartHooks for CgroupHooks {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        let cg = self.cgroup.as_ref().expect("cgroup present until drop");
+        cg.attach(child_pid).map_err(|e| ("joining the ISC's cgroup", e.to_string()))
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        let ev = self.cgroup.as_ref()?.events().ok()?;
+        if ev.oom_kills > 0 {
+            return Some(format!(
+                "killed by the kernel OOM killer: memory limit {}",
+                self.limits.memory.map(mib).unwrap_or_else(|| "unset".into())
+            ));
+        }
+        if ev.pids_max_hits > 0 {
+            return Some(format!(
+                "the pids limit of {} was reached {} time(s): fork/clone failed with EAGAIN",
+                self.limits.pids.unwrap_or(0),
+                ev.pids_max_hits
+            ));
+        }
+        None
+    }
+}
+
+impl Drop for CgroupHooks {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            let name = cg.name().to_string();
+            let paths = cg.paths();
+            match cg.destroy() {
+                Ok(()) => remove_empty_parents(&paths),
+                Err(e) => tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup"),
+            }
+        }
+    }
+}
