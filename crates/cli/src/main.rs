@@ -42,6 +42,10 @@ enum Cmd {
         /// Print a JSON start/exit record on stderr.
         #[arg(long)]
         json: bool,
+        /// TEST ONLY: remove one protection (for mutation-testing `isc verify`). Comma list of
+        /// no-seccomp, no-landlock, no-nnp, keep-sys-admin, writable-root, unmasked-proc.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        unsafe_weaken: Vec<String>,
     },
     /// Work with manifests.
     Manifest {
@@ -73,6 +77,8 @@ enum Cmd {
     },
 }
 
+// <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
+
 #[derive(Subcommand)]
 enum ManifestCmd {
     /// Validate a manifest; errors name the line, column, key and a fix.
@@ -103,7 +109,8 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let dirs = Dirs { root: cli.root, state: cli.state };
     match cli.cmd {
-        Cmd::Run { file, json } => run(file.as_deref(), json, &dirs),
+        Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
+        // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
             println!(
@@ -158,12 +165,32 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(file: Option<&Path>, json: bool, dirs: &Dirs) -> Result<ExitCode> {
+fn weakening(names: &[String]) -> Result<isc_engine::Weakening> {
+    let mut w = isc_engine::Weakening::default();
+    for n in names {
+        match n.as_str() {
+            "no-seccomp" => w.no_seccomp = true,
+            "no-landlock" => w.no_landlock = true,
+            "no-nnp" => w.no_new_privs_off = true,
+            "keep-sys-admin" => w.keep_cap_sys_admin = true,
+            "writable-root" => w.writable_root = true,
+            "unmasked-proc" => w.host_proc_unmasked = true,
+            other => anyhow::bail!("unknown weakening `{other}`"),
+        }
+    }
+    if w != isc_engine::Weakening::default() {
+        eprintln!("isc: WARNING: protections removed for testing: {}", names.join(", "));
+    }
+    Ok(w)
+}
+
+fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
-    let spec = launch::resolve(&manifest, dirs)?;
+    let mut spec = launch::resolve(&manifest, dirs)?;
+    spec.weakening = weakening(weaken)?;
     let mut hooks = CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state)?;
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = false;
