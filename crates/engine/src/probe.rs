@@ -78,7 +78,7 @@ pub fn run(spec: &str) -> ProbeOutcome {
         "status" => ProbeOutcome::fact(spec, status()),
         "ids" => ProbeOutcome::fact(spec, ids()),
         "ns" => ProbeOutcome::fact(spec, namespaces(Path::new("/proc/self/ns"))),
-        "fds" => ProbeOutcome::fact(spec, list_dir("/proc/self/fd")),
+        "fds" => ProbeOutcome::fact(spec, open_fds()),
         "env" => ProbeOutcome::fact(
             spec,
             json!(std::env::vars_os()
@@ -194,6 +194,21 @@ pub fn namespaces(dir: &Path) -> Value {
                     Value::from(t.to_string_lossy().to_string()),
                 );
             }
+        }
+    }
+    Value::Object(m)
+}
+
+/// Open fds and their targets, without the directory handle used to list them.
+fn open_fds() -> Value {
+    let mut m = serde_json::Map::new();
+    if let Ok(rd) = fs::read_dir("/proc/self/fd") {
+        for e in rd.flatten() {
+            let target = fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+            if target.starts_with("/proc/") && target.ends_with("/fd") {
+                continue;
+            }
+            m.insert(e.file_name().to_string_lossy().into_owned(), Value::from(target));
         }
     }
     Value::Object(m)
