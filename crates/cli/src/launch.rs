@@ -171,12 +171,10 @@ impl CgroupHooks {
             .into_iter()
             .map(|s| format!("isc-{}", s.name))
             .collect();
-        let own = format!("isc-{name}");
         let parent = cgroup_parent(state_dir);
-        let removed = isc_cgroup::collect_stale(&layout, Some(&parent), |n| {
-            n != own && running.iter().any(|r| r == n)
-        })
-        .context("removing stale ISC cgroups")?;
+        let removed =
+            isc_cgroup::collect_stale(&layout, Some(&parent), |n| running.iter().any(|r| r == n))
+                .context("removing stale ISC cgroups")?;
         if !removed.is_empty() {
             tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
         }

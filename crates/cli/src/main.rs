@@ -189,6 +189,14 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
+    if let Ok(running) = state::get(&dirs.state, &manifest.name) {
+        anyhow::bail!(
+            "an ISC named `{}` is already running (monitor pid {}); fix: `isc stop {}` or choose another name",
+            manifest.name,
+            running.monitor_pid,
+            manifest.name
+        );
+    }
     let mut spec = launch::resolve(&manifest, dirs)?;
     spec.weakening = weakening(weaken)?;
     let mut hooks = CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state)?;

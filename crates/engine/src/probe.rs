@@ -61,6 +61,9 @@ pub const PROBES: &[&str] = &[
     "read:PATH",
     "tcp_connect:IP:PORT",
     "tcp_bind:PORT",
+    "tcp_reach:IP:PORT:MS",
+    "udp_ask:IP:PORT:MS",
+    "serve_tcp:PORT:SECONDS",
 ];
 
 fn cvt(rc: libc::c_long) -> io::Result<Value> {
@@ -86,6 +89,7 @@ pub fn run(spec: &str) -> ProbeOutcome {
                 .collect::<Vec<_>>()),
         ),
         "dev" => ProbeOutcome::fact(spec, list_dir("/dev")),
+        "mounts" => ProbeOutcome::fact(spec, mounts()),
         "uid_map" => {
             ProbeOutcome::from_io(spec, fs::read_to_string("/proc/self/uid_map").map(Value::from))
         }
@@ -140,6 +144,9 @@ pub fn run(spec: &str) -> ProbeOutcome {
                 .and_then(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
                 .map(|_| Value::Null),
         ),
+        "tcp_reach" => ProbeOutcome::from_io(spec, tcp_reach(arg)),
+        "udp_ask" => ProbeOutcome::from_io(spec, udp_ask(arg)),
+        "serve_tcp" => ProbeOutcome::from_io(spec, serve_tcp(arg)),
         _ => ProbeOutcome {
             name: spec.into(),
             ok: false,
@@ -199,12 +206,28 @@ pub fn namespaces(dir: &Path) -> Value {
     Value::Object(m)
 }
 
+/// Mount point → "per-mount options,fs type" from /proc/self/mountinfo (later mounts win).
+fn mounts() -> Value {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut m = serde_json::Map::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        if f.len() > sep + 1 && f.len() > 5 {
+            m.insert(f[4].to_string(), Value::from(format!("{},{}", f[5], f[sep + 1])));
+        }
+    }
+    Value::Object(m)
+}
+
 /// Open fds and their targets, without the directory handle used to list them.
 fn open_fds() -> Value {
     let mut m = serde_json::Map::new();
     if let Ok(rd) = fs::read_dir("/proc/self/fd") {
         for e in rd.flatten() {
-            let target = fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+            let target = fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if target.starts_with("/proc/") && target.ends_with("/fd") {
                 continue;
             }
@@ -254,6 +277,72 @@ fn tcp_connect(arg: &str) -> io::Result<Value> {
     let addr: std::net::SocketAddr =
         arg.parse().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(|_| Value::Null)
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// `ADDR:MS` (ADDR as in `1.2.3.4:80` or `[::1]:80`) into an address and a timeout.
+fn addr_and_ms(arg: &str) -> io::Result<(std::net::SocketAddr, Duration)> {
+    let (addr, ms) = arg.rsplit_once(':').ok_or_else(einval)?;
+    let ms: u64 = ms.parse().map_err(|_| einval())?;
+    Ok((addr.parse().map_err(|_| einval())?, Duration::from_millis(ms.max(1))))
+}
+
+/// Connect within MS and read what the server says first (up to 64 bytes, MS to wait). The
+/// errno tells the layers apart: EACCES is Landlock, a timeout is a silent firewall drop.
+fn tcp_reach(arg: &str) -> io::Result<Value> {
+    use std::io::Read;
+    let (addr, timeout) = addr_and_ms(arg)?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    Ok(json!(String::from_utf8_lossy(&buf[..n])))
+}
+
+/// Send one DNS-shaped datagram (so a resolver would answer) and wait MS for any answer.
+fn udp_ask(arg: &str) -> io::Result<Value> {
+    let (addr, timeout) = addr_and_ms(arg)?;
+    let any: std::net::SocketAddr =
+        if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.set_read_timeout(Some(timeout))?;
+    let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
+    s.send_to(&q, addr)?;
+    let mut buf = [0u8; 512];
+    let (n, _) = s.recv_from(&mut buf)?;
+    Ok(json!(n))
+}
+
+/// Listen on PORT (IPv6 dual-stack, or IPv4 where IPv6 is off) for SECONDS, answering every
+/// connection with "ok\n"; the value is the number of connections served.
+fn serve_tcp(arg: &str) -> io::Result<Value> {
+    use std::io::Write;
+    let (port, secs) = arg.split_once(':').ok_or_else(einval)?;
+    let port: u16 = port.parse().map_err(|_| einval())?;
+    let secs: u64 = secs.parse().map_err(|_| einval())?;
+    let listener = std::net::TcpListener::bind(("::", port))
+        .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))?;
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut served = 0u64;
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                if s.write_all(b"ok\n").is_ok() {
+                    served += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!(served))
 }
 
 /// Orphans a grandchild (it exits after 50 ms, re-parented to PID 1), then counts zombies left

@@ -1,0 +1,441 @@
+//! Issue 2: every protection of a hardened ISC, proved from inside a running ISC.
+//!
+//! The service in these ISCs is the `isc` binary itself running `isc probe …`: each probe makes
+//! one attack attempt and reports exactly what the kernel answered (errno, file contents).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use isc_engine::probe::ProbeOutcome;
+use serde_json::Value;
+
+const ISC: &str = env!("CARGO_BIN_EXE_isc");
+const EPERM: i32 = 1;
+const EACCES: i32 = 13;
+const EROFS: i32 = 30;
+
+/// A private --root/--state pair, removed (image store included) on drop.
+struct Env {
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("isc-test-{tag}-{}", std::process::id()));
+        let _ = isc_image::immutable::remove_tree(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Env { dir }
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(ISC);
+        c.arg("--root").arg(self.dir.join("root")).arg("--state").arg(self.dir.join("state"));
+        c.arg("--log").arg("warn");
+        c
+    }
+    /// Writes a manifest whose image holds the isc binary, sh and sleep.
+    fn manifest(&self, name: &str, exec: &[&str], extra: &str) -> PathBuf {
+        let exec: Vec<String> = exec.iter().map(|e| format!("{e:?}")).collect();
+        let text = format!(
+            r#"name = "{name}"
+[service]
+exec = [{exec}]
+{extra_service}
+[image]
+source = "host"
+paths = ["{ISC}", "/bin/sh", "/usr/bin/sleep"]
+[filesystem]
+tmpfs = [{{ path = "/tmp", size = "4M" }}]
+{extra}
+"#,
+            exec = exec.join(", "),
+            extra_service = "",
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        fs::write(&path, text).unwrap();
+        path
+    }
+    fn run(&self, manifest: &Path, args: &[&str]) -> Output {
+        self.cmd().arg("run").arg(manifest).args(args).output().unwrap()
+    }
+    fn spawn(&self, manifest: &Path) -> Child {
+        self.cmd()
+            .arg("run")
+            .arg(manifest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+    /// Runs `isc probe NAMES` as the service of a fresh ISC and returns the outcomes by name.
+    fn probe(&self, name: &str, probes: &[&str], weaken: &[&str]) -> Vec<ProbeOutcome> {
+        let mut exec = vec![ISC, "probe"];
+        exec.extend_from_slice(probes);
+        let m = self.manifest(name, &exec, "");
+        let mut args = vec![];
+        let w = weaken.join(",");
+        if !weaken.is_empty() {
+            args.extend(["--unsafe-weaken", w.as_str()]);
+        }
+        let out = self.run(&m, &args);
+        assert!(out.status.success(), "isc run failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("probe output {:?}: {e}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+    fn ps(&self) -> Vec<Value> {
+        let out = self.cmd().args(["ps", "--json"]).output().unwrap();
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    }
+    fn wait_running(&self, name: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.ps().into_iter().find(|s| s["name"] == name) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "ISC {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = isc_image::immutable::remove_tree(&self.dir);
+    }
+}
+
+fn by_name<'a>(outs: &'a [ProbeOutcome], name: &str) -> &'a ProbeOutcome {
+    outs.iter().find(|o| o.name == name).unwrap_or_else(|| panic!("no probe {name}"))
+}
+
+fn host_ns(kind: &str) -> String {
+    fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+}
+
+/// Cgroups, mounts and registry entries this Env could have left behind.
+fn assert_nothing_left(env: &Env) {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours = env.dir.to_string_lossy().into_owned();
+    assert!(!mounts.contains(&ours), "mounts left under {ours}:\n{mounts}");
+    let isc_dir = env.dir.join("state/isc");
+    let entries: Vec<_> = fs::read_dir(&isc_dir).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(entries.is_empty(), "registry entries left: {entries:?}");
+    let parent = isc_cli_parent(&env.dir.join("state"));
+    for ctrl in ["memory", "pids", "cpu", "freezer", "unified"] {
+        let base = Path::new("/sys/fs/cgroup").join(ctrl);
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own
+            .lines()
+            .find_map(|l| {
+                let mut it = l.splitn(3, ':');
+                let (_, c, p) = (it.next()?, it.next()?, it.next()?);
+                let matches =
+                    if ctrl == "unified" { c.is_empty() } else { c.split(',').any(|x| x == ctrl) };
+                matches.then(|| p.trim_start_matches('/').to_string())
+            })
+            .unwrap_or_default();
+        let dir = base.join(rel).join(&parent);
+        assert!(!dir.exists(), "cgroup parent left: {}", dir.display());
+    }
+}
+
+/// Mirrors `launch::cgroup_parent` (the binary's private function).
+fn isc_cli_parent(state: &Path) -> String {
+    let h = blake3::hash(state.as_os_str().as_encoded_bytes()).to_hex();
+    format!("isc.{}", &h[..12])
+}
+
+#[test]
+fn hardened_isc_proves_its_confinement_from_inside() {
+    let env = Env::new("inside");
+    let outs = env.probe(
+        "inside",
+        &[
+            "status",
+            "ids",
+            "ns",
+            "fds",
+            "env",
+            "dev",
+            "mounts",
+            "uid_map",
+            "mount",
+            "unshare_user",
+            "bpf",
+            "ptrace",
+            "keyctl",
+            "open_by_handle_at",
+            "init_module",
+            "write:/",
+            "write:/etc",
+            "write:/usr",
+            "write:/tmp",
+            "read:/proc/kcore",
+            "read:/proc/sysrq-trigger",
+            "open_write:/proc/sysrq-trigger",
+            "read:/proc/timer_list",
+            "open_write:/proc/sys/kernel/hostname",
+            "open_write:/proc/1/exe",
+            "read:/proc/1/environ",
+            "read:/sys/kernel/notes",
+            "orphan_reap",
+        ],
+        &[],
+    );
+    // Namespaces: every one differs from the host's.
+    let ns = &by_name(&outs, "ns").value;
+    for kind in ["user", "pid", "mnt", "net", "uts", "ipc", "cgroup"] {
+        let inside = ns[kind].as_str().unwrap_or_else(|| panic!("no {kind} ns"));
+        assert_ne!(inside, host_ns(kind), "{kind} namespace is the host's");
+    }
+    // Credentials: no capability in any set, no_new_privs, seccomp filter mode.
+    let st = &by_name(&outs, "status").value;
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[set], "0000000000000000", "{set}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(st["Seccomp"], "2");
+    assert_eq!(st["Uid"], "1000\t1000\t1000\t1000");
+    assert_eq!(st["Groups"], "", "no supplementary groups (the host's are dropped before clone)");
+    let uid_map = by_name(&outs, "uid_map")
+        .value
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    assert_eq!(uid_map[0], "0");
+    assert!(
+        uid_map[1].parse::<u64>().unwrap() >= 1_000_000_000,
+        "host range is far above login uids: {uid_map:?}"
+    );
+    assert_eq!(uid_map[2], "65536");
+    // Escape primitives fail with EPERM from the seccomp filter.
+    for p in
+        ["mount", "unshare_user", "bpf", "ptrace", "keyctl", "open_by_handle_at", "init_module"]
+    {
+        let o = by_name(&outs, p);
+        assert_eq!((o.ok, o.errno), (false, Some(EPERM)), "{p}: {o:?}");
+    }
+    // Read-only root image; the declared tmpfs is writable.
+    for p in ["write:/", "write:/etc", "write:/usr"] {
+        assert_eq!(by_name(&outs, p).errno, Some(EROFS), "{p}");
+    }
+    assert!(by_name(&outs, "write:/tmp").ok, "declared tmpfs must be writable");
+    // /proc: kcore and sysrq-trigger are /dev/null, /proc/sys is read-only, PID 1 is closed.
+    // This kernel may lack kcore/sysrq-trigger entirely (e.g. a microVM kernel): then they must be
+    // absent inside too; where they exist they read as /dev/null.
+    for p in ["/proc/kcore", "/proc/sysrq-trigger"] {
+        let o = by_name(&outs, &format!("read:{p}"));
+        if Path::new(p).exists() {
+            assert_eq!(o.value, 0, "{p} not masked: {o:?}");
+        } else {
+            assert_eq!(o.errno, Some(2), "{p}: {o:?}");
+        }
+    }
+    if Path::new("/proc/sysrq-trigger").exists() {
+        assert!(by_name(&outs, "open_write:/proc/sysrq-trigger").ok, "writes go to /dev/null");
+    }
+    // timer_list is root-only (0400): unmasked, uid 1000 would get EACCES; masked it is /dev/null.
+    assert_eq!(by_name(&outs, "read:/proc/timer_list").value, 0, "timer_list masked");
+    // Host-owned files refuse uid 1000 before the mount flag is even consulted…
+    assert_eq!(by_name(&outs, "open_write:/proc/sys/kernel/hostname").errno, Some(EACCES));
+    // …and the mounts themselves carry the flags (kernel state seen from inside).
+    let mounts = &by_name(&outs, "mounts").value;
+    let opts = |p: &str| {
+        mounts[p].as_str().unwrap_or_else(|| panic!("no mount at {p}: {mounts}")).to_string()
+    };
+    for (p, want) in [
+        ("/", &["ro", "nosuid", "nodev"][..]),
+        ("/proc/sys", &["ro", "nosuid", "nodev", "noexec"]),
+        ("/proc", &["nosuid", "nodev", "noexec"]),
+        ("/dev", &["ro", "nosuid", "noexec"]),
+        ("/tmp", &["rw", "nosuid", "nodev", "noexec"]),
+    ] {
+        let o = opts(p);
+        for w in want {
+            assert!(o.split(',').any(|x| x == *w), "{p} lacks {w}: {o}");
+        }
+    }
+    assert!(!mounts.as_object().unwrap().contains_key("/sys"), "no /sys mount by default");
+    assert_eq!(by_name(&outs, "open_write:/proc/1/exe").errno, Some(EACCES));
+    assert_eq!(by_name(&outs, "read:/proc/1/environ").errno, Some(EACCES));
+    assert_eq!(by_name(&outs, "read:/sys/kernel/notes").errno, Some(2), "no /sys by default");
+    // /dev holds exactly the minimal nodes.
+    assert_eq!(
+        by_name(&outs, "dev").value,
+        serde_json::json!([
+            "fd", "full", "null", "random", "stderr", "stdin", "stdout", "tty", "urandom", "zero"
+        ])
+    );
+    // The service is PID 2 under our PID 1, which reaps orphans.
+    let ids = &by_name(&outs, "ids").value;
+    assert_eq!((ids["pid"].as_i64(), ids["ppid"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(by_name(&outs, "orphan_reap").value, 0, "zombies left in the ISC");
+    // Only stdio is open; the environment is exactly what was declared (nothing).
+    let fds = by_name(&outs, "fds").value.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(fds, vec!["0", "1", "2"]);
+    assert_eq!(by_name(&outs, "env").value, serde_json::json!([]));
+    drop(outs);
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn landlock_is_an_independent_layer() {
+    let env = Env::new("landlock");
+    // /proc/self/comm is writable for its owner as far as DAC and mounts are concerned; only
+    // Landlock (read-only outside declared paths) refuses it. Likewise TCP connect with no
+    // declared egress: Landlock answers EACCES before the (empty) network would.
+    let probes = ["open_write:/proc/self/comm", "tcp_connect:127.0.0.1:9", "write:/tmp"];
+    let with = env.probe("ll-on", &probes, &[]);
+    assert_eq!(by_name(&with, "open_write:/proc/self/comm").errno, Some(EACCES));
+    assert_eq!(by_name(&with, "tcp_connect:127.0.0.1:9").errno, Some(EACCES));
+    assert!(by_name(&with, "write:/tmp").ok);
+    let without = env.probe("ll-off", &probes, &["no-landlock"]);
+    assert!(by_name(&without, "open_write:/proc/self/comm").ok, "{without:?}");
+    assert_ne!(by_name(&without, "tcp_connect:127.0.0.1:9").errno, Some(EACCES));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn two_iscs_side_by_side_get_distinct_unprivileged_host_uids() {
+    let env = Env::new("uids");
+    let a = env.manifest("uid-a", &["/usr/bin/sleep", "30"], "");
+    let b = env.manifest("uid-b", &["/usr/bin/sleep", "30"], "");
+    let (mut ca, mut cb) = (env.spawn(&a), env.spawn(&b));
+    let sa = env.wait_running("uid-a");
+    let sb = env.wait_running("uid-b");
+    let host_uid = |s: &Value| {
+        let pid = s["service_pid"].as_i64().unwrap();
+        // The service's pid in its own namespace is 2; find its host pid via the init's children.
+        let init = s["init_pid"].as_i64().unwrap();
+        let children = fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+        let host_pid: i64 = children.split_whitespace().next().unwrap().parse().unwrap();
+        assert_eq!(pid, 2);
+        let status = fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        uid_line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let (ua, ub) = (host_uid(&sa), host_uid(&sb));
+    assert_ne!(ua, ub, "two ISCs share a host uid");
+    for (u, s) in [(ua, &sa), (ub, &sb)] {
+        assert!(u >= 1_000_000_000, "host uid {u} is in the login range");
+        assert_eq!(u, s["host_uid_base"].as_u64().unwrap() + 1000);
+    }
+    for n in ["uid-a", "uid-b"] {
+        assert!(env.cmd().args(["stop", n]).status().unwrap().success());
+    }
+    let (ra, rb) = (ca.wait().unwrap(), cb.wait().unwrap());
+    assert_eq!((ra.code(), rb.code()), (Some(143), Some(143)), "SIGTERM ends the service: 128+15");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    let env = Env::new("exit");
+    let m = env.manifest("exit7", &["/bin/sh", "-c", "exit 7"], "");
+    assert_eq!(env.run(&m, &[]).status.code(), Some(7));
+    let m = env.manifest("selfkill", &["/bin/sh", "-c", "kill -USR1 $$"], "");
+    let out = env.run(&m, &["--json"]);
+    assert_eq!(out.status.code(), Some(128 + 10));
+    let rec: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap()).unwrap();
+    assert_eq!((rec["signal"].as_i64(), rec["code"].as_i64()), (Some(10), None));
+    let m = env.manifest("ok", &["/bin/sh", "-c", "echo out; echo err >&2"], "");
+    let out = env.run(&m, &[]);
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice(), out.stderr.as_slice()),
+        (Some(0), &b"out\n"[..], &b"err\n"[..])
+    );
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn sigterm_stops_gracefully_then_sigkill_after_the_timeout() {
+    let env = Env::new("stop");
+    let path = env.dir.join("stubborn.toml");
+    let text = format!(
+        "name = \"stubborn\"\n[service]\nexec = [\"/bin/sh\", \"-c\", \"trap '' TERM; sleep 30\"]\nstop_timeout = \"1s\"\n[image]\nsource = \"host\"\npaths = [\"/bin/sh\", \"/usr/bin/sleep\"]\n"
+    );
+    fs::write(&path, text).unwrap();
+    let mut child = env.spawn(&path);
+    env.wait_running("stubborn");
+    let t = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(128 + 9), "ignored SIGTERM, killed after the timeout");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_leaves_nothing() {
+    let env = Env::new("bad");
+    let bad = env.dir.join("bad.toml");
+    fs::write(&bad, "name = \"x\"\n[service]\nexec = [\"/bin/true\"]\nuser = 0\n[image]\nsource = \"host\"\npaths = [\"/bin/true\"]\n").unwrap();
+    let out = env.run(&bad, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("bad.toml:4:") && err.contains("allow_root"), "{err}");
+
+    fs::write(&bad, "name = \"x\"\n[service]\nexec = [\"/bin/true\"]\n[image]\nsource = \"host\"\npaths = [\"/bin/true\"]\nbogus = 1\n").unwrap();
+    let out = env.run(&bad, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:7:1") && err.contains("bogus"), "{err}");
+
+    fs::write(&bad, "name = \"x\"\n[service\n").unwrap();
+    let out = env.run(&bad, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:"), "syntax error located");
+
+    let missing = env.manifest("missing", &["/usr/bin/not-there"], "");
+    let out = env.run(&missing, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(err.contains("/usr/bin/not-there does not exist in the image"), "{err}");
+
+    let out = env.cmd().args(["run", "/nonexistent/isc.toml"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/isc.toml"));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn control_socket_probes_run_inside_the_live_confinement() {
+    let env = Env::new("control");
+    let m = env.manifest("live", &["/usr/bin/sleep", "30"], "");
+    let mut child = env.spawn(&m);
+    env.wait_running("live");
+    let out = env
+        .cmd()
+        .args(["probe", "--isc", "live", "status", "mount", "write:/etc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outs: Vec<ProbeOutcome> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(by_name(&outs, "status").value["Seccomp"], "2");
+    assert_eq!(by_name(&outs, "mount").errno, Some(EPERM));
+    assert_eq!(by_name(&outs, "write:/etc").errno, Some(EROFS));
+    let sock = env.dir.join("state/isc/live/control.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "control socket is root-only");
+    let second = env.run(&m, &[]);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    assert!(env.cmd().args(["stop", "live"]).status().unwrap().success());
+    child.wait().unwrap();
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn two_hundred_consecutive_runs_leak_nothing() {
+    let env = Env::new("many");
+    let m = env.manifest("many", &["/bin/sh", "-c", "exit 0"], "");
+    for i in 0..200 {
+        let st = env.cmd().arg("run").arg(&m).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "run {i} failed");
+    }
+    assert_nothing_left(&env);
+}
