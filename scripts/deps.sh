@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks for building and testing isc. Idempotent.
+set -euo pipefail
+need=()
+command -v nft >/dev/null || need+=(nftables)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v tc >/dev/null || need+=(iproute2)
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "note: add \$HOME/.cargo/bin to PATH" >&2
+  else
+    echo "error: no Rust toolchain: install Rust stable (rustup) first" >&2
+    exit 1
+  fi
+fi
