@@ -124,16 +124,16 @@ pub fn set_tree_immutable(root: &Path, on: bool) -> Result<bool, ImmutableError>
     Ok(true)
 }
 
-/// Removes a tree that may carry immutable flags.
+/// Removes a tree (or a single file) that may carry immutable flags.
 pub fn remove_tree(root: &Path) -> Result<(), ImmutableError> {
-    match std::fs::symlink_metadata(root) {
+    let is_dir = match std::fs::symlink_metadata(root) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(ImmutableError::Walk { path: root.to_path_buf(), source: e }),
-        Ok(_) => {}
-    }
+        Ok(md) => md.is_dir(),
+    };
     set_tree_immutable(root, false)?;
-    std::fs::remove_dir_all(root)
-        .map_err(|e| ImmutableError::Walk { path: root.to_path_buf(), source: e })
+    let removed = if is_dir { std::fs::remove_dir_all(root) } else { std::fs::remove_file(root) };
+    removed.map_err(|e| ImmutableError::Walk { path: root.to_path_buf(), source: e })
 }
 
 #[cfg(test)]

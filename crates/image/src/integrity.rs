@@ -113,7 +113,7 @@ impl InodeFacts {
         }
     }
 
-    fn differences(&self, now: &Self) -> Vec<&'static str> {
+    pub(crate) fn differences(&self, now: &Self) -> Vec<&'static str> {
         let mut d = Vec::new();
         if self.ino != now.ino {
             d.push("inode (replaced)");

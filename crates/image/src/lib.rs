@@ -15,9 +15,11 @@ pub mod immutable;
 pub mod integrity;
 pub mod ldcache;
 pub mod loader;
+pub mod loopdev;
 pub mod manifest;
 pub mod oci;
 mod oci_layer;
+pub mod pack;
 pub mod skeleton;
 pub mod store;
 
@@ -26,8 +28,13 @@ use std::path::PathBuf;
 pub use dir::prepare_dir_image;
 pub use host::{elf_closure, prepare_host_image, HostImageRequest};
 pub use integrity::{Change, DriftReport, IntegrityError};
+pub use loopdev::ErofsMount;
 pub use manifest::{Manifest, ManifestEntry, MountPolicy};
-pub use oci::{import_docker_archive, import_oci_layout, ImportOptions, ImportedImage, OciError};
+pub use oci::{
+    import_docker_archive, import_oci_layout, oci_layout_key, ImportOptions, ImportedImage,
+    OciError,
+};
+pub use pack::{ErofsBuilder, MkfsErofs, PackError, PackedImage, PackedReport};
 pub use store::{verify_tree, ImageDefaults, ImageLease, ImageMeta, ImageStore, ImageSummary};
 
 /// A root tree ready for the engine to mount read-only.
@@ -62,4 +69,7 @@ pub enum ImageError {
     /// A prepared directory is unusable.
     #[error(transparent)]
     Dir(#[from] dir::DirImageError),
+    /// Packing or mounting a packed image failed.
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
 }

@@ -332,6 +332,30 @@ pub fn import_oci_layout(
     )
 }
 
+/// The import cache key of an OCI layout: BLAKE3 over its canonical path, its `index.json` and
+/// the options. Blobs are content-addressed and checked against the digests the index names, so
+/// an unchanged `index.json` means unchanged content; `isc run` with `oci:PATH` imports once and
+/// maps this key to the image id (`images/keys/<key>`), then starts by id.
+pub fn oci_layout_key(layout: &Path, opts: &ImportOptions) -> Result<String, OciError> {
+    let canonical = std::fs::canonicalize(layout)
+        .map_err(|e| OciError::Read { path: layout.to_path_buf(), source: e })?;
+    let index_path = canonical.join("index.json");
+    let index = std::fs::read(&index_path)
+        .map_err(|e| OciError::Read { path: index_path.clone(), source: e })?;
+    let mut h = blake3::Hasher::new_derive_key("isc-image oci-layout key v1");
+    let path = canonical.as_os_str().as_encoded_bytes();
+    h.update(&(path.len() as u64).to_le_bytes());
+    h.update(path);
+    h.update(&(index.len() as u64).to_le_bytes());
+    h.update(&index);
+    let o = opts;
+    h.update(&[u8::from(o.strip_setuid), u8::from(o.strip_world_writable)]);
+    for n in [o.max_entry_bytes, o.max_total_bytes, o.max_entries as u64] {
+        h.update(&n.to_le_bytes());
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// Imports a `docker save` tarball (also `skopeo copy ... docker-archive:`).
 pub fn import_docker_archive(
     store_root: &Path,

@@ -129,7 +129,7 @@ pub fn is_valid_id(id: &str) -> bool {
 
 /// An open `flock(2)`.
 #[derive(Debug)]
-struct Flock {
+pub(crate) struct Flock {
     file: std::fs::File,
 }
 
@@ -351,6 +351,22 @@ impl ImageStore {
         Ok(integrity::diff_manifests(&self.manifest(a)?, &self.manifest(b)?, &[]))
     }
 
+    /// The commit lock of `id` (held while an image or its packed form is put in place).
+    pub(crate) fn commit_lock(&self, id: &str) -> Result<Flock, StoreError> {
+        let lock_path = self.images.join("locks").join(id);
+        Flock::acquire(&lock_path, libc::LOCK_EX).map_err(io(&lock_path))
+    }
+
+    /// Records that host-build or import cache `key` maps to image `id` (e.g. an OCI layout's
+    /// key, see [`crate::oci::oci_layout_key`]).
+    pub fn set_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        if !is_valid_id(key) {
+            return Err(StoreError::BadId { id: key.to_string() });
+        }
+        self.existing(id)?;
+        self.write_key(key, id)
+    }
+
     /// Takes a lease on `id` for a running ISC.
     pub fn lease(&self, id: &str) -> Result<ImageLease, StoreError> {
         self.existing(id)?;
@@ -365,6 +381,17 @@ impl ImageStore {
         // The image may have been removed between the check and the lock.
         self.existing(id)?;
         Ok(ImageLease { id: id.to_string(), lock })
+    }
+
+    /// `true` while an [`ImageLease`] on `id` is alive (an ISC uses the image).
+    pub fn in_use(&self, id: &str) -> Result<bool, StoreError> {
+        self.existing(id)?;
+        let path = self.images.join("leases").join(id);
+        match Flock::acquire(&path, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(_probe) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Removes image `id` (clearing the immutable attribute first); refused while leased.
@@ -383,6 +410,13 @@ impl ImageStore {
         })?;
         let lock_path = self.images.join("locks").join(id);
         let _commit = Flock::acquire(&lock_path, libc::LOCK_EX).map_err(io(&lock_path))?;
+        self.remove_packed(id).map_err(|e| match e {
+            crate::pack::PackError::Immutable(e) => StoreError::Immutable(e),
+            other => StoreError::Io {
+                path: self.packed_file(id),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
         immutable::remove_tree(&dir)?;
         let keys = self.images.join("keys");
         for ent in std::fs::read_dir(&keys).map_err(io(&keys))? {
