@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use isc_cgroup::{IscCgroup, Layout, Limits};
 use isc_engine::{IscSpec, RlimitSpec, StartHooks, TmpfsMount, Weakening};
-use isc_image::{prepare_dir_image, prepare_host_image, HostImageRequest};
+use isc_image::PreparedRoot;
 use isc_manifest::{
-    EgressRule, ImageSource, Manifest, Proto, SysAccess, DEFAULT_TMPFS_MODE, DEFAULT_TMPFS_SIZE,
+    EgressRule, Manifest, Proto, SysAccess, DEFAULT_TMPFS_MODE, DEFAULT_TMPFS_SIZE,
 };
+
+use crate::hooks_image::ImageHold;
 
 /// Where isc keeps its files.
 #[derive(Debug, Clone)]
@@ -21,7 +23,7 @@ pub struct Dirs {
 }
 
 /// Mount points the image must contain for this manifest.
-fn mount_points(m: &Manifest) -> Vec<PathBuf> {
+pub(crate) fn mount_points(m: &Manifest) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = m.filesystem.tmpfs.iter().map(|t| t.path.clone()).collect();
     v.extend(m.filesystem.volumes.iter().map(|t| t.path.clone()));
     v.extend(m.profile.implied_writable_paths().iter().map(PathBuf::from));
@@ -31,25 +33,16 @@ fn mount_points(m: &Manifest) -> Vec<PathBuf> {
     v
 }
 
-/// Resolves the manifest into the engine's spec (preparing the image on the way).
-pub fn resolve(m: &Manifest, dirs: &Dirs) -> Result<IscSpec> {
+/// Resolves the manifest into the engine's spec (preparing, leasing and checking the image on
+/// the way). Keep the returned [`ImageHold`] alive until the ISC has ended.
+pub fn resolve(m: &Manifest, dirs: &Dirs) -> Result<(IscSpec, ImageHold)> {
     let extra = mount_points(m);
-    let prepared = match &m.image.source {
-        ImageSource::Host => prepare_host_image(
-            &dirs.root,
-            &HostImageRequest {
-                paths: m.image.paths.clone(),
-                extra_dirs: extra,
-                uid: m.service.user,
-                gid: m.service.group,
-            },
-        )
-        .context("building the root image from host files")?,
-        ImageSource::Dir(p) => prepare_dir_image(p, &extra).context("checking the prepared root tree")?,
-        other => bail!(
-            "image source `{other}` is not supported by this build yet (issue 3 adds OCI, EROFS and store ids); fix: use `host` or `dir:PATH`"
-        ),
-    };
+    let (prepared, hold) = crate::hooks_image::prepare(m, dirs, &extra)?;
+    Ok((spec_for(m, prepared)?, hold))
+}
+
+/// The engine's spec for `m` with the prepared image.
+fn spec_for(m: &Manifest, prepared: PreparedRoot) -> Result<IscSpec> {
     if !m.filesystem.volumes.is_empty() {
         bail!("[filesystem] volumes are not supported by this build yet (issue 6); fix: remove them or use a tmpfs");
     }

@@ -1,5 +1,7 @@
 //! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
 
+mod cmd_image;
+mod hooks_image;
 mod launch;
 
 use std::io::Write;
@@ -75,6 +77,11 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
+    /// Immutable images: build, import, ls, inspect, verify, diff, pack, rm.
+    Image {
+        #[command(subcommand)]
+        cmd: cmd_image::ImageCmd,
+    },
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -110,6 +117,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let dirs = Dirs { root: cli.root, state: cli.state };
     match cli.cmd {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
+        Cmd::Image { cmd } => cmd_image::dispatch(&dirs, cmd),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -197,7 +205,8 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
             manifest.name
         );
     }
-    let mut spec = launch::resolve(&manifest, dirs)?;
+    // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
+    let (mut spec, _image_hold) = launch::resolve(&manifest, dirs)?;
     spec.weakening = weakening(weaken)?;
     let mut hooks = CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state)?;
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());

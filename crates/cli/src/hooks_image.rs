@@ -1,0 +1,163 @@
+//! The image side of a start: resolve `[image] source` to a tree, lease it, check it, and (for
+//! packed images) mount it. What is checked when is in docs/images.md.
+//!
+//! * `host`: built (or found in the host-build cache), then leased and start-checked.
+//! * `id:HEX`: leased and start-checked (one `lstat` per entry against `record.json`).
+//! * `oci:PATH`: imported once; later starts find the id by the layout's key and go by id.
+//! * `erofs:PATH`: a file packed by `isc image pack` is leased, its flag and `lstat` facts are
+//!   checked against its record, and it is mounted read-only from a loop device. Any other EROFS
+//!   file is mounted unchecked, like `dir:PATH` (its id names the place, not the content).
+//! * `dir:PATH`: validated in place, not hashed.
+//!
+//! The returned [`ImageHold`] must live until the ISC has ended: it holds the lease that stops
+//! `isc image rm` and it owns the host-side EROFS mount.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use isc_image::{
+    dir::validate_dir_image, import_oci_layout, oci_layout_key, prepare_dir_image,
+    prepare_host_image, ErofsMount, HostImageRequest, ImageLease, ImageStore, ImportOptions,
+    PreparedRoot,
+};
+use isc_manifest::{ImageSource, Manifest};
+
+use crate::launch::Dirs;
+
+/// What keeps an ISC's image usable while it runs; drop it after `isc_engine::run` returns.
+#[derive(Default)]
+pub struct ImageHold {
+    lease: Option<ImageLease>,
+    mount: Option<(ErofsMount, PathBuf)>,
+}
+
+impl Drop for ImageHold {
+    fn drop(&mut self) {
+        if let Some((mount, dir)) = self.mount.take() {
+            drop(mount);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        // The lease is released after the mount is gone (fields drop after this body).
+    }
+}
+
+/// Leases stored image `id` and runs the before-start check; the lease comes first so the image
+/// cannot be removed between the check and the mount.
+pub fn lease_and_check(store: &ImageStore, id: &str) -> Result<(ImageLease, PreparedRoot)> {
+    let lease = store.lease(id).with_context(|| format!("taking a lease on image {id}"))?;
+    let prepared = store.check_before_start(id)?;
+    Ok((lease, prepared))
+}
+
+/// Imports the OCI layout at `layout` unless the store already maps its key to an image.
+pub fn import_oci_once(store_root: &Path, layout: &Path) -> Result<String> {
+    let opts = ImportOptions::default();
+    let store = ImageStore::open(store_root)?;
+    let key = oci_layout_key(layout, &opts)?;
+    if let Some(id) = store.lookup_key(&key)? {
+        tracing::debug!(id, layout = %layout.display(), "OCI layout already imported");
+        return Ok(id);
+    }
+    let imported = import_oci_layout(store_root, layout, &opts)
+        .with_context(|| format!("importing the OCI layout {}", layout.display()))?;
+    store.set_key(&key, &imported.prepared.id)?;
+    Ok(imported.prepared.id)
+}
+
+/// Builds or finds the store image a manifest's `[image]` names (`host`, `oci:`, `id:`), without
+/// leasing it (`isc image build`).
+pub fn build_store_image(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<PreparedRoot> {
+    let store = ImageStore::open(&dirs.root)?;
+    match &m.image.source {
+        ImageSource::Host => Ok(prepare_host_image(
+            &dirs.root,
+            &HostImageRequest {
+                paths: m.image.paths.clone(),
+                extra_dirs: extra.to_vec(),
+                uid: m.service.user,
+                gid: m.service.group,
+            },
+        )
+        .context("building the root image from host files")?),
+        ImageSource::Oci(layout) => {
+            let id = import_oci_once(&dirs.root, layout)?;
+            Ok(store.check_before_start(&id)?)
+        }
+        ImageSource::Id(id) => Ok(store.check_before_start(id)?),
+        other => anyhow::bail!(
+            "image source `{other}` is not built into the store; fix: use `host`, `oci:PATH` or `id:HEX` (pack a stored image with `isc image pack ID`)"
+        ),
+    }
+}
+
+/// Resolves, leases, checks and (for EROFS) mounts the image of `m` for ISC `m.name`.
+pub fn prepare(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<(PreparedRoot, ImageHold)> {
+    let mut hold = ImageHold::default();
+    let prepared = match &m.image.source {
+        ImageSource::Dir(p) => {
+            prepare_dir_image(p, extra).context("checking the prepared root tree")?
+        }
+        ImageSource::Erofs(file) => {
+            let store = ImageStore::open(&dirs.root)?;
+            let dir = mount_dir(&dirs.state, &m.name)?;
+            let (mount, id) = match store.packed_id_of(file) {
+                Some(id) => {
+                    hold.lease = Some(
+                        store
+                            .lease(&id)
+                            .with_context(|| format!("taking a lease on image {id}"))?,
+                    );
+                    let mount = store.mount_packed(&id, &dir).inspect_err(|_| {
+                        let _ = std::fs::remove_dir(&dir);
+                    })?;
+                    (mount, id)
+                }
+                None => {
+                    tracing::warn!(file = %file.display(), "EROFS file outside the image store: mounted without an integrity check");
+                    let mount = ErofsMount::mount(file, &dir).inspect_err(|_| {
+                        let _ = std::fs::remove_dir(&dir);
+                    })?;
+                    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                    let h = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+                    (mount, format!("erofs-{}", &h[..32]))
+                }
+            };
+            hold.mount = Some((mount, dir.clone()));
+            validate_dir_image(&dir, extra)
+                .with_context(|| format!("checking the mount points of {}", file.display()))?;
+            PreparedRoot { rootfs: dir, id, cached: true }
+        }
+        _ => {
+            let built = build_store_image(m, dirs, extra)?;
+            let store = ImageStore::open(&dirs.root)?;
+            let (lease, prepared) = lease_and_check(&store, &built.id)?;
+            hold.lease = Some(lease);
+            validate_dir_image(&prepared.rootfs, extra).with_context(|| {
+                format!("image {} lacks a mount point this manifest needs", prepared.id)
+            })?;
+            prepared
+        }
+    };
+    Ok((prepared, hold))
+}
+
+/// A fresh host-side mount point `<state>/mnt/<name>.<pid>`, after detaching mounts left by dead
+/// `isc run` processes.
+fn mount_dir(state: &Path, name: &str) -> Result<PathBuf> {
+    let base = state.join("mnt");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    for ent in std::fs::read_dir(&base).with_context(|| format!("reading {}", base.display()))? {
+        let path = ent?.path();
+        let pid = path.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                // EINVAL: not mounted any more; the directory is all that is left.
+                let _ = isc_image::loopdev::detach_mount(&path);
+                let _ = std::fs::remove_dir(&path);
+            }
+        }
+    }
+    let dir = base.join(format!("{name}.{}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
