@@ -49,6 +49,10 @@ pub struct SeccompEvent {
     pub audit_id: String,
     /// Thread group id in the initial PID namespace.
     pub pid: u32,
+    /// The task's uid in the initial user namespace (`uid=`), when present. A process that has
+    /// exited by the time its record is read can still be attributed by it (isc gives every ISC
+    /// its own host UID range).
+    pub uid: Option<u32>,
     /// Task command name.
     pub comm: String,
     /// Executable path, when present.
@@ -121,7 +125,7 @@ impl KernelEvent {
                 Kind::SeccompDenial,
                 Actor::Kernel,
                 json!({
-                    "pid": s.pid, "comm": s.comm, "exe": s.exe, "syscall": s.syscall,
+                    "pid": s.pid, "uid": s.uid, "comm": s.comm, "exe": s.exe, "syscall": s.syscall,
                     "arch": s.arch, "action": s.action(), "code": format!("{:#x}", s.code),
                     "sig": s.sig, "audit_id": s.audit_id,
                 }),
@@ -193,6 +197,7 @@ pub fn parse_seccomp(text: &str) -> Option<SeccompEvent> {
     Some(SeccompEvent {
         audit_id,
         pid: field(&f, "pid")?.parse().ok()?,
+        uid: field(&f, "uid").and_then(|u| u.parse().ok()),
         comm: field(&f, "comm").unwrap_or("").to_owned(),
         exe: field(&f, "exe").map(str::to_owned),
         syscall: field(&f, "syscall")?.parse().ok()?,
@@ -390,6 +395,7 @@ mod tests {
         let e = parse_seccomp(t).unwrap();
         assert_eq!(e.audit_id, "1764300000.123:4567");
         assert_eq!(e.pid, 4242);
+        assert_eq!(e.uid, Some(0));
         assert_eq!(e.comm, "getppid test");
         assert_eq!(e.exe.as_deref(), Some("/usr/bin/x"));
         assert_eq!(e.syscall, 110);

@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use isc_cgroup::{IscCgroup, Layout, Limits};
 use isc_engine::{IscSpec, RlimitSpec, StartHooks, TmpfsMount, Weakening};
 use isc_image::PreparedRoot;
-use isc_manifest::{
-    EgressRule, Manifest, Proto, SysAccess, DEFAULT_TMPFS_MODE, DEFAULT_TMPFS_SIZE,
-};
+use isc_manifest::{Manifest, SysAccess, DEFAULT_TMPFS_MODE, DEFAULT_TMPFS_SIZE};
 
 use crate::hooks_image::ImageHold;
 
@@ -26,6 +24,9 @@ pub struct Dirs {
 pub(crate) fn mount_points(m: &Manifest) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = m.filesystem.tmpfs.iter().map(|t| t.path.clone()).collect();
     v.extend(m.filesystem.volumes.iter().map(|t| t.path.clone()));
+    if !m.secrets.is_empty() {
+        v.push(PathBuf::from(isc_manifest::SECRETS_DIR));
+    }
     v.extend(m.profile.implied_writable_paths().iter().map(PathBuf::from));
     if m.service.workdir != Path::new("/") {
         v.push(m.service.workdir.clone());
@@ -38,17 +39,12 @@ pub(crate) fn mount_points(m: &Manifest) -> Vec<PathBuf> {
 pub fn resolve(m: &Manifest, dirs: &Dirs) -> Result<(IscSpec, ImageHold)> {
     let extra = mount_points(m);
     let (prepared, hold) = crate::hooks_image::prepare(m, dirs, &extra)?;
-    Ok((spec_for(m, prepared)?, hold))
+    Ok((spec_for(m, dirs, prepared)?, hold))
 }
 
 /// The engine's spec for `m` with the prepared image.
-fn spec_for(m: &Manifest, prepared: PreparedRoot) -> Result<IscSpec> {
-    if !m.filesystem.volumes.is_empty() {
-        bail!("[filesystem] volumes are not supported by this build yet (issue 6); fix: remove them or use a tmpfs");
-    }
-    if !m.secrets.is_empty() {
-        bail!("[secrets] are not supported by this build yet (issue 6); fix: remove them");
-    }
+fn spec_for(m: &Manifest, dirs: &Dirs, prepared: PreparedRoot) -> Result<IscSpec> {
+    // Volumes and secrets become binds in `hooks_vault::VaultHooks::prepare`.
     let mut tmpfs: Vec<TmpfsMount> = m
         .filesystem
         .tmpfs
@@ -70,17 +66,19 @@ fn spec_for(m: &Manifest, prepared: PreparedRoot) -> Result<IscSpec> {
             });
         }
     }
-    let (mut bind_ports, mut connect_ports) = (vec![], vec![]);
-    if let Some(net) = &m.network {
-        bind_ports.extend(net.listen.iter().filter(|l| l.proto == Proto::Tcp).map(|l| l.port));
-        for e in &net.egress {
-            match e {
-                EgressRule::Cidr { port: Some(p), proto: Proto::Tcp, .. } => connect_ports.push(*p),
-                EgressRule::Host { port, proto: Proto::Tcp, .. } => connect_ports.push(*port),
-                _ => {}
-            }
-        }
+    // The same derivation as the firewall's (isc_net::landlock_ports), plus peers' ports.
+    let (bind_ports, connect_ports) = crate::hooks_net::landlock_ports(m, dirs)?;
+    // Refuse rlimits the host cannot grant before anything is created (the child would fail
+    // later with a less helpful message).
+    isc_cgroup::Rlimits {
+        nofile: Some(m.resources.nofile),
+        nproc: m.resources.nproc,
+        memlock: m.resources.memlock,
+        stack: m.resources.stack,
+        core: 0,
     }
+    .check()
+    .context("checking [resources] rlimits")?;
     Ok(IscSpec {
         name: m.name.clone(),
         hostname: m.hostname.clone(),
@@ -159,6 +157,7 @@ impl CgroupHooks {
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
         isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
         let layout = Layout::detect().context("detecting the cgroup layout")?;
+        isc_engine::state::collect_stale(state_dir);
         let running: Vec<String> = isc_engine::state::list(state_dir)
             .unwrap_or_default()
             .into_iter()
@@ -188,6 +187,11 @@ impl StartHooks for CgroupHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         let cg = self.cgroup.as_ref().expect("cgroup present until drop");
         cg.attach(child_pid).map_err(|e| ("joining the ISC's cgroup", e.to_string()))
+    }
+
+    fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.cgroup.as_ref()?.v2_dir_fd().map(|fd| fd.as_raw_fd())
     }
 
     fn exit_reason(&mut self) -> Option<String> {

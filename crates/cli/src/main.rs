@@ -1,6 +1,8 @@
 //! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
 
+mod cmd_audit;
 mod cmd_image;
+mod hooks_audit;
 mod hooks_image;
 mod launch;
 
@@ -82,6 +84,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd_image::ImageCmd,
     },
+    /// The tamper-evident audit trail: verify, show, export, print the public key.
+    Audit {
+        #[command(subcommand)]
+        cmd: cmd_audit::AuditCmd,
+    },
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -118,6 +125,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
         Cmd::Image { cmd } => cmd_image::dispatch(&dirs, cmd),
+        Cmd::Audit { cmd } => cmd_audit::dispatch(&dirs, cmd),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -205,14 +213,21 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
             manifest.name
         );
     }
+    // Fail closed: nothing is prepared for an ISC the audit trail cannot record.
+    let mut audit = hooks_audit::AuditSession::begin(dirs, &manifest.name)?;
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
-    let (mut spec, _image_hold) = launch::resolve(&manifest, dirs)?;
+    let (mut spec, _image_hold) =
+        audit.step("preparing the image", launch::resolve(&manifest, dirs))?;
     spec.weakening = weakening(weaken)?;
-    let mut hooks = CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state)?;
+    audit.created(&spec, &launch::limits(&manifest))?;
+    let mut hooks = audit.step(
+        "creating the cgroup",
+        CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state),
+    )?;
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
-    opts.seccomp_log = false;
-    let record = isc_engine::run(&spec, &opts, &mut hooks)
-        .with_context(|| format!("ISC `{}`", spec.name))?;
+    opts.seccomp_log = true;
+    let result = isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks));
+    let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name))?;
     drop(hooks);
     if json {
         let mut v = serde_json::to_value(&record)?;

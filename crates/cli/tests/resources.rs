@@ -124,3 +124,19 @@ fn stale_cgroups_of_a_killed_monitor_are_collected_by_the_next_start() {
     assert!(!dir.exists(), "stale cgroup still there");
     assert_nothing_left(&env);
 }
+
+#[test]
+fn impossible_limits_are_refused_before_anything_is_created() {
+    let env = Env::new("refuse");
+    let m = env.manifest("refuse", &["/bin/sh", "-c", "exit 0"], "[resources]\nnofile = 1000000\n");
+    let out = env.run(&m, &[]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RLIMIT_NOFILE = 1000000 exceeds the host's hard limit"), "{err}");
+    let m = env.manifest("tiny", &["/bin/sh", "-c", "exit 0"], "[resources]\nmemory = \"1M\"\n");
+    let out = env.run(&m, &[]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory"), "{err}");
+    assert_nothing_left(&env);
+}

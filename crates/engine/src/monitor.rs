@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::channel::{Channel, ChannelError, FromInit, ToInit};
 use crate::creds::{self, CredsError, UidRange};
 use crate::init::{self, ChildContext};
+use crate::logfile::{Dest, Output};
 use crate::probe::ProbeOutcome;
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
@@ -54,6 +55,10 @@ pub struct RunOptions {
     pub uid_slots: u32,
     /// Ask the kernel to log every seccomp denial (SECCOMP_FILTER_FLAG_LOG) for the audit trail.
     pub seccomp_log: bool,
+    /// Where the service's stdout/stderr go (default: relayed to this process's fds 1 and 2).
+    pub output: Output,
+    /// The validated manifest as JSON, published in the ISC's state for `isc verify`.
+    pub manifest: Option<serde_json::Value>,
 }
 
 impl RunOptions {
@@ -63,6 +68,8 @@ impl RunOptions {
             uid_base: creds::DEFAULT_UID_BASE,
             uid_slots: creds::DEFAULT_SLOTS,
             seccomp_log: false,
+            output: Output::Relay,
+            manifest: None,
         }
     }
 }
@@ -72,6 +79,14 @@ pub trait StartHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
     fn exit_reason(&mut self) -> Option<String> {
+        None
+    }
+    /// Called once the service runs and its state is published. `clone3` is done, so unlike
+    /// the steps before it this may start threads in the monitor (e.g. an audit reader).
+    fn after_start(&mut self, _state: &IscState) {}
+    /// A cgroup v2 directory fd to clone straight into (`CLONE_INTO_CGROUP`), so the child is
+    /// limited from its first instruction; v1 hierarchies are joined in `before_release`.
+    fn clone_into_cgroup(&self) -> Option<RawFd> {
         None
     }
 }
@@ -86,6 +101,12 @@ impl StartHooks for HookChain {
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|h| h.exit_reason())
+    }
+    fn after_start(&mut self, state: &IscState) {
+        self.0.iter_mut().for_each(|h| h.after_start(state))
+    }
+    fn clone_into_cgroup(&self) -> Option<RawFd> {
+        self.0.iter().find_map(|h| h.clone_into_cgroup())
     }
 }
 
@@ -211,10 +232,13 @@ pub fn run(
         seccomp: &bpf,
         seccomp_log: opts.seccomp_log,
     };
-    let child = clone_child(ctx)?;
+    let child = clone_child(ctx, hooks.clone_into_cgroup())?;
     drop(child_chan);
     drop(out_w);
     drop(err_w);
+    // After clone3: a log writer thread may start now.
+    let dests = Dest::for_output(&opts.output)
+        .map_err(|source| MonitorError::Resource { what: "log file", source })?;
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
@@ -238,7 +262,7 @@ pub fn run(
         }
         None => return Err(MonitorError::ChildVanished(wait_pidfd(&child.pidfd))),
     };
-    registration.publish(&IscState {
+    let state = IscState {
         name: spec.name.clone(),
         monitor_pid: std::process::id() as i32,
         init_pid: child.pid,
@@ -248,7 +272,10 @@ pub fn run(
         rootfs: spec.rootfs.clone(),
         started_unix_ms: start_ms as u128,
         spec_hash: spec_hash(spec),
-    })?;
+        manifest: opts.manifest.clone(),
+    };
+    registration.publish(&state)?;
+    hooks.after_start(&state);
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
     let mut sup = Supervisor {
@@ -261,7 +288,7 @@ pub fn run(
         chan_open: true,
         pending: Vec::new(),
     };
-    let wait_status = sup.run(&child, sfd.as_raw_fd(), out_r, err_r);
+    let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
     guard.pidfd = None;
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
     Ok(ExitRecord {
@@ -308,10 +335,15 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn clone_child(ctx: ChildContext<'_>) -> Result<Launched, MonitorError> {
+/// `CLONE_INTO_CGROUP` (linux/sched.h, since 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone_child(ctx: ChildContext<'_>, cgroup: Option<RawFd>) -> Result<Launched, MonitorError> {
     let mut pidfd: RawFd = -1;
+    let into_cgroup = if cgroup.is_some() { CLONE_INTO_CGROUP } else { 0 };
     let args = CloneArgs {
-        flags: NAMESPACES | libc::CLONE_PIDFD as u64,
+        flags: NAMESPACES | libc::CLONE_PIDFD as u64 | into_cgroup,
+        cgroup: cgroup.map_or(0, |fd| fd as u64),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -348,7 +380,8 @@ fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
 struct PendingProbe {
     client: UnixStream,
     waiting: Vec<u64>,
-    outcomes: Vec<ProbeOutcome>,
+    /// (request id, outcome): answered in request order whatever order the probes finish in.
+    outcomes: Vec<(u64, ProbeOutcome)>,
 }
 
 struct Supervisor<'a> {
@@ -364,8 +397,8 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     /// The event loop; returns PID 1's wait status.
-    fn run(&mut self, child: &Launched, sfd: RawFd, out_r: OwnedFd, err_r: OwnedFd) -> i32 {
-        let mut outs: Vec<(OwnedFd, RawFd)> = vec![(out_r, 1), (err_r, 2)];
+    fn run(&mut self, child: &Launched, sfd: RawFd, outputs: [(OwnedFd, Dest); 2]) -> i32 {
+        let mut outs: Vec<(OwnedFd, Dest)> = outputs.into();
         let listener_fd = self.registration.listener.as_raw_fd();
         loop {
             let mut fds = vec![
@@ -421,7 +454,7 @@ impl Supervisor<'_> {
             for (i, (fd, dest)) in outs.iter().enumerate() {
                 let rev = fds[4 + i].revents;
                 if rev & libc::POLLIN != 0 {
-                    if !relay(fd.as_raw_fd(), *dest) {
+                    if !relay(fd.as_raw_fd(), dest) {
                         closed.push(i);
                     }
                 } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
@@ -435,7 +468,7 @@ impl Supervisor<'_> {
                 // Drain what is left: the exit message and the last output.
                 while self.chan_has_data() && self.on_message() {}
                 for (fd, dest) in &outs {
-                    while relay(fd.as_raw_fd(), *dest) {}
+                    while relay(fd.as_raw_fd(), dest) {}
                 }
                 return wait_pidfd(&child.pidfd);
             }
@@ -498,10 +531,12 @@ impl Supervisor<'_> {
         let Some(i) = self.pending.iter().position(|p| p.waiting.contains(&id)) else { return };
         let p = &mut self.pending[i];
         p.waiting.retain(|w| *w != id);
-        p.outcomes.push(outcome);
+        p.outcomes.push((id, outcome));
         if p.waiting.is_empty() {
             let mut p = self.pending.swap_remove(i);
-            let _ = respond(&mut p.client, &ControlResponse::Probes { outcomes: p.outcomes });
+            p.outcomes.sort_by_key(|(id, _)| *id);
+            let outcomes = p.outcomes.into_iter().map(|(_, o)| o).collect();
+            let _ = respond(&mut p.client, &ControlResponse::Probes { outcomes });
         }
     }
 
@@ -574,22 +609,14 @@ fn respond(stream: &mut UnixStream, resp: &ControlResponse) -> io::Result<()> {
 }
 
 /// Copies what is available from `from` to `to`; false on EOF or error.
-fn relay(from: RawFd, to: RawFd) -> bool {
+fn relay(from: RawFd, to: &Dest) -> bool {
     let mut buf = [0u8; 65536];
     // SAFETY: reading into a stack buffer of the given size.
     let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
     if n <= 0 {
         return false;
     }
-    let mut off = 0usize;
-    while off < n as usize {
-        // SAFETY: writing the bytes just read.
-        let w = unsafe { libc::write(to, buf[off..].as_ptr().cast(), n as usize - off) };
-        if w <= 0 {
-            break;
-        }
-        off += w as usize;
-    }
+    to.write(&buf[..n as usize]);
     let _ = io::stdout().flush();
     true
 }

@@ -41,6 +41,10 @@ pub struct IscState {
     pub rootfs: PathBuf,
     pub started_unix_ms: u128,
     pub spec_hash: String,
+    /// The validated manifest as JSON, when the launcher provided it (`isc verify` reads the
+    /// declared configuration from here: its C evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<serde_json::Value>,
 }
 
 fn mkdir_private(path: &Path) -> Result<(), StateError> {
@@ -162,6 +166,21 @@ pub fn list(state_dir: &Path) -> Result<Vec<IscState>, StateError> {
     Ok(out)
 }
 
+/// Removes the registry entries of ISCs whose monitor died (SIGKILL, crash): their lock is
+/// free but their directory is still there. Returns the names removed.
+pub fn collect_stale(state_dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(state_dir.join("isc")) else { return vec![] };
+    let mut removed = vec![];
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_running(state_dir, &name) && fs::remove_dir_all(e.path()).is_ok() {
+            tracing::info!(isc = %name, "removed the registry entry of a dead monitor");
+            removed.push(name);
+        }
+    }
+    removed
+}
+
 /// The state of one running ISC.
 pub fn get(state_dir: &Path, name: &str) -> Result<IscState, StateError> {
     if !is_running(state_dir, name) {
@@ -228,6 +247,7 @@ mod tests {
             rootfs: "/r".into(),
             started_unix_ms: 1,
             spec_hash: "h".into(),
+            manifest: None,
         }
     }
 

@@ -1,0 +1,509 @@
+//! The audit side of `isc run`: the trail at `<root>/audit` (keys in `<root>/keys`), the
+//! lifecycle records of one start, and the collector of the kernel's seccomp/Landlock denials
+//! for this ISC.
+//!
+//! Threads: the engine's monitor must be single-threaded until `clone3` (the child runs Rust
+//! code, not an exec'd helper). So the log is opened without its ticker thread, the kernel
+//! audit socket is opened (a plain fd, closed in the child by its `close_range`) before the
+//! clone so no denial is missed, and the reader thread starts in `StartHooks::after_start`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use isc_audit::kernel::{KernelAuditReader, KernelEvent};
+use isc_audit::{Actor, AuditConfig, AuditLog, Durability, Kind};
+use isc_cgroup::{IscCgroup, Limits};
+use isc_engine::state::IscState;
+use isc_engine::{ExitRecord, IscSpec, MonitorError, StartHooks};
+use serde_json::json;
+
+use crate::launch::{self, Dirs};
+
+/// Denials recorded one by one per ISC and second; beyond that they are counted and summarised
+/// once a second, so a service looping on a denied syscall cannot flood the trail or the disk.
+const DENIALS_PER_SECOND: u32 = 100;
+/// `clone3` is answered with ENOSYS by design (libc then falls back to `clone`, whose flags the
+/// filter can inspect), so it is counted, not recorded as a denial. Same number on every arch.
+const SYS_CLONE3: i64 = 435;
+/// How often the collector signs a checkpoint over records the monitor appended.
+const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
+/// After the service ended, keep reading until the socket has been quiet this long (the kernel's
+/// kauditd thread sends records asynchronously), but never longer than `DRAIN_MAX`.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+const DRAIN_MAX: Duration = Duration::from_secs(1);
+/// How often the collector looks at its stop flag while the socket is quiet.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// The audit log directory of a root.
+pub fn audit_dir(dirs: &Dirs) -> PathBuf {
+    dirs.root.join("audit")
+}
+
+/// The directory of the checkpoint signing key (`audit-ed25519.key`, `.pub`).
+pub fn keys_dir(dirs: &Dirs) -> PathBuf {
+    dirs.root.join("keys")
+}
+
+/// The caller's real uid: the actor of CLI-initiated operations.
+pub fn caller() -> Actor {
+    // SAFETY: getuid(2) cannot fail.
+    Actor::Uid(unsafe { libc::getuid() })
+}
+
+/// Opens the trail for a monitor process: durable, and without the log's ticker thread (the
+/// monitor is single-threaded until clone); checkpoints come from the collector and on close.
+pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
+    let mut cfg = AuditConfig::new(keys_dir(dirs));
+    cfg.durability = Durability::Durable;
+    cfg.checkpoint_interval = None;
+    let dir = audit_dir(dirs);
+    let (log, report) = AuditLog::open(&dir, cfg)
+        .with_context(|| format!("opening the audit log {}", dir.display()))?;
+    if let Some(t) = &report.torn_tail {
+        eprintln!(
+            "isc: warning: the audit log {} ends in a torn line at byte {} ({} bytes, a crash or truncation); it is kept and acknowledged, see `isc audit verify`",
+            t.file.display(),
+            t.offset,
+            t.len
+        );
+    }
+    Ok(log)
+}
+
+/// Which processes belong to the ISC: its host UID range (robust even after the process
+/// exited) or its PID namespace.
+#[derive(Debug, Clone, Copy)]
+struct Attribution {
+    uid_lo: u32,
+    uid_hi: u32,
+    pidns_ino: Option<u64>,
+}
+
+impl Attribution {
+    fn owns(&self, ev: &KernelEvent) -> bool {
+        if let KernelEvent::Seccomp(s) = ev {
+            if s.uid.is_some_and(|u| (self.uid_lo..self.uid_hi).contains(&u)) {
+                return true;
+            }
+        }
+        match (ev.pid(), self.pidns_ino) {
+            (Some(pid), Some(ino)) => pidns_inode(pid as i32) == Some(ino),
+            _ => false,
+        }
+    }
+}
+
+fn pidns_inode(pid: i32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| m.ino())
+}
+
+/// Counters of the collector, reported in the `isc_exit` record.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct DenialCounts {
+    recorded: u64,
+    suppressed: u64,
+    clone3_fallbacks: u64,
+}
+
+struct Collector {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<DenialCounts>,
+}
+
+/// One `isc run` on the trail: refuses to begin when the log is unwritable (fail closed).
+pub struct AuditSession {
+    log: Arc<AuditLog>,
+    name: String,
+    state_dir: PathBuf,
+    reader: Option<KernelAuditReader>,
+    reader_error: Option<String>,
+    pidns_ino: Option<u64>,
+    collector: Option<Collector>,
+    cgroup: Option<Box<dyn IscCgroup>>,
+    memory_limit: Option<u64>,
+}
+
+impl AuditSession {
+    /// Opens the trail and checks it can take records; an error means the start is refused.
+    pub fn begin(dirs: &Dirs, name: &str) -> Result<AuditSession> {
+        let refuse = |e: anyhow::Error| {
+            e.context(format!(
+                "refusing to start ISC `{name}`: the audit trail cannot record it (fail closed)"
+            ))
+        };
+        let log = open_for_monitor(dirs).map_err(refuse)?;
+        log.ensure_writable().map_err(|e| refuse(e.into()))?;
+        // Opened now, before clone, so denials of a service that fails fast are still queued.
+        let (reader, reader_error) = match KernelAuditReader::open() {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                tracing::warn!(isc = name, error = %e, "kernel denials will not be on the audit trail");
+                (None, Some(e.to_string()))
+            }
+        };
+        Ok(AuditSession {
+            log: Arc::new(log),
+            name: name.to_owned(),
+            state_dir: dirs.state.clone(),
+            reader,
+            reader_error,
+            pidns_ino: None,
+            collector: None,
+            cgroup: None,
+            memory_limit: None,
+        })
+    }
+
+    fn append(&self, kind: Kind, actor: Actor, detail: serde_json::Value) {
+        if let Err(e) = self.log.append(Some(&self.name), kind, actor, detail) {
+            tracing::error!(isc = %self.name, kind = %kind, error = %e, "cannot append to the audit trail");
+        }
+    }
+
+    /// Records a failed step of the start (with its error) and passes the result through.
+    pub fn step<T, E: std::fmt::Display>(&self, step: &str, r: Result<T, E>) -> Result<T, E> {
+        if let Err(e) = &r {
+            self.append(
+                Kind::IscStart,
+                caller(),
+                json!({"result": "failed", "step": step, "error": format!("{e:#}")}),
+            );
+        }
+        r
+    }
+
+    /// `isc_create`: what is about to be started, before any process exists.
+    pub fn created(&mut self, spec: &IscSpec, limits: &Limits) -> Result<()> {
+        self.memory_limit = limits.memory;
+        let weakened = spec.weakening != isc_engine::Weakening::default();
+        self.log
+            .append(
+                Some(&self.name),
+                Kind::IscCreate,
+                caller(),
+                json!({
+                    "image_id": spec.image_id,
+                    "spec_hash": isc_engine::monitor::spec_hash(spec),
+                    "exec": spec.exec,
+                    "uid": spec.uid,
+                    "gid": spec.gid,
+                    "capabilities": spec.capabilities,
+                    "limits": limits_json(limits),
+                    "weakened": weakened,
+                    "weakening": spec.weakening,
+                }),
+            )
+            .context("recording the ISC's creation on the audit trail")?;
+        Ok(())
+    }
+
+    /// Wraps the start hooks so that this session sees the clone and the start.
+    pub fn hooks<'a>(&'a mut self, inner: &'a mut dyn StartHooks) -> AuditedHooks<'a> {
+        AuditedHooks { inner, session: self }
+    }
+
+    fn on_started(&mut self, st: &IscState) {
+        let layout = isc_cgroup::Layout::detect().ok();
+        self.cgroup = layout.and_then(|l| {
+            isc_cgroup::open(&l, Some(&launch::cgroup_parent(&self.state_dir)), &self.name).ok()
+        });
+        let kernel = match (&self.reader, &self.reader_error) {
+            (Some(_), _) => json!({"collected": true}),
+            (None, e) => json!({"collected": false, "error": e}),
+        };
+        self.append(
+            Kind::IscStart,
+            caller(),
+            json!({
+                "result": "started",
+                "image_id": st.image_id,
+                "spec_hash": st.spec_hash,
+                "host_uid_base": st.host_uid_base,
+                "host_uid_count": isc_engine::creds::RANGE_SIZE,
+                "monitor_pid": st.monitor_pid,
+                "init_pid": st.init_pid,
+                "service_pid": st.service_pid,
+                "pidns_inode": self.pidns_ino,
+                "kernel_denials": kernel,
+            }),
+        );
+        let attribution = Attribution {
+            uid_lo: st.host_uid_base,
+            uid_hi: st.host_uid_base.saturating_add(isc_engine::creds::RANGE_SIZE),
+            pidns_ino: self.pidns_ino,
+        };
+        if let Some(reader) = self.reader.take() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
+            let spawned = std::thread::Builder::new()
+                .name("isc-audit-kernel".into())
+                .spawn(move || collect(reader, &log, &name, attribution, &flag));
+            match spawned {
+                Ok(thread) => self.collector = Some(Collector { stop, thread }),
+                Err(e) => tracing::error!(error = %e, "cannot start the kernel denial collector"),
+            }
+        }
+    }
+
+    fn stop_collector(&mut self) -> Option<DenialCounts> {
+        let c = self.collector.take()?;
+        c.stop.store(true, Ordering::Relaxed);
+        c.thread.join().ok()
+    }
+
+    /// Records how the run ended (`isc_exit`, plus `isc_oom` after an OOM kill, or the failed
+    /// start) and passes the result through. Call before the cgroup is removed.
+    pub fn finish(
+        &mut self,
+        result: Result<ExitRecord, MonitorError>,
+    ) -> Result<ExitRecord, MonitorError> {
+        let counts = self.stop_collector();
+        let record = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.append(
+                    Kind::IscStart,
+                    caller(),
+                    json!({"result": "failed", "step": "starting", "error": e.to_string()}),
+                );
+                return Err(e);
+            }
+        };
+        let events = self.cgroup.as_ref().and_then(|c| c.events().ok());
+        let oom_kills = events.as_ref().map(|e| e.oom_kills);
+        if oom_kills.is_some_and(|n| n > 0) {
+            self.append(
+                Kind::IscOom,
+                Actor::Kernel,
+                json!({"oom_kills": oom_kills, "memory_limit": self.memory_limit}),
+            );
+        }
+        self.append(
+            Kind::IscExit,
+            Actor::Isc,
+            json!({
+                "code": record.code,
+                "signal": record.signal,
+                "status": record.status,
+                "reason": record.reason,
+                "oom_kills": oom_kills,
+                "pids_max_hits": events.as_ref().map(|e| e.pids_max_hits),
+                "run_ms": record.run_ms,
+                "host_uid_base": record.host_uid_base,
+                "kernel_denials": counts,
+            }),
+        );
+        Ok(record)
+    }
+}
+
+impl Drop for AuditSession {
+    fn drop(&mut self) {
+        // Error paths that never reached `finish` must not leave the thread reading.
+        self.stop_collector();
+    }
+}
+
+fn limits_json(l: &Limits) -> serde_json::Value {
+    json!({
+        "memory": l.memory, "swap": l.swap, "cpu": l.cpu_quota,
+        "cpu_weight": l.cpu_weight, "pids": l.pids, "cpuset": l.cpuset, "io_weight": l.io_weight,
+    })
+}
+
+/// The engine's hooks plus this session (records the PID namespace at clone, starts the
+/// collector once the service runs).
+pub struct AuditedHooks<'a> {
+    inner: &'a mut dyn StartHooks,
+    session: &'a mut AuditSession,
+}
+
+impl StartHooks for AuditedHooks<'_> {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.inner.before_release(child_pid)?;
+        // The clone made the child PID 1 of a new PID namespace: every ISC process is in it.
+        self.session.pidns_ino = pidns_inode(child_pid);
+        Ok(())
+    }
+    fn exit_reason(&mut self) -> Option<String> {
+        self.inner.exit_reason()
+    }
+    fn after_start(&mut self, state: &IscState) {
+        self.inner.after_start(state);
+        self.session.on_started(state);
+    }
+}
+
+/// The collector thread: reads the kernel's audit multicast group and appends this ISC's
+/// denials until `stop`, then drains what the kernel still sends.
+fn collect(
+    mut reader: KernelAuditReader,
+    log: &AuditLog,
+    name: &str,
+    who: Attribution,
+    stop: &AtomicBool,
+) -> DenialCounts {
+    let mut counts = DenialCounts::default();
+    let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
+    let mut last_checkpoint = Instant::now();
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && stopping_since.is_none() {
+            stopping_since = Some(Instant::now());
+        }
+        let wait = if stopping { DRAIN_QUIET } else { STOP_POLL };
+        let ev = match reader.next_event(wait) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!(isc = name, error = %e, "kernel audit reader failed; denials are no longer collected");
+                let _ = log.append(
+                    Some(name),
+                    Kind::AuditWriteFailure,
+                    Actor::Isc,
+                    json!({"error": e.to_string(), "source": "kernel audit reader"}),
+                );
+                return counts;
+            }
+        };
+        if let Some(n) = limiter.take_summary() {
+            append(
+                log,
+                name,
+                Kind::SeccompDenial,
+                json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
+            );
+        }
+        match ev {
+            Some(ev) if who.owns(&ev) => {
+                if matches!(&ev, KernelEvent::Seccomp(s) if s.syscall == SYS_CLONE3) {
+                    counts.clone3_fallbacks += 1;
+                } else if limiter.admit() {
+                    let (kind, actor, detail) = ev.to_record();
+                    if log.append(Some(name), kind, actor, detail).is_ok() {
+                        counts.recorded += 1;
+                    }
+                } else {
+                    counts.suppressed += 1;
+                }
+            }
+            Some(_) => {}
+            None if stopping => break,
+            None => {}
+        }
+        if stopping_since.is_some_and(|t| t.elapsed() >= DRAIN_MAX) {
+            break;
+        }
+        if last_checkpoint.elapsed() >= CHECKPOINT_PERIOD {
+            last_checkpoint = Instant::now();
+            if let Err(e) = log.checkpoint() {
+                tracing::error!(error = %e, "periodic audit checkpoint failed");
+            }
+        }
+    }
+    if let Some(n) = limiter.flush() {
+        append(
+            log,
+            name,
+            Kind::SeccompDenial,
+            json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
+        );
+    }
+    counts
+}
+
+fn append(log: &AuditLog, name: &str, kind: Kind, detail: serde_json::Value) {
+    if let Err(e) = log.append(Some(name), kind, Actor::Kernel, detail) {
+        tracing::error!(isc = name, error = %e, "cannot record a kernel denial");
+    }
+}
+
+/// At most `per_second` admissions per one-second window; the rest are counted and reported
+/// once the window is over.
+struct RateLimit {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit { per_second, window: Instant::now(), used: 0, dropped: 0 }
+    }
+    fn roll(&mut self) {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.used = 0;
+        }
+    }
+    fn admit(&mut self) -> bool {
+        self.roll();
+        if self.used < self.per_second {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+    /// The count dropped in a finished window, if any.
+    fn take_summary(&mut self) -> Option<u64> {
+        if self.dropped > 0 && self.window.elapsed() >= Duration::from_secs(1) {
+            return self.flush();
+        }
+        None
+    }
+    fn flush(&mut self) -> Option<u64> {
+        (self.dropped > 0).then(|| std::mem::take(&mut self.dropped))
+    }
+}
+
+/// Where a `--root` keeps its public key (for `isc audit key` and verification).
+pub fn public_key_path(dirs: &Dirs) -> PathBuf {
+    keys_dir(dirs).join(isc_audit::keys::VERIFYING_KEY_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_admits_per_window_and_reports_the_rest() {
+        let mut r = RateLimit::new(3);
+        assert!((0..3).all(|_| r.admit()));
+        assert!(!r.admit());
+        assert!(!r.admit());
+        assert_eq!(r.take_summary(), None, "window not over yet");
+        r.window -= Duration::from_secs(2);
+        assert_eq!(r.take_summary(), Some(2));
+        assert!(r.admit(), "a new window admits again");
+        assert_eq!(r.flush(), None);
+    }
+
+    #[test]
+    fn attribution_by_uid_range_works_without_the_process() {
+        let who = Attribution { uid_lo: 1_000_000_000, uid_hi: 1_000_065_536, pidns_ino: None };
+        let ev = |uid| {
+            KernelEvent::Seccomp(isc_audit::kernel::SeccompEvent {
+                audit_id: "1.2:3".into(),
+                pid: u32::MAX - 1,
+                uid: Some(uid),
+                comm: "x".into(),
+                exe: None,
+                syscall: 321,
+                arch: "c000003e".into(),
+                code: 0x50000,
+                sig: 0,
+            })
+        };
+        assert!(who.owns(&ev(1_000_001_000)));
+        assert!(!who.owns(&ev(0)));
+        assert!(!who.owns(&ev(1_000_065_536)));
+    }
+}
