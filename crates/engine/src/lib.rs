@@ -9,6 +9,7 @@
 pub mod channel;
 pub mod creds;
 pub mod init;
+pub mod logfile;
 pub mod lsm;
 pub mod monitor;
 pub mod probe;
@@ -18,5 +19,6 @@ pub mod spec;
 pub mod state;
 pub mod syscall;
 
+pub use logfile::Output;
 pub use monitor::{run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
 pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};

@@ -1,0 +1,299 @@
+//! Where an ISC's stdout/stderr go: relayed to the monitor's own fds 1 and 2 (`isc run`), or
+//! into a size-rotated log file (a Dock-managed monitor).
+//!
+//! The log file must never slow the service down: the monitor's event loop only copies pipe
+//! bytes into a bounded in-memory queue, and a writer thread (started after `clone3`, so the
+//! single-thread rule of the start path holds) does the file I/O and rotation. When the disk is
+//! slower than the service, the queue fills and further output is dropped and counted instead of
+//! back-pressuring the pipe; a marker line in the log says how much was lost. This is the same
+//! trade-off journald makes with its rate limits: losing log lines beats stalling the service.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::RawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// Name of the active log file inside the log directory; rotated files are `output.log.1`
+/// (newest) … `output.log.N` (oldest).
+pub const LOG_FILE: &str = "output.log";
+
+/// Output held in memory while the writer thread is behind; beyond it, output is dropped.
+pub const QUEUE_BYTES: usize = 4 << 20;
+
+/// What the monitor does with the service's stdout and stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Copy to the monitor's own stdout (fd 1) and stderr (fd 2).
+    #[default]
+    Relay,
+    /// Append both streams to `dir/output.log`; when it would pass `max_bytes`, rotate it to
+    /// `output.log.1` and keep at most `keep` rotated files.
+    LogDir { dir: PathBuf, max_bytes: u64, keep: u32 },
+}
+
+/// One destination of a pipe's bytes.
+pub(crate) enum Dest {
+    Fd(RawFd),
+    Log(Arc<LogSink>),
+}
+
+impl Dest {
+    /// Destinations for stdout and stderr. Starts the writer thread for `LogDir`, so call it
+    /// only after `clone3`.
+    pub(crate) fn for_output(output: &Output) -> io::Result<(Dest, Dest)> {
+        match output {
+            Output::Relay => Ok((Dest::Fd(1), Dest::Fd(2))),
+            Output::LogDir { dir, max_bytes, keep } => {
+                let sink = LogSink::start(dir, *max_bytes, *keep)?;
+                Ok((Dest::Log(Arc::clone(&sink)), Dest::Log(sink)))
+            }
+        }
+    }
+
+    pub(crate) fn write(&self, bytes: &[u8]) {
+        match self {
+            Dest::Fd(fd) => {
+                let mut off = 0usize;
+                while off < bytes.len() {
+                    // SAFETY: writing from a valid slice to an fd the monitor owns.
+                    let w = unsafe {
+                        libc::write(*fd, bytes[off..].as_ptr().cast(), bytes.len() - off)
+                    };
+                    if w <= 0 {
+                        break;
+                    }
+                    off += w as usize;
+                }
+            }
+            Dest::Log(sink) => sink.push(bytes),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Vec<u8>>,
+    bytes: usize,
+    dropped: u64,
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues `bytes`, or counts them as dropped when the queue is full.
+    fn offer(&mut self, bytes: &[u8]) {
+        if self.bytes + bytes.len() > QUEUE_BYTES {
+            self.dropped += bytes.len() as u64;
+        } else {
+            self.bytes += bytes.len();
+            self.chunks.push_back(bytes.to_vec());
+        }
+    }
+}
+
+/// A bounded queue drained by a writer thread into a rotating file. Dropping the last handle
+/// flushes what is queued and joins the thread.
+pub(crate) struct LogSink {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LogSink {
+    fn start(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Arc<LogSink>> {
+        fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        let mut file = RotatingFile::open(dir, max_bytes.max(4096), keep)?;
+        let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
+        let q = Arc::clone(&queue);
+        let writer = std::thread::Builder::new()
+            .name("isc-log-writer".into())
+            .spawn(move || writer_loop(&q, &mut file))?;
+        Ok(Arc::new(LogSink { queue, writer: Mutex::new(Some(writer)) }))
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let (lock, cv) = &*self.queue;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).offer(bytes);
+        cv.notify_one();
+    }
+}
+
+impl Drop for LogSink {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.queue;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        cv.notify_one();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer_loop(queue: &(Mutex<Queue>, Condvar), file: &mut RotatingFile) {
+    let (lock, cv) = queue;
+    loop {
+        let (chunks, dropped, closed) = {
+            let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while q.chunks.is_empty() && q.dropped == 0 && !q.closed {
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            let chunks = std::mem::take(&mut q.chunks);
+            q.bytes = 0;
+            (chunks, std::mem::take(&mut q.dropped), q.closed)
+        };
+        for c in &chunks {
+            file.write(c);
+        }
+        if dropped > 0 {
+            let marker = format!(
+                "\n[isc: {dropped} bytes of output dropped: the log disk was slower than the service]\n"
+            );
+            file.write(marker.as_bytes());
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// `output.log` plus its rotated predecessors.
+struct RotatingFile {
+    dir: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: Option<File>,
+    size: u64,
+    failed: bool,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+impl RotatingFile {
+    fn open(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<RotatingFile> {
+        let file = open_append(&dir.join(LOG_FILE))?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile { dir: dir.into(), max_bytes, keep, file: Some(file), size, failed: false })
+    }
+
+    fn rotated(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("{LOG_FILE}.{i}"))
+    }
+
+    /// Shifts `output.log.i` to `.i+1` (dropping the oldest) and starts a new `output.log`.
+    /// Readers that follow by path notice the new inode and finish the old one first.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        if self.keep == 0 {
+            fs::remove_file(self.dir.join(LOG_FILE))?;
+        } else {
+            let _ = fs::remove_file(self.rotated(self.keep));
+            for i in (1..self.keep).rev() {
+                let from = self.rotated(i);
+                if from.exists() {
+                    fs::rename(&from, self.rotated(i + 1))?;
+                }
+            }
+            fs::rename(self.dir.join(LOG_FILE), self.rotated(1))?;
+        }
+        self.file = Some(open_append(&self.dir.join(LOG_FILE))?);
+        self.size = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let result = (|| {
+            if self.file.is_none() {
+                self.file = Some(open_append(&self.dir.join(LOG_FILE))?);
+                self.size = 0;
+            }
+            if self.size > 0 && self.size + bytes.len() as u64 > self.max_bytes {
+                self.rotate()?;
+            }
+            let f = self.file.as_mut().expect("opened above");
+            f.write_all(bytes)?;
+            self.size += bytes.len() as u64;
+            io::Result::Ok(())
+        })();
+        match result {
+            Ok(()) => self.failed = false,
+            Err(e) => {
+                // Logged once per failure streak; the file is reopened on the next write.
+                if !self.failed {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "writing the ISC's log file; output is lost until it works again");
+                }
+                self.failed = true;
+                self.file = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap_or_default()
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (out, err) = Dest::for_output(&Output::LogDir {
+            dir: d.path().join("logs"),
+            max_bytes: 4096,
+            keep: 2,
+        })
+        .unwrap();
+        let line = [b'x'; 1023];
+        for i in 0..20u8 {
+            let mut l = line.to_vec();
+            l[0] = b'a' + i;
+            l.push(b'\n');
+            if i % 2 == 0 { &out } else { &err }.write(&l);
+        }
+        drop(out);
+        drop(err);
+        let logs = d.path().join("logs");
+        let cur = read(&logs, LOG_FILE);
+        let one = read(&logs, "output.log.1");
+        let two = read(&logs, "output.log.2");
+        assert!(!logs.join("output.log.3").exists(), "only `keep` rotated files remain");
+        assert_eq!((cur.len(), one.len(), two.len()), (4096, 4096, 4096));
+        // Newest lines in the current file, in order, nothing lost across the boundary.
+        let firsts: Vec<u8> = [two, one, cur]
+            .iter()
+            .flat_map(|s| s.lines().map(|l| l.as_bytes()[0]).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(firsts, (8..20u8).map(|i| b'a' + i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_says_so_instead_of_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("logs");
+        let sink = LogSink::start(&dir, 1 << 30, 1).unwrap();
+        // Under the queue lock the writer cannot drain: a full queue must refuse, not block.
+        {
+            let (lock, _) = &*sink.queue;
+            let mut q = lock.lock().unwrap();
+            q.offer(&vec![b'y'; QUEUE_BYTES]);
+            q.offer(b"lost line\n");
+            assert_eq!((q.bytes, q.dropped), (QUEUE_BYTES, 10));
+        }
+        drop(sink);
+        let log = read(&dir, LOG_FILE);
+        assert!(!log.contains("lost line"));
+        assert!(
+            log.ends_with(
+                "[isc: 10 bytes of output dropped: the log disk was slower than the service]\n"
+            ),
+            "{}",
+            &log[log.len() - 100..]
+        );
+    }
+}
