@@ -1,0 +1,521 @@
+//! The Dock's core: the ISCs it owns, their lifecycle, restart policy with exponential
+//! back-off and crash-loop detection, re-adoption after a Dock restart, and the resource guard.
+//!
+//! State lives in a `BTreeMap` under a std mutex that is never held across an await; every
+//! change is persisted (records.rs) before it is announced. Each start gets a new `run_id`
+//! (passed to the monitor, echoed in its exit record) and every operator action bumps `op`, so a
+//! late exit or a pending back-off timer of an older run cannot act on a newer one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use isc_engine::state::{self, ControlRequest};
+use isc_manifest::Manifest;
+use serde_json::json;
+
+use crate::config::DockConfig;
+use crate::events::Events;
+use crate::guard;
+use crate::process::{self, Launcher};
+use crate::records::{
+    now_ms, Desired, ExitInfo, IscRecord, MonitorRequest, Paths, RecordError, Status,
+};
+
+/// Errors of Dock operations; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DockError {
+    #[error("no ISC named `{0}` on this Dock; fix: `isc dock ps` lists them")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    OverCommit(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("starting `{name}` failed: {message}")]
+    StartFailed { name: String, message: String },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DockError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            DockError::NotFound(_) => 404,
+            DockError::Conflict(_) | DockError::OverCommit(_) => 409,
+            DockError::BadRequest(_) => 400,
+            DockError::StartFailed { .. } => 422,
+            DockError::Record(_) | DockError::Internal(_) => 500,
+        }
+    }
+}
+
+struct Slot {
+    rec: IscRecord,
+    /// Bumped by every operator action (stop, start, rm) to cancel pending restarts.
+    op: u64,
+}
+
+/// Settings the CLI passes in.
+pub struct DockOptions {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    /// The cgroup parent of ISCs of this state dir (for metrics).
+    pub cgroup_parent: PathBuf,
+    pub config: DockConfig,
+}
+
+/// The Dock.
+pub struct Dock {
+    pub cfg: DockConfig,
+    pub paths: Paths,
+    pub state_dir: PathBuf,
+    pub cgroup_parent: PathBuf,
+    pub events: Arc<Events>,
+    launcher: Box<dyn Launcher>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+}
+
+fn stopped_or_missing(e: &state::StateError) -> bool {
+    matches!(e, state::StateError::NotRunning(_))
+}
+
+impl Dock {
+    /// Opens the Dock's state (creating its directories) and loads its records. Call
+    /// [`Dock::adopt`] next.
+    pub fn open(
+        opts: DockOptions,
+        launcher: Box<dyn Launcher>,
+        events: Arc<Events>,
+    ) -> Result<Arc<Dock>, DockError> {
+        let paths = Paths::new(&opts.root);
+        paths.create()?;
+        let slots = IscRecord::load_all(&paths)?
+            .into_iter()
+            .map(|rec| (rec.name.clone(), Slot { rec, op: 0 }))
+            .collect();
+        Ok(Arc::new(Dock {
+            cfg: opts.config,
+            paths,
+            state_dir: opts.state,
+            cgroup_parent: opts.cgroup_parent,
+            events,
+            launcher,
+            slots: Mutex::new(slots),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A snapshot of every record.
+    pub fn list(&self) -> Vec<IscRecord> {
+        self.lock().values().map(|s| s.rec.clone()).collect()
+    }
+
+    /// One record.
+    pub fn get(&self, name: &str) -> Result<IscRecord, DockError> {
+        self.lock().get(name).map(|s| s.rec.clone()).ok_or_else(|| DockError::NotFound(name.into()))
+    }
+
+    /// Re-adopts ISCs whose monitors survived a Dock restart, and records how the others ended
+    /// while the Dock was down (restarting them if their policy says so).
+    pub fn adopt(self: &Arc<Self>) {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        for name in names {
+            let (status, run_id) = match self.lock().get(&name) {
+                Some(s) => (s.rec.status, s.rec.run_id),
+                None => continue,
+            };
+            if !status.is_active() {
+                continue;
+            }
+            let alive = state::get(&self.state_dir, &name)
+                .ok()
+                .and_then(|st| process::pidfd_open(st.monitor_pid).ok().map(|fd| (st, fd)));
+            match alive {
+                Some((st, pidfd)) if status != Status::Backoff => {
+                    {
+                        let mut map = self.lock();
+                        let Some(slot) = map.get_mut(&name) else { continue };
+                        slot.rec.status = Status::Running;
+                        slot.rec.monitor_pid = Some(st.monitor_pid);
+                        slot.rec.host_uid_base = Some(st.host_uid_base);
+                        self.save(&slot.rec);
+                    }
+                    self.events.emit(&name, "adopted", json!({"monitor_pid": st.monitor_pid}));
+                    self.watch(name, run_id, pidfd);
+                }
+                _ if status == Status::Backoff => {
+                    let failures = self.lock().get(&name).map_or(1, |s| s.rec.failures);
+                    self.schedule_restart(&name, self.cfg.restart.backoff(failures));
+                }
+                _ => {
+                    let exit = ExitInfo::read(&self.paths, &name, run_id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| ExitInfo::vanished(run_id));
+                    self.on_exit(&name, exit);
+                }
+            }
+        }
+    }
+
+    fn save(&self, rec: &IscRecord) {
+        if let Err(e) = rec.save(&self.paths) {
+            tracing::error!(isc = %rec.name, error = %e, "persisting the ISC's record");
+        }
+    }
+
+    /// Admits a new ISC from manifest text and starts it. `origin` is the manifest's path on
+    /// the client (relative image paths are resolved against its directory).
+    pub async fn up(self: &Arc<Self>, text: &str, origin: &Path) -> Result<IscRecord, DockError> {
+        let manifest = Manifest::parse(text, origin)
+            .map_err(|e| DockError::BadRequest(format!("manifest {}: {e}", origin.display())))?;
+        let name = manifest.name.clone();
+        let req = {
+            let mut map = self.lock();
+            if let Some(s) = map.get(&name) {
+                return Err(DockError::Conflict(format!(
+                    "an ISC named `{name}` is already on this Dock (status {}); fix: `isc dock rm {name}` first or choose another name",
+                    s.rec.status.as_str()
+                )));
+            }
+            let rec = IscRecord {
+                name: name.clone(),
+                restart: manifest.service.restart.as_str().into(),
+                memory_limit: manifest.resources.memory,
+                cpu_quota: manifest.resources.cpu,
+                manifest_hash: manifest.canonical_hash(),
+                desired: Desired::Running,
+                status: Status::Exited,
+                run_id: 0,
+                monitor_pid: None,
+                host_uid_base: None,
+                created_ms: now_ms(),
+                started_ms: None,
+                restarts: 0,
+                failures: 0,
+                last_exit: None,
+                message: None,
+            };
+            guard::admit(&self.cfg.resources, map.values().map(|s| &s.rec), &rec)
+                .map_err(DockError::OverCommit)?;
+            crate::records::write_atomic(
+                &self.paths.manifest(&name),
+                manifest.to_toml_string().as_bytes(),
+            )?;
+            let mut slot = Slot { rec, op: 0 };
+            let req = self.begin_run(&mut slot, false);
+            map.insert(name.clone(), slot);
+            req
+        };
+        self.events.emit(&name, "created", json!({"manifest_hash": manifest.canonical_hash()}));
+        self.launch(req).await
+    }
+
+    /// Starts a stopped, exited, failed or crash-looping ISC (resets its failure count).
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<IscRecord, DockError> {
+        let req = {
+            let mut map = self.lock();
+            let others: Vec<IscRecord> =
+                map.values().filter(|s| s.rec.name != name).map(|s| s.rec.clone()).collect();
+            let slot = map.get_mut(name).ok_or_else(|| DockError::NotFound(name.into()))?;
+            if matches!(slot.rec.status, Status::Starting | Status::Running) {
+                return Err(DockError::Conflict(format!("`{name}` is already running")));
+            }
+            guard::admit(&self.cfg.resources, others.iter(), &slot.rec)
+                .map_err(DockError::OverCommit)?;
+            slot.op += 1;
+            slot.rec.desired = Desired::Running;
+            slot.rec.failures = 0;
+            self.begin_run(slot, false)
+        };
+        self.launch(req).await
+    }
+
+    /// Under the lock: a new run id, status `starting`, the monitor's instructions.
+    fn begin_run(&self, slot: &mut Slot, supervised: bool) -> MonitorRequest {
+        let rec = &mut slot.rec;
+        rec.run_id += 1;
+        rec.status = Status::Starting;
+        rec.message = None;
+        rec.monitor_pid = None;
+        if supervised {
+            rec.restarts += 1;
+        }
+        self.save(rec);
+        MonitorRequest {
+            name: rec.name.clone(),
+            run_id: rec.run_id,
+            manifest: self.paths.manifest(&rec.name),
+            exit_file: self.paths.exit(&rec.name),
+            log_dir: self.paths.log_dir(&rec.name),
+            log_max_bytes: self.cfg.logs.max_bytes,
+            log_keep: self.cfg.logs.keep,
+            uid_base: self.cfg.uid_base,
+            uid_slots: self.cfg.uid_slots,
+        }
+    }
+
+    /// Spawns the monitor and waits until the service runs, the start fails, or the run ends.
+    /// Runs as its own task so a client that hangs up cannot leave the ISC in `starting`.
+    async fn launch(self: &Arc<Self>, req: MonitorRequest) -> Result<IscRecord, DockError> {
+        let dock = Arc::clone(self);
+        tokio::spawn(async move { dock.launch_inner(req).await })
+            .await
+            .map_err(|e| DockError::Internal(format!("start task: {e}")))?
+    }
+
+    async fn launch_inner(self: &Arc<Self>, req: MonitorRequest) -> Result<IscRecord, DockError> {
+        let name = req.name.clone();
+        let _ = std::fs::remove_file(&req.exit_file);
+        let spawned = self.launcher.spawn(&req).and_then(|pid| Ok((pid, process::pidfd_open(pid)?)));
+        let (pid, pidfd) = match spawned {
+            Ok(x) => x,
+            Err(e) => {
+                let message = format!("spawning its monitor: {e}");
+                self.mark_failed(&name, req.run_id, &message);
+                return Err(DockError::StartFailed { name, message });
+            }
+        };
+        let kill_fd = pidfd.try_clone().map_err(|e| DockError::Internal(e.to_string()))?;
+        self.watch(name.clone(), req.run_id, pidfd);
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_s);
+        loop {
+            {
+                let mut map = self.lock();
+                let Some(slot) = map.get_mut(&name) else {
+                    return Err(DockError::NotFound(name));
+                };
+                if slot.rec.run_id != req.run_id {
+                    return Ok(slot.rec.clone());
+                }
+                match slot.rec.status {
+                    Status::Starting => {
+                        if let Ok(st) = state::get(&self.state_dir, &name) {
+                            if st.monitor_pid == pid {
+                                slot.rec.status = Status::Running;
+                                slot.rec.monitor_pid = Some(pid);
+                                slot.rec.host_uid_base = Some(st.host_uid_base);
+                                slot.rec.started_ms = Some(now_ms());
+                                self.save(&slot.rec);
+                                let rec = slot.rec.clone();
+                                drop(map);
+                                self.events.emit(
+                                    &name,
+                                    "started",
+                                    json!({"run_id": rec.run_id, "monitor_pid": pid, "host_uid_base": st.host_uid_base}),
+                                );
+                                return Ok(rec);
+                            }
+                        }
+                    }
+                    Status::Failed => {
+                        let message = slot.rec.message.clone().unwrap_or_default();
+                        return Err(DockError::StartFailed { name, message });
+                    }
+                    _ => return Ok(slot.rec.clone()),
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = process::signal(&kill_fd, libc::SIGTERM);
+                return Err(DockError::StartFailed {
+                    name,
+                    message: format!(
+                        "the service did not run within {} s (start_timeout_s in dock.toml); its monitor was asked to stop",
+                        self.cfg.start_timeout_s
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn mark_failed(&self, name: &str, run_id: u64, message: &str) {
+        let mut map = self.lock();
+        if let Some(slot) = map.get_mut(name).filter(|s| s.rec.run_id == run_id) {
+            slot.rec.status = Status::Failed;
+            slot.rec.message = Some(message.into());
+            self.save(&slot.rec);
+        }
+        drop(map);
+        self.events.emit(name, "start-failed", json!({"run_id": run_id, "message": message}));
+    }
+
+    /// Waits for the monitor of run `run_id` to end, then records the exit.
+    fn watch(self: &Arc<Self>, name: String, run_id: u64, pidfd: std::os::fd::OwnedFd) {
+        let dock = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = process::wait_exit(pidfd).await {
+                tracing::error!(isc = %name, error = %e, "watching the monitor");
+                return;
+            }
+            let exit = ExitInfo::read(&dock.paths, &name, run_id)
+                .unwrap_or_else(|e| {
+                    tracing::error!(isc = %name, error = %e, "reading the exit record");
+                    None
+                })
+                .unwrap_or_else(|| ExitInfo::vanished(run_id));
+            dock.on_exit(&name, exit);
+        });
+    }
+
+    /// Records how a run ended and applies the restart policy.
+    fn on_exit(self: &Arc<Self>, name: &str, exit: ExitInfo) {
+        let mut map = self.lock();
+        let Some(slot) = map.get_mut(name) else { return };
+        if slot.rec.run_id != exit.run_id {
+            return;
+        }
+        let rec = &mut slot.rec;
+        rec.monitor_pid = None;
+        rec.last_exit = Some(exit.clone());
+        let detail = json!({"run_id": exit.run_id, "status": exit.status, "code": exit.code, "signal": exit.signal, "reason": exit.reason, "run_ms": exit.run_ms});
+        if exit.start_failed {
+            rec.status = Status::Failed;
+            rec.message = exit.reason.clone();
+            self.save(rec);
+            drop(map);
+            self.events.emit(name, "start-failed", detail);
+            return;
+        }
+        let wants = rec.desired == Desired::Running
+            && match rec.restart.as_str() {
+                "always" => true,
+                "on-failure" => exit.status != 0,
+                _ => false,
+            };
+        if !wants {
+            rec.status = Status::Exited;
+            self.save(rec);
+            drop(map);
+            self.events.emit(name, "exited", detail);
+            return;
+        }
+        let r = &self.cfg.restart;
+        rec.failures = if exit.run_ms < r.healthy_after_ms { rec.failures + 1 } else { 1 };
+        if rec.failures >= r.crash_loop_after {
+            rec.status = Status::CrashLoop;
+            rec.message = Some(format!(
+                "ended {} times in a row within {} ms of starting (last status {}); not restarted any more; fix: read `isc dock logs {name}`, then `isc dock start {name}`",
+                rec.failures, r.healthy_after_ms, exit.status
+            ));
+            self.save(rec);
+            drop(map);
+            self.events.emit(name, "exited", detail);
+            self.events.emit(name, "crash-loop", json!({"failures": self.get(name).map(|r| r.failures).unwrap_or(0)}));
+            return;
+        }
+        let delay = r.backoff(rec.failures);
+        rec.status = Status::Backoff;
+        rec.message = Some(format!("restarting in {} ms", delay.as_millis()));
+        self.save(rec);
+        drop(map);
+        self.events.emit(name, "exited", detail);
+        self.schedule_restart(name, delay);
+    }
+
+    fn schedule_restart(self: &Arc<Self>, name: &str, delay: Duration) {
+        let op = match self.lock().get(name) {
+            Some(s) => s.op,
+            None => return,
+        };
+        let dock = Arc::clone(self);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let req = {
+                let mut map = dock.lock();
+                let Some(slot) = map.get_mut(&name) else { return };
+                if slot.op != op
+                    || slot.rec.desired != Desired::Running
+                    || slot.rec.status != Status::Backoff
+                {
+                    return;
+                }
+                dock.begin_run(slot, true)
+            };
+            dock.events.emit(
+                &name,
+                "restarting",
+                json!({"run_id": req.run_id, "after_ms": delay.as_millis() as u64}),
+            );
+            if let Err(e) = dock.launch(req).await {
+                tracing::warn!(isc = %name, error = %e, "supervised restart failed");
+            }
+        });
+    }
+
+    /// Stops an ISC (SIGTERM, SIGKILL after its stop timeout) and waits until it ended.
+    pub async fn stop(self: &Arc<Self>, name: &str) -> Result<IscRecord, DockError> {
+        {
+            let mut map = self.lock();
+            let slot = map.get_mut(name).ok_or_else(|| DockError::NotFound(name.into()))?;
+            slot.op += 1;
+            slot.rec.desired = Desired::Stopped;
+            if slot.rec.status == Status::Backoff {
+                slot.rec.status = Status::Exited;
+                slot.rec.message = Some("stopped while waiting to restart".into());
+            }
+            self.save(&slot.rec);
+        }
+        self.events.emit(name, "stopping", json!({}));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut asked = false;
+        loop {
+            let rec = self.get(name)?;
+            match rec.status {
+                Status::Running if !asked => {
+                    let (dir, n) = (self.state_dir.clone(), name.to_string());
+                    let res = tokio::task::spawn_blocking(move || {
+                        state::request(&dir, &n, &ControlRequest::Stop, Duration::from_secs(5))
+                    })
+                    .await
+                    .map_err(|e| DockError::Internal(e.to_string()))?;
+                    match res {
+                        Ok(_) => asked = true,
+                        Err(e) if stopped_or_missing(&e) => asked = true,
+                        Err(e) => return Err(DockError::Internal(format!("stopping `{name}`: {e}"))),
+                    }
+                }
+                Status::Starting | Status::Running => {}
+                _ => return Ok(rec),
+            }
+            if Instant::now() > deadline {
+                return Err(DockError::Internal(format!("`{name}` did not stop within 300 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops (if needed) and starts again.
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<IscRecord, DockError> {
+        self.stop(name).await?;
+        self.start(name).await
+    }
+
+    /// Stops the ISC and forgets it: record, manifest, exit record and logs. The engine removes
+    /// its runtime state and cgroup when the monitor ends.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), DockError> {
+        self.stop(name).await?;
+        {
+            let mut map = self.lock();
+            if map.get(name).is_some_and(|s| s.rec.status.is_active()) {
+                return Err(DockError::Conflict(format!(
+                    "`{name}` was started again while being removed"
+                )));
+            }
+            map.remove(name);
+            self.paths.remove_all(name)?;
+        }
+        self.events.emit(name, "removed", json!({}));
+        Ok(())
+    }
+}
