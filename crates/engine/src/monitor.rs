@@ -328,6 +328,7 @@ impl Drop for KillOnDrop {
         if let Some(fd) = self.pidfd {
             // SAFETY: pidfd_send_signal on a pidfd we still own; then reap it.
             unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0usize, 0) };
+            // SAFETY: a plain C struct for which all-zero bytes are a valid value.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: waitid(P_PIDFD) on our own child.
             unsafe { libc::waitid(libc::P_PIDFD, fd as libc::id_t, &mut info, libc::WEXITED) };
@@ -364,6 +365,7 @@ fn clone_child(ctx: ChildContext<'_>, cgroup: Option<RawFd>) -> Result<Launched,
 }
 
 fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
+    // SAFETY: a plain C struct for which all-zero bytes are a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid(P_PIDFD) on our own child; siginfo is written by the kernel.
     unsafe {
@@ -485,6 +487,7 @@ impl Supervisor<'_> {
     }
 
     fn on_signal(&mut self, sfd: RawFd) {
+        // SAFETY: a plain C struct for which all-zero bytes are a valid value.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         // SAFETY: reading one siginfo record from our non-blocking signalfd.
         while unsafe {

@@ -66,6 +66,13 @@ pub const PROBES: &[&str] = &[
     "serve_tcp:PORT:SECONDS",
 ];
 
+/// One raw syscall with harmless arguments: null or invalid pointers (the kernel or the seccomp
+/// filter rejects the call before touching memory) or pointers to static C strings.
+fn raw_syscall(nr: libc::c_long, a: [usize; 4]) -> io::Result<Value> {
+    // SAFETY: see above; no argument points to memory the kernel could write into.
+    cvt(unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) })
+}
+
 fn cvt(rc: libc::c_long) -> io::Result<Value> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -93,41 +100,33 @@ pub fn run(spec: &str) -> ProbeOutcome {
         "uid_map" => {
             ProbeOutcome::from_io(spec, fs::read_to_string("/proc/self/uid_map").map(Value::from))
         }
-        // SAFETY (all raw syscalls below): invalid or null arguments only; the kernel or the
-        // seccomp filter rejects them before touching memory.
-        "mount" => ProbeOutcome::from_io(spec, {
-            let (src, fst) = (c"none", c"tmpfs");
-            cvt(unsafe {
-                libc::mount(src.as_ptr(), c"/".as_ptr(), fst.as_ptr(), 0, std::ptr::null())
-            } as _)
-        }),
-        "unshare_user" => {
-            ProbeOutcome::from_io(spec, cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as _))
-        }
-        "bpf" => {
-            ProbeOutcome::from_io(spec, cvt(unsafe { libc::syscall(libc::SYS_bpf, 5, 0usize, 0) }))
-        }
-        "ptrace" => {
-            ProbeOutcome::from_io(spec, cvt(unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0) }))
-        }
-        "keyctl" => ProbeOutcome::from_io(
+        "mount" => ProbeOutcome::from_io(
             spec,
-            cvt(unsafe {
-                libc::syscall(
-                    libc::SYS_keyctl,
-                    0,  /* GET_KEYRING_ID */
-                    -3, /* SESSION */
-                    0,
-                )
-            }),
+            raw_syscall(
+                libc::SYS_mount,
+                [c"none".as_ptr() as usize, c"/".as_ptr() as usize, c"tmpfs".as_ptr() as usize, 0],
+            ),
         ),
+        "unshare_user" => ProbeOutcome::from_io(
+            spec,
+            raw_syscall(libc::SYS_unshare, [libc::CLONE_NEWUSER as usize, 0, 0, 0]),
+        ),
+        "bpf" => ProbeOutcome::from_io(spec, raw_syscall(libc::SYS_bpf, [5, 0, 0, 0])),
+        "ptrace" => ProbeOutcome::from_io(
+            spec,
+            raw_syscall(libc::SYS_ptrace, [libc::PTRACE_ATTACH as usize, 1, 0, 0]),
+        ),
+        // KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_SESSION_KEYRING (-3).
+        "keyctl" => {
+            ProbeOutcome::from_io(spec, raw_syscall(libc::SYS_keyctl, [0, -3isize as usize, 0, 0]))
+        }
         "open_by_handle_at" => ProbeOutcome::from_io(
             spec,
-            cvt(unsafe { libc::syscall(libc::SYS_open_by_handle_at, -1, 0usize, 0) }),
+            raw_syscall(libc::SYS_open_by_handle_at, [-1isize as usize, 0, 0, 0]),
         ),
         "init_module" => ProbeOutcome::from_io(
             spec,
-            cvt(unsafe { libc::syscall(libc::SYS_init_module, 0usize, 0usize, c"".as_ptr()) }),
+            raw_syscall(libc::SYS_init_module, [0, 0, c"".as_ptr() as usize, 0]),
         ),
         "orphan_reap" => ProbeOutcome::from_io(spec, orphan_reap()),
         "write" => ProbeOutcome::from_io(spec, try_create(Path::new(arg))),
@@ -147,6 +146,10 @@ pub fn run(spec: &str) -> ProbeOutcome {
         "tcp_reach" => ProbeOutcome::from_io(spec, tcp_reach(arg)),
         "udp_ask" => ProbeOutcome::from_io(spec, udp_ask(arg)),
         "serve_tcp" => ProbeOutcome::from_io(spec, serve_tcp(arg)),
+        other if crate::probe_battery::handles(other) => {
+            crate::probe_battery::run(spec, other, arg)
+        }
+        other if crate::probe_stress::handles(other) => crate::probe_stress::run(spec, other, arg),
         _ => ProbeOutcome {
             name: spec.into(),
             ok: false,
@@ -302,18 +305,20 @@ fn tcp_reach(arg: &str) -> io::Result<Value> {
     Ok(json!(String::from_utf8_lossy(&buf[..n])))
 }
 
-/// Send one DNS-shaped datagram (so a resolver would answer) and wait MS for any answer.
+/// Send one DNS-shaped datagram (so a resolver would answer) on a connected socket and wait MS
+/// for an answer. Connected, so the errno tells the cases apart: ENETUNREACH (no route),
+/// ECONNREFUSED (ICMP port unreachable: the path is open), EAGAIN (silence: dropped).
 fn udp_ask(arg: &str) -> io::Result<Value> {
     let (addr, timeout) = addr_and_ms(arg)?;
     let any: std::net::SocketAddr =
         if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let s = std::net::UdpSocket::bind(any)?;
     s.set_read_timeout(Some(timeout))?;
+    s.connect(addr)?;
     let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
-    s.send_to(&q, addr)?;
+    s.send(&q)?;
     let mut buf = [0u8; 512];
-    let (n, _) = s.recv_from(&mut buf)?;
-    Ok(json!(n))
+    Ok(json!(s.recv(&mut buf)?))
 }
 
 /// Listen on PORT (IPv6 dual-stack, or IPv4 where IPv6 is off) for SECONDS, answering every

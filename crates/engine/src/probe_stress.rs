@@ -91,6 +91,7 @@ fn busy_ms(ms: u64) -> io::Result<Value> {
         }
         std::hint::black_box(x);
     }
+    // SAFETY: a plain C struct for which all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes the struct.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
