@@ -2,8 +2,11 @@
 
 mod cmd_audit;
 mod cmd_image;
+mod cmd_secret;
+mod cmd_volume;
 mod hooks_audit;
 mod hooks_image;
+mod hooks_vault;
 mod launch;
 
 use std::io::Write;
@@ -89,6 +92,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd_audit::AuditCmd,
     },
+    /// Sealed secrets: set (value from stdin or --file), ls, rm, rotate-key.
+    Secret {
+        #[command(subcommand)]
+        cmd: cmd_secret::SecretCmd,
+    },
+    /// Persistent (encrypted) volumes: ls, inspect, rm.
+    Volume {
+        #[command(subcommand)]
+        cmd: cmd_volume::VolumeCmd,
+    },
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -126,6 +139,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
         Cmd::Image { cmd } => cmd_image::dispatch(&dirs, cmd),
         Cmd::Audit { cmd } => cmd_audit::dispatch(&dirs, cmd),
+        Cmd::Secret { cmd } => cmd_secret::dispatch(&dirs, cmd),
+        Cmd::Volume { cmd } => cmd_volume::dispatch(&dirs, cmd),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -219,11 +234,16 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
     let (mut spec, _image_hold) =
         audit.step("preparing the image", launch::resolve(&manifest, dirs))?;
     spec.weakening = weakening(weaken)?;
+    let vault = audit.step(
+        "opening secrets and volumes",
+        hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec),
+    )?;
     audit.created(&spec, &launch::limits(&manifest))?;
-    let mut hooks = audit.step(
+    let hooks = audit.step(
         "creating the cgroup",
         CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state),
     )?;
+    let mut hooks = isc_engine::HookChain(vec![Box::new(hooks), Box::new(vault)]);
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
     let result = isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks));

@@ -13,6 +13,7 @@ pub mod logfile;
 pub mod lsm;
 pub mod monitor;
 pub mod probe;
+pub mod probe_battery;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

@@ -150,6 +150,9 @@ pub fn run(spec: &str) -> ProbeOutcome {
             crate::probe_battery::run(spec, other, arg)
         }
         other if crate::probe_stress::handles(other) => crate::probe_stress::run(spec, other, arg),
+        other if crate::probe_battery::handles(other) => {
+            crate::probe_battery::run(spec, other, arg)
+        }
         _ => ProbeOutcome {
             name: spec.into(),
             ok: false,
