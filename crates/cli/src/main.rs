@@ -2,6 +2,7 @@
 
 mod cmd_audit;
 mod cmd_image;
+mod cmd_verify;
 mod cmd_secret;
 mod cmd_volume;
 mod hooks_audit;
@@ -87,6 +88,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd_image::ImageCmd,
     },
+    /// Prove the security metrics on a running ISC (active probes from inside), score, gate, sign.
+    Verify(cmd_verify::VerifyArgs),
     /// The tamper-evident audit trail: verify, show, export, print the public key.
     Audit {
         #[command(subcommand)]
@@ -141,6 +144,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit { cmd } => cmd_audit::dispatch(&dirs, cmd),
         Cmd::Secret { cmd } => cmd_secret::dispatch(&dirs, cmd),
         Cmd::Volume { cmd } => cmd_volume::dispatch(&dirs, cmd),
+        Cmd::Verify(args) => cmd_verify::dispatch(&dirs, args),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -246,6 +250,8 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
     let mut hooks = isc_engine::HookChain(vec![Box::new(hooks), Box::new(vault)]);
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
+    // Published in the ISC's state: the declared configuration `isc verify` compares with.
+    opts.manifest = serde_json::to_value(&manifest).ok();
     let result = isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks));
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name))?;
     drop(hooks);
