@@ -214,6 +214,8 @@ pub struct KernelAuditReader {
     queue: std::collections::VecDeque<KernelEvent>,
     /// Landlock domain id → pid of the task that created it (from `AUDIT_LANDLOCK_DOMAIN`).
     domains: HashMap<String, u32>,
+    /// Times the kernel reported dropped multicast messages (ENOBUFS).
+    overflows: u64,
 }
 
 impl KernelAuditReader {
@@ -248,6 +250,7 @@ impl KernelAuditReader {
             buf: vec![0u8; 1 << 16],
             queue: Default::default(),
             domains: HashMap::new(),
+            overflows: 0,
         })
     }
 
@@ -292,6 +295,7 @@ impl KernelAuditReader {
                     Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
                     // The kernel dropped multicast messages because we were slow: keep reading.
                     Some(libc::ENOBUFS) => {
+                        self.overflows += 1;
                         tracing::warn!("kernel audit multicast overflow: some denials were lost");
                         continue;
                     }
@@ -304,6 +308,12 @@ impl KernelAuditReader {
                 self.handle(ty, &payload);
             }
         }
+    }
+
+    /// How often the socket overflowed (the kernel then drops multicast messages: an unknown
+    /// number of events was lost each time). Callers should put a rise on the trail.
+    pub fn overflows(&self) -> u64 {
+        self.overflows
     }
 
     fn handle(&mut self, ty: u16, payload: &str) {
@@ -416,6 +426,7 @@ mod tests {
             buf: Vec::new(),
             queue: Default::default(),
             domains: HashMap::new(),
+            overflows: 0,
         };
         r.handle(
             AUDIT_LANDLOCK_DOMAIN,

@@ -108,6 +108,8 @@ struct DenialCounts {
     recorded: u64,
     suppressed: u64,
     clone3_fallbacks: u64,
+    /// Socket overflows: the kernel dropped an unknown number of events (of any ISC).
+    overflows: u64,
 }
 
 struct Collector {
@@ -371,6 +373,13 @@ fn collect(
                 return counts;
             }
         };
+        if reader.overflows() > counts.overflows {
+            counts.overflows = reader.overflows();
+            // Loss is itself security-relevant: the trail says it may be incomplete.
+            let detail = json!({"lost": "unknown", "socket_overflows": counts.overflows,
+                "source": "kernel audit multicast (ENOBUFS)"});
+            append(log, name, Kind::SeccompDenial, detail);
+        }
         if let Some(n) = limiter.take_summary() {
             append(
                 log,
