@@ -23,7 +23,8 @@
 # Env: RUNS (50), WARMUP (5), ROUNDS (1: each round measures every case once; medians are taken
 #      over the pooled samples, which spreads slow drift of the shared host over all cases),
 #      NICE (-10), ONLY (regex on case names), OUT (results dir), PEERS_DIR, PEERS_WORK,
-#      IDLE (1), N_IDLE (20), SETTLE (5 s).
+#      IDLE (1), N_IDLE (20), SETTLE (5 s), ISC_BIN (an isc binary to measure instead of the
+#      release build; implies SKIP_BUILD=1 is sensible), SKIP_BUILD, SKIP_APT, FORCE_APT.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -47,7 +48,7 @@ SETTLE=${SETTLE:-5}
 export PEERS_WORK=${PEERS_WORK:-/tmp/isc-peers}
 BENCH=$PEERS_WORK
 NOCG2=$PEERS_DIR/nocg2.sh
-ISC=$REPO/target/release/isc
+ISC=${ISC_BIN:-$REPO/target/release/isc}
 OUT=${OUT:-$BENCH/out-isc}
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/isc-bench.XXXXXX)
@@ -88,7 +89,7 @@ pids = 64
 cpu_weight = 50
 cpu = 1.0'
 cat > "$T/dir.toml" <<EOF
-name = "isc-bench-dir"
+name = "bench-dir"
 [service]
 exec = ["/bin/true"]
 [image]
@@ -96,7 +97,7 @@ source = "dir:$IR"
 $LIMITS
 EOF
 cat > "$T/host.toml" <<EOF
-name = "isc-bench-host"
+name = "bench-host"
 [service]
 exec = ["/bin/true"]
 [image]
@@ -245,10 +246,16 @@ idle() { # idle <rt>
     start_one() { # start_one <i>
       case $rt in
         isc)
-          sed -e "s/^name = .*/name = \"isc-idle-$1\"/" -e 's|^exec = .*|exec = ["/bin/sleep", "600"]|' \
+          sed -e "s/^name = .*/name = \"bench-idle-$1\"/" -e 's|^exec = .*|exec = ["/bin/sleep", "600"]|' \
             "$T/dir.toml" > "$T/idle-$1.toml"
           "$ISC" "${ISCA[@]}" run "$T/idle-$1.toml" </dev/null >/dev/null 2>>"$OUT/idle.err" &
-          echo $! >> "$T/idle-isc.pids";;
+          echo $! >> "$T/idle-isc.pids"
+          # One start at a time: an `isc run` starting while another is between creating its
+          # cgroup and registering collects that cgroup as stale. (Names do not start with
+          # `isc-`: launch.rs then mismatches cgroup and ISC names and kills running ISCs.)
+          for _ in $(seq 100); do
+            "$ISC" "${ISCA[@]}" ps 2>/dev/null | grep -q "^bench-idle-$1 " && break; sleep 0.05
+          done;;
         crun)
           "$NOCG2" crun --cgroup-manager=disabled run -d --bundle "$BENCH/bundle-sleep" "bench-idle-$1" \
             </dev/null >/dev/null 2>>"$OUT/idle.err";;

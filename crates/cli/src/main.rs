@@ -7,6 +7,7 @@ mod cmd_secret;
 mod cmd_volume;
 mod hooks_audit;
 mod hooks_image;
+mod hooks_net;
 mod hooks_vault;
 mod launch;
 
@@ -252,7 +253,13 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
     opts.seccomp_log = true;
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
     opts.manifest = serde_json::to_value(&manifest).ok();
-    let result = isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks));
+    let mut net =
+        audit.step("planning the network", hooks_net::NetHooks::prepare(&manifest, dirs))?;
+    let result =
+        isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut hooks, &mut net)));
+    if let Err(e) = net.finish() {
+        tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
+    }
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name))?;
     drop(hooks);
     if json {

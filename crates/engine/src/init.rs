@@ -109,6 +109,7 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
     // cgroup, so its root is that cgroup and the host's tree stays invisible.
     // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.
     os_step("creating the cgroup namespace", unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
+    step("bringing up the loopback interface", bring_up_loopback())?;
     step("preparing the root filesystem", rootfs::prepare_rootfs(&LinuxSyscall, spec))?;
     let workdir = CString::new(spec.workdir.as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: NUL-terminated path.
@@ -138,6 +139,39 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
     }
     if !spec.weakening.no_seccomp {
         step("loading the seccomp filter", seccomp::install(ctx.seccomp, ctx.seccomp_log))?;
+    }
+    Ok(())
+}
+
+/// A new network namespace starts with `lo` present but down (netdevice(7)), so even
+/// 127.0.0.1 is unreachable; "loopback only" (no `[network]`) means `lo` up and nothing else.
+/// We hold CAP_NET_ADMIN over our own netns here (root of the user namespace that owns it).
+fn bring_up_loopback() -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the fd is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero ifreq is a valid value; the name "lo" fits IFNAMSIZ with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which outlives both calls; the
+    // union member ifru_flags is the one these two ioctls use.
+    let rc = unsafe {
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        rc
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err);
     }
     Ok(())
 }

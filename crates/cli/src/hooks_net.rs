@@ -1,0 +1,302 @@
+//! `[network]` for `isc run`: the manifest's declaration becomes an `isc_net` request, the
+//! ISC's network is set up between clone and release (the child already sits in its new
+//! netns), and torn down when the ISC ends or its start fails.
+//!
+//! Without `[network]` the ISC keeps the engine default: its own netns with only `lo` (up).
+//!
+//! Cross-ISC state: each networked ISC records its policy in `<state>/isc/<name>/net.json`
+//! (removed with the registration). `allow_from` names are resolved against the records of
+//! ISCs running now; when an ISC starts or stops, the peer sets of every running ISC that
+//! names it are recomputed, under `<root>/net/peers.lock`, so a released address never stays
+//! allowed into another ISC.
+
+use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use isc_engine::StartHooks;
+use isc_manifest::{EgressRule, Manifest, Proto};
+use isc_net::{
+    Bandwidth, EgressSpec, EgressTarget, IscNetLease, IscNetPolicy, IscNetRequest, Listen,
+    NetConfig, Publish,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::launch::Dirs;
+
+/// File name of an ISC's network record inside its state directory.
+pub const RECORD_FILE: &str = "net.json";
+
+/// What a running ISC publishes about its network (for peers, `isc ps`, audit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetRecord {
+    /// ISC name.
+    pub name: String,
+    /// The id naming its nft objects, host interface and NFLOG prefix (`isc:<id>:in|out`).
+    pub id: String,
+    /// Names of the ISCs it lets in (manifest `allow_from`).
+    pub allow_from: Vec<String>,
+    /// The policy in force (addresses, listen ports, resolved egress).
+    pub policy: IscNetPolicy,
+}
+
+/// The network layer's configuration for a Dock root: leases under `<root>/net`.
+pub fn net_config(dirs: &Dirs) -> NetConfig {
+    NetConfig { state_dir: dirs.root.join("net"), ..Default::default() }
+}
+
+/// Stable id of ISC `name` under state directory `state`: 12 hex digits of BLAKE3, so the host
+/// interface `isc<id>` fits IFNAMSIZ and two Docks (state dirs) never share an id.
+pub fn isc_id(state: &Path, name: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(state.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    h.update(name.as_bytes());
+    h.finalize().to_hex()[..12].to_string()
+}
+
+fn proto(p: Proto) -> isc_net::Proto {
+    match p {
+        Proto::Tcp => isc_net::Proto::Tcp,
+        Proto::Udp => isc_net::Proto::Udp,
+    }
+}
+
+/// The `isc_net` request for a manifest's `[network]` (`None`: loopback only). `allow_from`
+/// addresses are left empty; they are resolved at start.
+pub fn request(m: &Manifest, dirs: &Dirs) -> Result<Option<IscNetRequest>> {
+    let Some(net) = &m.network else { return Ok(None) };
+    let mut req = IscNetRequest {
+        id: isc_id(&dirs.state, &m.name),
+        name: m.name.clone(),
+        ..Default::default()
+    };
+    for l in &net.listen {
+        req.listen.push(Listen { proto: proto(l.proto), port: l.port });
+        if let Some(p) = &l.publish {
+            let Some(host_addr) = p.host_addr else {
+                bail!("[network] listen port {} is published on every host address; isc publishes only on a declared one; fix: write publish = \"127.0.0.1:{}\" (or another host address)", l.port, p.port);
+            };
+            req.publish.push(Publish {
+                host_addr,
+                host_port: p.port,
+                proto: proto(l.proto),
+                port: l.port,
+            });
+        }
+    }
+    for e in &net.egress {
+        req.egress.push(match e {
+            EgressRule::Cidr { net: n, port: Some(port), proto: p } => {
+                EgressSpec { target: EgressTarget::Net(*n), proto: proto(*p), port: *port }
+            }
+            EgressRule::Cidr { port: None, .. } => bail!(
+                "[network] egress \"{e}\" allows every port; this build enforces egress per port (nftables and Landlock alike); fix: add the port, e.g. \"{e}:443\", one entry per port"
+            ),
+            EgressRule::Host { host, port, proto: p } => {
+                EgressSpec { target: EgressTarget::Host(host.clone()), proto: proto(*p), port: *port }
+            }
+        });
+    }
+    if let Some(b) = &net.bandwidth {
+        req.bandwidth = Bandwidth { to_isc: Some(b.ingress_bps), from_isc: Some(b.egress_bps) };
+    }
+    Ok(Some(req))
+}
+
+/// Landlock TCP ports for the engine spec: `(bind, connect)` from `isc_net::landlock_ports`.
+/// Connect also gets the TCP listen ports of ISCs running now that allow this one in; a peer
+/// started later is reachable through nftables but not through Landlock (ports are fixed at
+/// start), which is the narrower of the two and fails closed.
+pub fn landlock_ports(m: &Manifest, dirs: &Dirs) -> Result<(Vec<u16>, Vec<u16>)> {
+    let Some(req) = request(m, dirs)? else { return Ok((vec![], vec![])) };
+    let peer_ports: Vec<u16> = running_records(&dirs.state, &m.name)
+        .iter()
+        .filter(|r| r.allow_from.contains(&m.name))
+        .flat_map(|r| r.policy.listen.iter())
+        .filter(|l| l.proto == isc_net::Proto::Tcp)
+        .map(|l| l.port)
+        .collect();
+    let lp = isc_net::landlock_ports(&req, &peer_ports);
+    Ok((lp.bind_tcp, lp.connect_tcp))
+}
+
+/// Is `name`'s registration lock held by a live monitor? (Same test as `isc_engine::state`.)
+fn is_running(state: &Path, name: &str) -> bool {
+    match File::open(state.join("locks").join(format!("{name}.lock"))) {
+        // SAFETY: flock(2) on an fd we own; a shared lock we get is dropped with the file.
+        Ok(f) => unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 },
+        Err(_) => false,
+    }
+}
+
+fn record_path(state: &Path, name: &str) -> PathBuf {
+    state.join("isc").join(name).join(RECORD_FILE)
+}
+
+/// Network records of running ISCs other than `except`.
+pub fn running_records(state: &Path, except: &str) -> Vec<NetRecord> {
+    let Ok(rd) = std::fs::read_dir(state.join("isc")) else { return vec![] };
+    let mut out: Vec<NetRecord> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == except || !is_running(state, &name) {
+                return None;
+            }
+            let bytes = std::fs::read(e.path().join(RECORD_FILE)).ok()?;
+            serde_json::from_slice::<NetRecord>(&bytes).ok()
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn addresses_of(records: &[NetRecord], names: &[String]) -> Vec<IpAddr> {
+    records
+        .iter()
+        .filter(|r| names.contains(&r.name))
+        .flat_map(|r| [IpAddr::V4(r.policy.addr_v4), IpAddr::V6(r.policy.addr_v6)])
+        .collect()
+}
+
+/// Recompute the peer sets of every running ISC that names `changed` in its `allow_from`,
+/// from the records of ISCs running now (`gone` excluded even if still listed).
+fn sync_peers(state: &Path, changed: &str, gone: Option<&str>) -> Result<()> {
+    let all = running_records(state, gone.unwrap_or(""));
+    for r in all.iter().filter(|r| r.allow_from.iter().any(|a| a == changed)) {
+        let mut p = r.policy.clone();
+        p.allow_from = addresses_of(&all, &r.allow_from);
+        isc_net::nft::Batch { ops: isc_net::nft::rules::peers_refresh_ops(&p) }
+            .apply(&isc_net::NftCli::default())
+            .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on `<root>/net/peers.lock`, released when the file closes on drop.
+struct PeersLock {
+    _held: File,
+}
+
+impl PeersLock {
+    fn take(cfg: &NetConfig) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let path = cfg.state_dir.join("peers.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock(2) on an fd we own; blocking until other isc processes finish.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(Self { _held: f })
+    }
+}
+
+/// The network side of a start. `before_release` sets the network up; [`NetHooks::finish`]
+/// (or drop, on every error path) tears it down.
+pub struct NetHooks {
+    cfg: NetConfig,
+    state: PathBuf,
+    name: String,
+    allow_from: Vec<String>,
+    request: Option<IscNetRequest>,
+    lease: Option<IscNetLease>,
+}
+
+impl NetHooks {
+    /// Plans the network of `m` (nothing happens yet).
+    pub fn prepare(m: &Manifest, dirs: &Dirs) -> Result<Self> {
+        let request = request(m, dirs)?;
+        if request.is_some() && !forwarding_on() {
+            tracing::warn!(isc = %m.name, "IPv4/IPv6 forwarding is off in this network namespace: the ISC can be reached on its listen ports but its egress goes nowhere; fix: sysctl net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 (docs/network.md)");
+        }
+        Ok(Self {
+            cfg: net_config(dirs),
+            state: dirs.state.clone(),
+            name: m.name.clone(),
+            allow_from: m.network.as_ref().map(|n| n.allow_from.clone()).unwrap_or_default(),
+            request,
+            lease: None,
+        })
+    }
+
+    fn setup(&mut self, child_pid: i32) -> Result<()> {
+        let Some(req) = &self.request else { return Ok(()) };
+        let _lock = PeersLock::take(&self.cfg)?;
+        let mut req = req.clone();
+        req.allow_from = addresses_of(&running_records(&self.state, &self.name), &self.allow_from);
+        let lease = isc_net::setup_isc(&self.cfg, &req, child_pid)?;
+        let record = NetRecord {
+            name: self.name.clone(),
+            id: req.id.clone(),
+            allow_from: self.allow_from.clone(),
+            policy: lease.policy().clone(),
+        };
+        self.lease = Some(lease);
+        let path = record_path(&self.state, &self.name);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        sync_peers(&self.state, &self.name, None)
+    }
+
+    /// Tears the network down: peers forget this ISC's addresses first, then its firewall
+    /// objects, veth and lease go. Idempotent.
+    pub fn finish(&mut self) -> Result<()> {
+        let Some(lease) = self.lease.take() else { return Ok(()) };
+        let lock = PeersLock::take(&self.cfg);
+        let _ = std::fs::remove_file(record_path(&self.state, &self.name));
+        let peers = sync_peers(&self.state, &self.name, Some(&self.name));
+        let down = lease.teardown().context("removing the ISC's network");
+        drop(lock);
+        peers.and(down)
+    }
+}
+
+fn forwarding_on() -> bool {
+    ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]
+        .iter()
+        .all(|p| std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false))
+}
+
+impl StartHooks for NetHooks {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.setup(child_pid).map_err(|e| ("setting up the ISC's network", format!("{e:#}")))
+    }
+}
+
+impl Drop for NetHooks {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!(isc = %self.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
+        }
+    }
+}
+
+/// Runs two hook sets in order (cgroup first: the network hook needs nothing from it, but a
+/// cgroup failure then costs no network setup).
+pub struct Both<'a>(pub &'a mut dyn StartHooks, pub &'a mut dyn StartHooks);
+
+impl StartHooks for Both<'_> {
+    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.0.before_release(child_pid)?;
+        self.1.before_release(child_pid)
+    }
+    fn exit_reason(&mut self) -> Option<String> {
+        self.0.exit_reason().or_else(|| self.1.exit_reason())
+    }
+    fn after_start(&mut self, state: &isc_engine::state::IscState) {
+        self.0.after_start(state);
+        self.1.after_start(state);
+    }
+}
