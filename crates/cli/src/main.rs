@@ -1,9 +1,10 @@
 //! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
 
 mod cmd_audit;
+mod cmd_dock;
 mod cmd_image;
-mod cmd_verify;
 mod cmd_secret;
+mod cmd_verify;
 mod cmd_volume;
 mod hooks_audit;
 mod hooks_image;
@@ -84,11 +85,6 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
-    /// Immutable images: build, import, ls, inspect, verify, diff, pack, rm.
-    Image {
-        #[command(subcommand)]
-        cmd: cmd_image::ImageCmd,
-    },
     /// Prove the security metrics on a running ISC (active probes from inside), score, gate, sign.
     Verify(cmd_verify::VerifyArgs),
     /// The tamper-evident audit trail: verify, show, export, print the public key.
@@ -106,6 +102,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd_volume::VolumeCmd,
     },
+    /// Immutable images: build, import, ls, inspect, verify, diff, pack, rm.
+    Image {
+        #[command(subcommand)]
+        cmd: cmd_image::ImageCmd,
+    },
+    /// The Dock: `serve` the daemon; ps, stop, start, restart, rm, logs, events of its ISCs.
+    Dock(cmd_dock::DockArgs),
+    /// Start ISCs from manifests through the Dock (`isc dock up`).
+    Up(cmd_dock::UpArgs),
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -141,11 +146,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let dirs = Dirs { root: cli.root, state: cli.state };
     match cli.cmd {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
-        Cmd::Image { cmd } => cmd_image::dispatch(&dirs, cmd),
         Cmd::Audit { cmd } => cmd_audit::dispatch(&dirs, cmd),
         Cmd::Secret { cmd } => cmd_secret::dispatch(&dirs, cmd),
         Cmd::Volume { cmd } => cmd_volume::dispatch(&dirs, cmd),
+        Cmd::Image { cmd } => cmd_image::dispatch(&dirs, cmd),
         Cmd::Verify(args) => cmd_verify::dispatch(&dirs, args),
+        Cmd::Dock(args) => cmd_dock::dispatch(&dirs, args),
+        Cmd::Up(args) => cmd_dock::up(&dirs, args),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -225,6 +232,29 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
+    let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
+    if json {
+        let mut v = serde_json::to_value(&record)?;
+        v["image_id"] = image_id.into();
+        eprintln!("{}", serde_json::to_string(&v)?);
+    } else if let Some(reason) = &record.reason {
+        eprintln!("isc: `{}` ended: {reason}", record.name);
+    } else if let Some(sig) = record.signal {
+        eprintln!("isc: `{}` was killed by signal {sig}", record.name);
+    }
+    std::io::stdout().flush().ok();
+    Ok(ExitCode::from(record.status.clamp(0, 255) as u8))
+}
+
+/// Starts the ISC of `manifest` in this process (which becomes its monitor) and waits for its
+/// end. `tweak` adjusts the engine options (the Dock's detached monitor sends the output to log
+/// files and uses the Dock's UID range). Returns the exit record and the image id.
+pub(crate) fn run_manifest(
+    manifest: &Manifest,
+    weaken: &[String],
+    dirs: &Dirs,
+    tweak: &dyn Fn(&mut isc_engine::RunOptions),
+) -> Result<(isc_engine::ExitRecord, String)> {
     if let Ok(running) = state::get(&dirs.state, &manifest.name) {
         anyhow::bail!(
             "an ISC named `{}` is already running (monitor pid {}); fix: `isc stop {}` or choose another name",
@@ -251,10 +281,11 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
     let mut hooks = isc_engine::HookChain(vec![Box::new(hooks), Box::new(vault)]);
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
+    tweak(&mut opts);
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
     opts.manifest = serde_json::to_value(&manifest).ok();
     let mut net =
-        audit.step("planning the network", hooks_net::NetHooks::prepare(&manifest, dirs))?;
+        audit.step("planning the network", hooks_net::NetHooks::prepare(manifest, dirs))?;
     let result =
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut hooks, &mut net)));
     if let Err(e) = net.finish() {
@@ -262,17 +293,7 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
     }
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name))?;
     drop(hooks);
-    if json {
-        let mut v = serde_json::to_value(&record)?;
-        v["image_id"] = spec.image_id.clone().into();
-        eprintln!("{}", serde_json::to_string(&v)?);
-    } else if let Some(reason) = &record.reason {
-        eprintln!("isc: `{}` ended: {reason}", record.name);
-    } else if let Some(sig) = record.signal {
-        eprintln!("isc: `{}` was killed by signal {sig}", record.name);
-    }
-    std::io::stdout().flush().ok();
-    Ok(ExitCode::from(record.status.clamp(0, 255) as u8))
+    Ok((record, spec.image_id.clone()))
 }
 
 fn ps(dirs: &Dirs, json: bool) -> Result<ExitCode> {

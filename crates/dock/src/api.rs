@@ -35,7 +35,8 @@ type St = State<Arc<ApiState>>;
 
 impl IntoResponse for DockError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(json!({"error": self.to_string()}))).into_response()
     }
 }
@@ -79,7 +80,10 @@ async fn authorize(
     let resp = if allowed {
         next.run(req).await
     } else {
-        let who = peer.0.as_ref().map_or("an unidentified peer".to_string(), |p| format!("uid {}", p.uid));
+        let who = peer
+            .0
+            .as_ref()
+            .map_or("an unidentified peer".to_string(), |p| format!("uid {}", p.uid));
         (
             StatusCode::FORBIDDEN,
             Json(json!({"error": format!(
@@ -164,9 +168,11 @@ struct LogsQuery {
 /// A streaming body fed by a blocking producer.
 fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Body) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        );
     (tx, Body::from_stream(stream))
 }
 
@@ -248,7 +254,8 @@ async fn metrics_text(State(st): St) -> Response {
     let recs = st.dock.list();
     let dock = Arc::clone(&st.dock);
     let r2 = recs.clone();
-    let usage = tokio::task::spawn_blocking(move || metrics::usage(&dock, &r2)).await.unwrap_or_default();
+    let usage =
+        tokio::task::spawn_blocking(move || metrics::usage(&dock, &r2)).await.unwrap_or_default();
     let text = metrics::render(&st.dock, &recs, &usage, &st.api);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -263,7 +270,10 @@ mod tests {
             verb_of("POST", "/v1/iscs/web/stop"),
             ("POST /v1/iscs/{name}/stop".into(), Some("web".into()))
         );
-        assert_eq!(verb_of("GET", "/v1/iscs/web"), ("GET /v1/iscs/{name}".into(), Some("web".into())));
+        assert_eq!(
+            verb_of("GET", "/v1/iscs/web"),
+            ("GET /v1/iscs/{name}".into(), Some("web".into()))
+        );
         assert_eq!(verb_of("GET", "/v1/iscs"), ("GET /v1/iscs".into(), None));
     }
 }

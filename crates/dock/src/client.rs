@@ -90,7 +90,8 @@ impl Client {
                 .await
                 .map_err(|e| http(e.to_string()))?;
             tokio::spawn(conn);
-            let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON serializes")).unwrap_or_default();
+            let bytes =
+                body.map(|b| serde_json::to_vec(b).expect("JSON serializes")).unwrap_or_default();
             let req = hyper::Request::builder()
                 .method(method)
                 .uri(path)

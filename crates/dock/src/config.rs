@@ -150,7 +150,8 @@ impl DockConfig {
         if cfg.logs.keep > 100 || cfg.uid_slots == 0 || cfg.resources.cpu_overcommit <= 0.0 {
             return Err(ConfigError::Parse {
                 path: origin.into(),
-                detail: "logs.keep must be ≤ 100, uid_slots > 0, resources.cpu_overcommit > 0".into(),
+                detail: "logs.keep must be ≤ 100, uid_slots > 0, resources.cpu_overcommit > 0"
+                    .into(),
             });
         }
         Ok(cfg)
@@ -223,11 +224,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let r = RestartConfig {
-            initial_backoff_ms: 100,
-            max_backoff_ms: 1000,
-            ..Default::default()
-        };
+        let r =
+            RestartConfig { initial_backoff_ms: 100, max_backoff_ms: 1000, ..Default::default() };
         let ms: Vec<u128> = (1..=6).map(|n| r.backoff(n).as_millis()).collect();
         assert_eq!(ms, vec![100, 200, 400, 800, 1000, 1000]);
     }

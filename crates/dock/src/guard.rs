@@ -107,16 +107,18 @@ mod tests {
             rec("a", Some(400 * MIB), None, Status::Running),
             rec("b", Some(400 * MIB), None, Status::Exited),
         ];
-        assert!(admit(&cfg, running.iter(), &rec("c", Some(500 * MIB), None, Status::Exited))
-            .is_ok());
+        assert!(
+            admit(&cfg, running.iter(), &rec("c", Some(500 * MIB), None, Status::Exited)).is_ok()
+        );
         let e = admit(&cfg, running.iter(), &rec("c", Some(501 * MIB), None, Status::Exited))
             .unwrap_err();
         assert!(e.contains("budget of 900 MiB") && e.contains("add up to 400 MiB"), "{e}");
         let e = admit(&cfg, running.iter(), &rec("c", None, None, Status::Exited)).unwrap_err();
         assert!(e.contains("no memory limit"), "{e}");
         // Restarting an ISC does not count it twice.
-        assert!(admit(&cfg, running.iter(), &rec("a", Some(400 * MIB), None, Status::Exited))
-            .is_ok());
+        assert!(
+            admit(&cfg, running.iter(), &rec("a", Some(400 * MIB), None, Status::Exited)).is_ok()
+        );
     }
 
     #[test]

@@ -41,6 +41,18 @@ pub enum ServeError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("starting the Dock's async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// [`serve`] on a runtime of its own (two worker threads: the Dock mostly waits).
+pub fn serve_blocking(opts: ServeOptions) -> Result<(), ServeError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?
+        .block_on(serve(opts))
 }
 
 /// Everything [`serve`] needs.

@@ -18,11 +18,20 @@ pub struct ApiCounters {
 
 impl ApiCounters {
     pub fn count(&self, verb: &str, status: u16) {
-        *self.by.lock().unwrap_or_else(|e| e.into_inner()).entry((verb.into(), status)).or_default() +=
-            1;
+        *self
+            .by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((verb.into(), status))
+            .or_default() += 1;
     }
     fn snapshot(&self) -> Vec<((String, u16), u64)> {
-        self.by.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -49,7 +58,11 @@ pub fn usage(dock: &Dock, recs: &[IscRecord]) -> BTreeMap<String, Usage> {
             let s = cg.stats().ok()?;
             Some((
                 r.name.clone(),
-                Usage { cpu_usec: s.cpu_usage_usec, memory_bytes: s.memory_current, pids: s.pids_current },
+                Usage {
+                    cpu_usec: s.cpu_usage_usec,
+                    memory_bytes: s.memory_current,
+                    pids: s.pids_current,
+                },
             ))
         })
         .collect()
@@ -69,7 +82,12 @@ pub fn render(
     family(&mut o, "isc_up", "gauge", "1 if the ISC's service runs.");
     for r in recs {
         let up = u8::from(r.status == crate::records::Status::Running);
-        let _ = writeln!(o, "isc_up{{isc=\"{}\",status=\"{}\"}} {up}", label(&r.name), r.status.as_str());
+        let _ = writeln!(
+            o,
+            "isc_up{{isc=\"{}\",status=\"{}\"}} {up}",
+            label(&r.name),
+            r.status.as_str()
+        );
     }
     family(&mut o, "isc_restarts_total", "counter", "Restarts done by the supervisor.");
     for r in recs {

@@ -38,10 +38,8 @@ pub struct ExecLauncher {
 impl Launcher for ExecLauncher {
     fn spawn(&self, req: &MonitorRequest) -> io::Result<i32> {
         fs::create_dir_all(&req.log_dir)?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(req.log_dir.join("monitor.log"))?;
+        let log =
+            OpenOptions::new().create(true).append(true).open(req.log_dir.join("monitor.log"))?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .arg("--request")
@@ -106,9 +104,8 @@ pub async fn wait_exit(pidfd: OwnedFd) -> io::Result<()> {
 /// Sends `sig` through a pidfd (no pid-reuse race).
 pub fn signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, 0usize, 0u32)
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, 0usize, 0u32) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("Dock state {path}: {source}; fix: check permissions and free space under the isc root")]
+    #[error(
+        "Dock state {path}: {source}; fix: check permissions and free space under the isc root"
+    )]
     Io { path: PathBuf, source: io::Error },
     #[error("Dock state file {path} is corrupt ({detail}); fix: remove it to forget that ISC")]
     Corrupt { path: PathBuf, detail: String },

@@ -276,7 +276,8 @@ impl Dock {
     async fn launch_inner(self: &Arc<Self>, req: MonitorRequest) -> Result<IscRecord, DockError> {
         let name = req.name.clone();
         let _ = std::fs::remove_file(&req.exit_file);
-        let spawned = self.launcher.spawn(&req).and_then(|pid| Ok((pid, process::pidfd_open(pid)?)));
+        let spawned =
+            self.launcher.spawn(&req).and_then(|pid| Ok((pid, process::pidfd_open(pid)?)));
         let (pid, pidfd) = match spawned {
             Ok(x) => x,
             Err(e) => {
@@ -410,7 +411,11 @@ impl Dock {
             self.save(rec);
             drop(map);
             self.events.emit(name, "exited", detail);
-            self.events.emit(name, "crash-loop", json!({"failures": self.get(name).map(|r| r.failures).unwrap_or(0)}));
+            self.events.emit(
+                name,
+                "crash-loop",
+                json!({"failures": self.get(name).map(|r| r.failures).unwrap_or(0)}),
+            );
             return;
         }
         let delay = r.backoff(rec.failures);
@@ -482,7 +487,9 @@ impl Dock {
                     match res {
                         Ok(_) => asked = true,
                         Err(e) if stopped_or_missing(&e) => asked = true,
-                        Err(e) => return Err(DockError::Internal(format!("stopping `{name}`: {e}"))),
+                        Err(e) => {
+                            return Err(DockError::Internal(format!("stopping `{name}`: {e}")))
+                        }
                     }
                 }
                 Status::Starting | Status::Running => {}

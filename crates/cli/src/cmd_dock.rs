@@ -1,0 +1,380 @@
+//! `isc dock …` and `isc up`: the Dock daemon (`serve`), its client verbs, and the hidden
+//! `monitor` verb the Dock re-executes for every ISC it starts (DESIGN.md §3).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use isc_dock::client::Client;
+use isc_dock::{DockConfig, ExitInfo, IscRecord, MonitorRequest};
+use isc_manifest::Manifest;
+use serde_json::json;
+
+use crate::hooks_audit;
+use crate::launch::{self, Dirs};
+
+/// `isc dock [--socket PATH] <verb>`.
+#[derive(Args)]
+pub struct DockArgs {
+    /// The Dock's API socket (default: from `<root>/dock.toml`, else `<state>/dock.sock`).
+    #[arg(long, global = true, env = "ISC_DOCK_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: DockCmd,
+}
+
+/// `isc up FILE…`: start ISCs through the Dock.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Manifests (`isc.toml`); started concurrently.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    /// The Dock's API socket.
+    #[arg(long, env = "ISC_DOCK_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum DockCmd {
+    /// Run the Dock daemon (API on a Unix socket; ISCs outlive it).
+    Serve {
+        /// Config file (default `<root>/dock.toml`; missing means defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Start ISCs from manifests (same as `isc up`).
+    Up {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the Dock's ISCs with status, restarts and last exit.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything the Dock knows about one ISC (JSON).
+    Inspect { name: String },
+    /// Stop an ISC (SIGTERM, SIGKILL after its stop timeout); it is not restarted.
+    Stop {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped, exited, failed or crash-looping ISC.
+    Start {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and start an ISC.
+    Restart {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an ISC and forget it (record, manifest copy, logs).
+    Rm {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The service's output (stdout and stderr).
+    Logs {
+        name: String,
+        /// Keep printing new output (across log rotations) while the ISC is up.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Lifecycle events (JSON lines with --json).
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prometheus metrics of the Dock and its ISCs.
+    Metrics,
+    /// Internal: the detached monitor of one ISC, started by the Dock.
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        request: String,
+    },
+}
+
+fn client(dirs: &Dirs, socket: Option<PathBuf>) -> Client {
+    let socket = socket.unwrap_or_else(|| {
+        DockConfig::load(&dirs.root.join("dock.toml")).unwrap_or_default().socket_path(&dirs.state)
+    });
+    Client::new(&socket)
+}
+
+/// Runs `isc dock …`.
+pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
+    let c = || client(dirs, args.socket.clone());
+    match args.cmd {
+        DockCmd::Serve { config } => serve(dirs, config),
+        DockCmd::Monitor { request } => monitor(dirs, &request),
+        DockCmd::Up { files, json } => up_files(&c(), &files, json),
+        DockCmd::Ps { json } => ps(&c(), json),
+        DockCmd::Inspect { name } => {
+            let v = c().call("GET", &format!("/v1/iscs/{name}"), None)?.json()?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DockCmd::Stop { name, json } => {
+            action(&c(), "POST", &format!("/v1/iscs/{name}/stop"), json)
+        }
+        DockCmd::Start { name, json } => {
+            action(&c(), "POST", &format!("/v1/iscs/{name}/start"), json)
+        }
+        DockCmd::Restart { name, json } => {
+            action(&c(), "POST", &format!("/v1/iscs/{name}/restart"), json)
+        }
+        DockCmd::Rm { name, json } => action(&c(), "DELETE", &format!("/v1/iscs/{name}"), json),
+        DockCmd::Logs { name, follow, tail } => {
+            let mut q = vec![];
+            if follow {
+                q.push("follow=true".to_string());
+            }
+            if let Some(n) = tail {
+                q.push(format!("tail={n}"));
+            }
+            stream_out(&c(), &format!("/v1/iscs/{name}/logs?{}", q.join("&")))
+        }
+        DockCmd::Events { follow, json } => events(&c(), follow, json),
+        DockCmd::Metrics => stream_out(&c(), "/metrics"),
+    }
+}
+
+/// Runs `isc up`.
+pub fn up(dirs: &Dirs, args: UpArgs) -> Result<ExitCode> {
+    up_files(&client(dirs, args.socket), &args.files, args.json)
+}
+
+fn serve(dirs: &Dirs, config: Option<PathBuf>) -> Result<ExitCode> {
+    let path = config.unwrap_or_else(|| dirs.root.join("dock.toml"));
+    let cfg = DockConfig::load(&path)?;
+    let mut audit_cfg = isc_audit::AuditConfig::new(hooks_audit::keys_dir(dirs));
+    audit_cfg.durability = isc_audit::Durability::Durable;
+    let audit_dir = hooks_audit::audit_dir(dirs);
+    let (audit, _) = isc_audit::AuditLog::open(&audit_dir, audit_cfg)
+        .with_context(|| format!("opening the audit log {}", audit_dir.display()))?;
+    let exe = std::env::current_exe().context("locating the isc binary to start monitors")?;
+    let launcher = isc_dock::process::ExecLauncher {
+        exe,
+        args: vec![
+            "--root".into(),
+            dirs.root.clone().into(),
+            "--state".into(),
+            dirs.state.clone().into(),
+            "dock".into(),
+            "monitor".into(),
+        ],
+    };
+    let opts = isc_dock::ServeOptions {
+        dock: isc_dock::DockOptions {
+            root: dirs.root.clone(),
+            state: dirs.state.clone(),
+            cgroup_parent: launch::cgroup_parent(&dirs.state),
+            config: cfg,
+        },
+        launcher: Box::new(launcher),
+        audit: Some(audit),
+    };
+    isc_dock::serve_blocking(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The detached monitor: runs one ISC like `isc run`, with output to the Dock's log files, and
+/// leaves its exit record where the Dock (or a restarted Dock) reads it.
+fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
+    let req: MonitorRequest =
+        serde_json::from_str(request).context("parsing the monitor request from the Dock")?;
+    let result = (|| {
+        let manifest = Manifest::load(&req.manifest)?;
+        if manifest.name != req.name {
+            bail!(
+                "the manifest {} names `{}`, not `{}`",
+                req.manifest.display(),
+                manifest.name,
+                req.name
+            );
+        }
+        let (record, _) = crate::run_manifest(&manifest, &[], dirs, &|o| {
+            o.output = isc_engine::Output::LogDir {
+                dir: req.log_dir.clone(),
+                max_bytes: req.log_max_bytes,
+                keep: req.log_keep,
+            };
+            o.uid_base = req.uid_base;
+            o.uid_slots = req.uid_slots;
+        })?;
+        Ok(record)
+    })();
+    let ended_ms = isc_dock::records::now_ms();
+    let info = match result {
+        Ok(r) => ExitInfo {
+            run_id: req.run_id,
+            code: r.code,
+            signal: r.signal,
+            status: r.status,
+            run_ms: r.run_ms,
+            ended_ms,
+            reason: r.reason,
+            start_failed: false,
+        },
+        Err(e) => {
+            eprintln!("isc: `{}`: {e:#}", req.name);
+            ExitInfo {
+                run_id: req.run_id,
+                code: None,
+                signal: None,
+                status: 125,
+                run_ms: 0,
+                ended_ms,
+                reason: Some(format!("{e:#}")),
+                start_failed: true,
+            }
+        }
+    };
+    info.write(&req.exit_file)?;
+    Ok(ExitCode::from(info.status.clamp(0, 255) as u8))
+}
+
+fn up_files(c: &Client, files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let bodies: Vec<(PathBuf, Result<serde_json::Value>)> = files
+        .iter()
+        .map(|f| {
+            let body = std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))
+                .map(|text| {
+                    let origin = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+                    json!({"manifest": text, "origin": origin})
+                });
+            (f.clone(), body)
+        })
+        .collect();
+    let results: Vec<(PathBuf, Result<IscRecord>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .into_iter()
+            .map(|(f, body)| {
+                s.spawn(move || {
+                    let r = body.and_then(|b| {
+                        let v = c.call("POST", "/v1/iscs", Some(&b))?.json()?;
+                        Ok(serde_json::from_value::<IscRecord>(v)?)
+                    });
+                    (f, r)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("up thread")).collect()
+    });
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if json {
+        let v: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(f, r)| match r {
+                Ok(rec) => json!({"file": f, "record": rec}),
+                Err(e) => json!({"file": f, "error": format!("{e:#}")}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (f, r) in &results {
+            match r {
+                Ok(rec) => println!(
+                    "{}: {} (monitor {}, host uid base {})",
+                    rec.name,
+                    rec.status.as_str(),
+                    opt(rec.monitor_pid),
+                    opt(rec.host_uid_base)
+                ),
+                Err(e) => eprintln!("isc: {}: {e:#}", f.display()),
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn ps(c: &Client, json: bool) -> Result<ExitCode> {
+    let v = c.call("GET", "/v1/iscs", None)?.json()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let recs: Vec<IscRecord> = serde_json::from_value(v)?;
+    println!(
+        "{:<24} {:<10} {:>8} {:>8} {:>12} {:>6}  MESSAGE",
+        "NAME", "STATUS", "RESTARTS", "MONITOR", "HOST-UID", "EXIT"
+    );
+    for r in recs {
+        println!(
+            "{:<24} {:<10} {:>8} {:>8} {:>12} {:>6}  {}",
+            r.name,
+            r.status.as_str(),
+            r.restarts,
+            opt(r.monitor_pid),
+            opt(r.host_uid_base),
+            opt(r.last_exit.as_ref().map(|e| e.status)),
+            r.message.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn action(c: &Client, method: &str, path: &str, json: bool) -> Result<ExitCode> {
+    let v = c.call(method, path, None)?.json()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if let Ok(rec) = serde_json::from_value::<IscRecord>(v.clone()) {
+        println!("{}: {}", rec.name, rec.status.as_str());
+    } else if let Some(n) = v["removed"].as_str() {
+        println!("{n}: removed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stream_out(c: &Client, path: &str) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    c.stream("GET", path, None, |b| out.write_all(b).and_then(|_| out.flush()).is_ok())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(c: &Client, follow: bool, json: bool) -> Result<ExitCode> {
+    let path = if follow { "/v1/events?follow=true" } else { "/v1/events" };
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<u8> = vec![];
+    c.stream("GET", path, None, |b| {
+        pending.extend_from_slice(b);
+        while let Some(i) = pending.iter().position(|c| *c == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let text = if json {
+                String::from_utf8_lossy(&line).into_owned()
+            } else {
+                match serde_json::from_slice::<isc_dock::events::Event>(&line) {
+                    Ok(e) => format!("{} {:<20} {:<12} {}\n", e.time_ms, e.isc, e.kind, e.detail),
+                    Err(_) => String::from_utf8_lossy(&line).into_owned(),
+                }
+            };
+            if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                return false;
+            }
+        }
+        true
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
