@@ -217,6 +217,18 @@ fn secret_is_delivered_read_only_0400_to_the_service_user() {
     env.assert_clean();
 }
 
+/// Kills a background `isc run` if the test fails while it runs (its ISC dies with it).
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn wait_for_service(env: &Env, name: &str, child: &mut Child) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -255,9 +267,10 @@ fn plaintext_is_nowhere_on_the_host_and_volume_is_ciphertext_at_rest() {
     let script = "n=$(cat /run/secrets/fname); cat /run/secrets/token > /data/$n; \
                   cat /run/secrets/control > /plain/c; exec sleep 30";
     let m = env.manifest("sec-leak", script, &extra);
-    let mut child =
+    let child =
         env.cmd().arg("run").arg(&m).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let st = wait_for_service(&env, "sec-leak", &mut child);
+    let mut guard = KillOnDrop(Some(child));
+    let st = wait_for_service(&env, "sec-leak", guard.0.as_mut().unwrap());
     // `service_pid` is the pid inside the ISC's PID namespace; on the host the service is
     // PID 1's child.
     let init = st["init_pid"].as_i64().unwrap();
@@ -284,7 +297,7 @@ fn plaintext_is_nowhere_on_the_host_and_volume_is_ciphertext_at_rest() {
     assert_eq!(seen, secret.as_bytes());
     let o = env.cmd().args(["stop", "sec-leak"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = child.wait_with_output().unwrap();
+    let out = guard.0.take().unwrap().wait_with_output().unwrap();
     assert!(out.status.code().is_some(), "{}", stderr(&out));
     env.assert_clean();
 
