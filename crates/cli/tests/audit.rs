@@ -145,7 +145,28 @@ fn a_run_leaves_signed_start_and_exit_records_and_tampering_is_named() {
 fn a_blocked_syscall_inside_an_isc_is_on_the_trail_within_a_second() {
     let env = Env::new("seccomp");
     let m = env.manifest("audit-bpf", &[ISC, "probe", "bpf"]);
+    // A follower started before the run sees the denial as it is appended.
+    let mut follower = env
+        .cmd()
+        .args(["audit", "show", "--follow", "--json", "--isc", "audit-bpf"])
+        .args(["--kind", "seccomp_denial"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let out = env.run(&m);
+    let followed = rx.recv_timeout(Duration::from_secs(5));
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let followed: Value = serde_json::from_str(&followed.expect("follower saw no denial")).unwrap();
+    assert_eq!(followed["kind"], "seccomp_denial");
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(probe[0]["errno"], 1, "bpf must be denied with EPERM: {probe}");
