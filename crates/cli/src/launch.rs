@@ -140,6 +140,7 @@ pub fn cgroup_parent(state_dir: &Path) -> PathBuf {
 pub struct CgroupHooks {
     cgroup: Option<Box<dyn IscCgroup>>,
     limits: Limits,
+    _starting: isc_engine::state::StartingLock,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -157,16 +158,24 @@ impl CgroupHooks {
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
         isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
         let layout = Layout::detect().context("detecting the cgroup layout")?;
+        let starting = isc_engine::state::StartingLock::take(state_dir, name)
+            .with_context(|| format!("ISC `{name}` is being started by another process"))?;
         isc_engine::state::collect_stale(state_dir);
-        let running: Vec<String> = isc_engine::state::list(state_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| format!("isc-{}", s.name))
-            .collect();
         let parent = cgroup_parent(state_dir);
+        // A cgroup directory `isc-X` belongs to ISC `isc-X` or `X` (see cgroup_dir_name); it is
+        // stale only when no live process holds either name's lock.
+        let alive = |dir: &str| {
+            isc_engine::state::is_alive(state_dir, dir)
+                || dir
+                    .strip_prefix("isc-")
+                    .is_some_and(|n| isc_engine::state::is_alive(state_dir, n))
+        };
+        // Failing to collect someone else's leftovers must not fail this start.
         let removed =
-            isc_cgroup::collect_stale(&layout, Some(&parent), |n| running.iter().any(|r| r == n))
-                .context("removing stale ISC cgroups")?;
+            isc_cgroup::collect_stale(&layout, Some(&parent), alive).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "removing stale ISC cgroups");
+                vec![]
+            });
         if !removed.is_empty() {
             tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
         }
@@ -175,7 +184,7 @@ impl CgroupHooks {
         for w in cgroup.warnings() {
             tracing::warn!(isc = name, warning = %w, "resource control weaker than requested");
         }
-        Ok(Self { cgroup: Some(cgroup), limits })
+        Ok(Self { cgroup: Some(cgroup), limits, _starting: starting })
     }
 }
 

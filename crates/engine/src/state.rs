@@ -138,7 +138,7 @@ fn read_state(dir: &Path) -> Result<IscState, StateError> {
 }
 
 /// Is `name`'s lock held by a live monitor?
-fn is_running(state_dir: &Path, name: &str) -> bool {
+pub fn is_running(state_dir: &Path, name: &str) -> bool {
     match File::open(state_dir.join("locks").join(format!("{name}.lock"))) {
         Ok(f) => !try_lock(&f, false),
         Err(_) => false,
@@ -164,6 +164,39 @@ pub fn list(state_dir: &Path) -> Result<Vec<IscState>, StateError> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Held by a launcher from before it creates anything for `name` (cgroups) until its monitor
+/// has claimed the name, so a concurrent start never collects a starting ISC as stale.
+pub struct StartingLock(#[allow(dead_code)] File);
+
+impl StartingLock {
+    pub fn take(state_dir: &Path, name: &str) -> Result<Self, StateError> {
+        let locks = state_dir.join("locks");
+        mkdir_private(&locks)?;
+        let path = locks.join(format!("{name}.starting"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StateError::Dir { path: path.clone(), source })?;
+        if !try_lock(&f, true) {
+            return Err(StateError::NameTaken { name: name.into(), monitor: -1 });
+        }
+        Ok(Self(f))
+    }
+}
+
+/// Is an ISC named `name` running or being started by a live process?
+pub fn is_alive(state_dir: &Path, name: &str) -> bool {
+    if is_running(state_dir, name) {
+        return true;
+    }
+    match File::open(state_dir.join("locks").join(format!("{name}.starting"))) {
+        Ok(f) => !try_lock(&f, false),
+        Err(_) => false,
+    }
 }
 
 /// Removes the registry entries of ISCs whose monitor died (SIGKILL, crash): their lock is
