@@ -133,6 +133,11 @@ fn seccomp(ev: &Evidence, p: &Probes<'_>) -> Outcome {
 }
 
 fn namespaces(ev: &Evidence) -> Outcome {
+    if ev.host_ns.is_empty() {
+        return Outcome::na(
+            "/proc/1/ns is not readable here (the verifier runs in a confined namespace)",
+        );
+    }
     let mut shared = vec![];
     for k in NAMESPACES {
         match (ev.init.ns.get(*k), ev.host_ns.get(*k)) {

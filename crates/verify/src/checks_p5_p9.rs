@@ -6,7 +6,7 @@ use std::fs;
 use crate::catalogue::Class;
 use crate::checks::{describe, no_probes, Outcome, Probes};
 use crate::gather::{writable_dirs, Evidence};
-use crate::procfs::{self, cap_names, cap_number, map_to_host};
+use crate::procfs::{self, cap_names, cap_number};
 
 /// Per-capability badness on a 0–10 scale, after systemd-analyze-security's capability weights
 /// (weight / 150, so CAP_SYS_ADMIN alone takes the full range).
@@ -204,11 +204,11 @@ pub fn evaluate(id: &str, ev: &Evidence) -> Option<Outcome> {
             if !ev.is_isc {
                 return Some(Outcome::na("needs the ISC registry"));
             }
-            let own = map_to_host(&ev.service.uid_map, 0);
+            let own = ev.service.uid_map.first().map(|m| m.outside);
             let clash: Vec<String> = ev
                 .others
                 .iter()
-                .filter(|(_, o)| map_to_host(&o.uid_map, 0) == own)
+                .filter(|(_, o)| o.uid_map.first().map(|m| m.outside) == own)
                 .map(|(n, _)| format!("host uid range shared with `{n}`"))
                 .collect();
             let frac = if clash.is_empty() { 0.0 } else { 1.0 };
@@ -432,21 +432,31 @@ fn env_secrets(ev: &Evidence) -> Outcome {
 }
 
 fn non_root(ev: &Evidence) -> Outcome {
-    let uid = ev.service.ids("Uid");
-    let gid = ev.service.ids("Gid");
+    // /proc/PID/status shows ids as seen from the reader's (the host's) user namespace; the
+    // id inside the ISC is found by mapping back through uid_map/gid_map.
+    let host_uid = ev.service.ids("Uid");
+    let host_gid = ev.service.ids("Gid");
+    let inside = |map: &[procfs::IdMapLine], host: u64| {
+        map.iter()
+            .find(|m| host >= m.outside && host < m.outside + m.count)
+            .map(|m| host - m.outside + m.inside)
+    };
+    let in_uid: Vec<Option<u64>> =
+        host_uid.iter().map(|u| inside(&ev.service.uid_map, *u)).collect();
+    let in_gid: Vec<Option<u64>> =
+        host_gid.iter().map(|g| inside(&ev.service.gid_map, *g)).collect();
     let mut frac: f64 = 0.0;
-    let mut lines = vec![format!("Uid {:?} Gid {:?}", uid, gid)];
-    if uid.contains(&0) || gid.contains(&0) {
+    let mut lines = vec![format!(
+        "host Uid {host_uid:?} Gid {host_gid:?}; inside Uid {in_uid:?} Gid {in_gid:?}"
+    )];
+    if in_uid.contains(&Some(0)) || in_gid.contains(&Some(0)) {
         frac = 0.5;
         lines.push("root inside".into());
     }
-    let host_uid = uid.first().and_then(|u| map_to_host(&ev.service.uid_map, *u));
-    let host_gid = gid.first().and_then(|g| map_to_host(&ev.service.gid_map, *g));
-    if host_uid == Some(0) || host_gid == Some(0) {
+    if host_uid.contains(&0) || host_gid.contains(&0) {
         frac = 1.0;
         lines.push("root on the host".into());
     }
-    lines.push(format!("host uid {host_uid:?}, gid {host_gid:?}"));
     let declared = ev.manifest.as_ref().is_some_and(|m| m.service.user != 0);
     Outcome::scored(frac, Class::K, declared, lines)
 }
