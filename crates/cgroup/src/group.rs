@@ -364,7 +364,11 @@ impl IscCgroup for Group {
 
     fn destroy(self: Box<Self>) -> Result<(), CgroupError> {
         let mut errors = Vec::new();
-        errors.extend(self.kill_all().err());
+        // After a normal end the PID namespace is already gone: skip the freeze/kill/thaw
+        // round trip (three writes per hierarchy) when nothing is left to kill.
+        if !self.procs().is_ok_and(|p| p.is_empty()) {
+            errors.extend(self.kill_all().err());
+        }
         if let Err(e) = self.wait_empty() {
             errors.push(e);
             return Err(CgroupError::Cleanup(errors));
