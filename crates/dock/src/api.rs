@@ -183,7 +183,7 @@ async fn logs_of(
 ) -> Result<Response, DockError> {
     st.dock.get(&name)?;
     let dir = st.dock.paths.log_dir(&name);
-    let initial = logs::read(&dir, q.tail)
+    let (initial, pos) = logs::read(&dir, q.tail)
         .map_err(|e| DockError::Internal(format!("reading the logs of `{name}`: {e}")))?;
     if !q.follow {
         return Ok(([(header::CONTENT_TYPE, "text/plain")], initial).into_response());
@@ -197,6 +197,7 @@ async fn logs_of(
         let probe = tx.clone();
         logs::follow(
             &dir,
+            pos,
             |b| tx.blocking_send(Ok(Bytes::copy_from_slice(b))).is_ok(),
             || !probe.is_closed() && dock.get(&name).is_ok_and(|r| r.status.is_active()),
         );

@@ -38,13 +38,23 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Everything kept, or only the last `tail` lines.
-pub fn read(dir: &Path, tail: Option<usize>) -> io::Result<Vec<u8>> {
+/// Where a reader stopped: the inode of the file last read and the offset reached in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub ino: u64,
+    pub offset: u64,
+}
+
+/// Everything kept, or only the last `tail` lines, and the position reached (to follow on
+/// from without a gap).
+pub fn read(dir: &Path, tail: Option<usize>) -> io::Result<(Vec<u8>, Option<Position>)> {
     let mut all = vec![];
+    let mut pos = None;
     for f in files(dir) {
         match File::open(&f) {
             Ok(mut file) => {
-                file.read_to_end(&mut all)?;
+                let n = file.read_to_end(&mut all)?;
+                pos = Some(Position { ino: file.metadata()?.ino(), offset: n as u64 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -61,19 +71,42 @@ pub fn read(dir: &Path, tail: Option<usize>) -> io::Result<Vec<u8>> {
             .map(|(i, _)| i + 1)
             .unwrap_or(0);
         if n == 0 {
-            return Ok(vec![]);
+            return Ok((vec![], pos));
         }
         all.drain(..start);
     }
-    Ok(all)
+    Ok((all, pos))
 }
 
-/// Follows `dir/output.log` from its current end, calling `sink` with new bytes, until `sink`
-/// returns false or `keep_going` says the ISC is gone and the file is drained.
-pub fn follow(dir: &Path, mut sink: impl FnMut(&[u8]) -> bool, keep_going: impl Fn() -> bool) {
+/// Opens the file at `from` (still `output.log`, or already rotated to `output.log.1`) at its
+/// offset; `None` if it is gone.
+fn reopen(dir: &Path, from: Position) -> Option<File> {
+    use std::io::Seek;
+    for name in [LOG_FILE.to_string(), format!("{LOG_FILE}.1")] {
+        if let Ok(mut f) = File::open(dir.join(name)) {
+            if f.metadata().is_ok_and(|m| m.ino() == from.ino)
+                && f.seek(io::SeekFrom::Start(from.offset)).is_ok()
+            {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+/// Follows `dir/output.log` from `from` (a position returned by [`read`]; else from its
+/// current end), calling `sink` with new bytes, until `sink` returns false or `keep_going` says
+/// the ISC is gone and the file is drained. A follower that falls more than one rotation
+/// behind (output faster than `max_bytes` per poll) skips the files in between.
+pub fn follow(
+    dir: &Path,
+    from: Option<Position>,
+    mut sink: impl FnMut(&[u8]) -> bool,
+    keep_going: impl Fn() -> bool,
+) {
     let path = dir.join(LOG_FILE);
-    let mut file: Option<File> = None;
-    let mut at_start = false;
+    let mut file: Option<File> = from.and_then(|p| reopen(dir, p));
+    let mut at_start = from.is_some() && file.is_none();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if file.is_none() {
@@ -135,10 +168,12 @@ mod tests {
         std::fs::write(d.path().join("output.log.1"), "c\n").unwrap();
         std::fs::write(d.path().join("output.log"), "d\ne\n").unwrap();
         std::fs::write(d.path().join("monitor.log"), "not output\n").unwrap();
-        assert_eq!(read(d.path(), None).unwrap(), b"a\nb\nc\nd\ne\n");
-        assert_eq!(read(d.path(), Some(3)).unwrap(), b"c\nd\ne\n");
-        assert_eq!(read(d.path(), Some(0)).unwrap(), b"");
-        assert_eq!(read(d.path(), Some(99)).unwrap(), b"a\nb\nc\nd\ne\n");
+        assert_eq!(read(d.path(), None).unwrap().0, b"a\nb\nc\nd\ne\n");
+        assert_eq!(read(d.path(), Some(3)).unwrap().0, b"c\nd\ne\n");
+        assert_eq!(read(d.path(), Some(0)).unwrap().0, b"");
+        assert_eq!(read(d.path(), Some(99)).unwrap().0, b"a\nb\nc\nd\ne\n");
+        let ino = std::fs::metadata(d.path().join("output.log")).unwrap().ino();
+        assert_eq!(read(d.path(), None).unwrap().1, Some(Position { ino, offset: 4 }));
     }
 
     #[test]
@@ -146,12 +181,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         std::fs::write(dir.join("output.log"), "old\n").unwrap();
+        let append = |p: &Path, s: &str| {
+            std::fs::OpenOptions::new().append(true).open(p).unwrap().write_all(s.as_bytes())
+        };
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (g, s, dd) = (Arc::clone(&got), Arc::clone(&stop), dir.clone());
+        // Bytes written between `read` and `follow` are not lost.
+        let (_, pos) = read(&dir, None).unwrap();
+        append(&dir.join("output.log"), "gap\n").unwrap();
         let t = std::thread::spawn(move || {
             follow(
                 &dd,
+                pos,
                 |b| {
                     g.lock().unwrap().extend_from_slice(b);
                     true
@@ -160,9 +202,6 @@ mod tests {
             )
         });
         std::thread::sleep(Duration::from_millis(250));
-        let append = |p: &Path, s: &str| {
-            std::fs::OpenOptions::new().append(true).open(p).unwrap().write_all(s.as_bytes())
-        };
         append(&dir.join("output.log"), "one\n").unwrap();
         std::thread::sleep(Duration::from_millis(250));
         // Rotate while the follower sleeps, with unread bytes in the old file.
@@ -172,6 +211,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(350));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         t.join().unwrap();
-        assert_eq!(String::from_utf8(got.lock().unwrap().clone()).unwrap(), "one\ntwo\nthree\n");
+        assert_eq!(
+            String::from_utf8(got.lock().unwrap().clone()).unwrap(),
+            "gap\none\ntwo\nthree\n"
+        );
     }
 }

@@ -73,6 +73,20 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A pidfd for the monitor of `name`'s run `run_id` if that process still lives. The pid comes
+/// from the Dock's record and may have been reused since, so the process's command line must
+/// be that monitor's (`dock monitor --request {…"name":NAME,"run_id":N…}`); the pidfd taken
+/// before the check pins the process, so it cannot change identity afterwards.
+pub fn monitor_alive(pid: i32, name: &str, run_id: u64) -> Option<OwnedFd> {
+    let fd = pidfd_open(pid).ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&cmdline);
+    let ours = text.contains("dock\0monitor\0")
+        && text.contains(&format!("\"name\":{}", serde_json::to_string(name).ok()?))
+        && text.contains(&format!("\"run_id\":{run_id},"));
+    (ours && !has_exited(&fd)).then_some(fd)
+}
+
 /// Whether the process behind `pidfd` has ended (non-blocking).
 pub fn has_exited(pidfd: &OwnedFd) -> bool {
     let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };

@@ -152,6 +152,17 @@ impl Dock {
                     self.events.emit(&name, "adopted", json!({"monitor_pid": st.monitor_pid}));
                     self.watch(name, run_id, pidfd);
                 }
+                // The engine's entry is gone but the monitor still writes its exit record.
+                None if status != Status::Backoff
+                    && self.lock().get(&name).and_then(|s| s.rec.monitor_pid).is_some_and(
+                        |pid| process::monitor_alive(pid, &name, run_id).is_some(),
+                    ) =>
+                {
+                    let pid = self.lock().get(&name).and_then(|s| s.rec.monitor_pid).unwrap_or(0);
+                    if let Some(fd) = process::monitor_alive(pid, &name, run_id) {
+                        self.watch(name, run_id, fd);
+                    }
+                }
                 _ if status == Status::Backoff => {
                     let failures = self.lock().get(&name).map_or(1, |s| s.rec.failures);
                     self.schedule_restart(&name, self.cfg.restart.backoff(failures));
