@@ -29,7 +29,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
             Some((i, e.path()))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut v: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     let cur = dir.join(LOG_FILE);
     if cur.exists() {
