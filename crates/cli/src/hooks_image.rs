@@ -99,7 +99,7 @@ pub fn prepare(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<(Prepared
         }
         ImageSource::Erofs(file) => {
             let store = ImageStore::open(&dirs.root)?;
-            let dir = mount_dir(&dirs.state, &m.name)?;
+            let dir = mount_dir(store.images_dir(), &m.name)?;
             let (mount, id) = match store.packed_id_of(file) {
                 Some(id) => {
                     hold.lease = Some(
@@ -141,10 +141,12 @@ pub fn prepare(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<(Prepared
     Ok((prepared, hold))
 }
 
-/// A fresh host-side mount point `<state>/mnt/<name>.<pid>`, after detaching mounts left by dead
-/// `isc run` processes.
-fn mount_dir(state: &Path, name: &str) -> Result<PathBuf> {
-    let base = state.join("mnt");
+/// A fresh host-side mount point `<root>/images/mnt/<name>.<pid>`, after detaching mounts left by
+/// dead `isc run` processes. Below `images/` (mode 0755) because the ISC's user namespace must be
+/// able to reach the mount to bind it as its root, as for a directory image; the runtime state
+/// directory is private (0700).
+fn mount_dir(images: &Path, name: &str) -> Result<PathBuf> {
+    let base = images.join("mnt");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     for ent in std::fs::read_dir(&base).with_context(|| format!("reading {}", base.display()))? {
         let path = ent?.path();
