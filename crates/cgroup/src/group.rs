@@ -306,6 +306,13 @@ impl IscCgroup for Group {
         Ok(())
     }
 
+    fn attach_v1(&self, pid: i32) -> Result<(), CgroupError> {
+        if let Some(p) = &self.v1 {
+            p.attach(self.fs.as_ref(), pid)?;
+        }
+        Ok(())
+    }
+
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {
         self.v2.as_ref().map(|p| p.fd.as_fd())
     }

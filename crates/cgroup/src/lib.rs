@@ -39,6 +39,10 @@ use fsops::{CgroupFs, RealFs};
 pub trait IscCgroup: Send {
     /// Move `pid` (the whole thread group) into every directory of this cgroup.
     fn attach(&self, pid: i32) -> Result<(), CgroupError>;
+    /// Move `pid` into the v1 hierarchies only: for a child that `clone3` already placed in the
+    /// v2 directory with `CLONE_INTO_CGROUP`. Every `cgroup.procs` write takes the kernel's
+    /// cgroup_threadgroup_rwsem for writing, which can cost an RCU grace period: skip needless ones.
+    fn attach_v1(&self, pid: i32) -> Result<(), CgroupError>;
     /// The v2 directory as an fd for `clone3`'s `cgroup` field with `CLONE_INTO_CGROUP`
     /// (V2 and Hybrid layouts). `None` on pure v1.
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>>;

@@ -241,6 +241,10 @@ fn show(dirs: &Dirs, args: &FilterArgs, follow: bool, json: bool) -> Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // A follower may start before the first ISC ever ran: wait for the log to exist.
+    while !dir.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut f = Follower::new(&dir, filter, false)?;
     loop {
         if let Some(r) = f.next_timeout(Duration::from_secs(1))? {

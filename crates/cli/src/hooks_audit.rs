@@ -32,12 +32,13 @@ const DENIALS_PER_SECOND: u32 = 100;
 const SYS_CLONE3: i64 = 435;
 /// How often the collector signs a checkpoint over records the monitor appended.
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
-/// After the service ended, keep reading until the socket has been quiet this long (the kernel's
-/// kauditd thread sends records asynchronously), but never longer than `DRAIN_MAX`.
+/// After the service ended, read until our barrier record arrives (see `audit_barrier`); if it
+/// never does (audit backlog full, `actions_logged` without errno), stop once the socket has
+/// been quiet this long, and never later than `DRAIN_MAX`.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(1);
 /// How often the collector looks at its stop flag while the socket is quiet.
-const STOP_POLL: Duration = Duration::from_millis(50);
+const STOP_POLL: Duration = Duration::from_millis(10);
 
 /// The audit log directory of a root.
 pub fn audit_dir(dirs: &Dirs) -> PathBuf {
@@ -114,6 +115,8 @@ struct DenialCounts {
 
 struct Collector {
     stop: Arc<AtomicBool>,
+    /// Pid of the barrier child (see `audit_barrier`), set just before `stop`.
+    barrier: Arc<std::sync::atomic::AtomicI32>,
     thread: JoinHandle<DenialCounts>,
 }
 
@@ -241,12 +244,14 @@ impl AuditSession {
         };
         if let Some(reader) = self.reader.take() {
             let stop = Arc::new(AtomicBool::new(false));
+            let barrier = Arc::new(std::sync::atomic::AtomicI32::new(0));
             let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
+            let bar = Arc::clone(&barrier);
             let spawned = std::thread::Builder::new()
                 .name("isc-audit-kernel".into())
-                .spawn(move || collect(reader, &log, &name, attribution, &flag));
+                .spawn(move || collect(reader, &log, &name, attribution, &flag, &bar));
             match spawned {
-                Ok(thread) => self.collector = Some(Collector { stop, thread }),
+                Ok(thread) => self.collector = Some(Collector { stop, barrier, thread }),
                 Err(e) => tracing::error!(error = %e, "cannot start the kernel denial collector"),
             }
         }
@@ -254,7 +259,17 @@ impl AuditSession {
 
     fn stop_collector(&mut self) -> Option<DenialCounts> {
         let c = self.collector.take()?;
-        c.stop.store(true, Ordering::Relaxed);
+        match crate::audit_barrier::prepare() {
+            Ok(barrier) => {
+                c.barrier.store(barrier.pid, Ordering::SeqCst);
+                c.stop.store(true, Ordering::SeqCst);
+                barrier.release();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
+                c.stop.store(true, Ordering::SeqCst);
+            }
+        }
         c.thread.join().ok()
     }
 
@@ -335,6 +350,9 @@ impl StartHooks for AuditedHooks<'_> {
     fn exit_reason(&mut self) -> Option<String> {
         self.inner.exit_reason()
     }
+    fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.clone_into_cgroup()
+    }
     fn after_start(&mut self, state: &IscState) {
         self.inner.after_start(state);
         self.session.on_started(state);
@@ -349,6 +367,7 @@ fn collect(
     name: &str,
     who: Attribution,
     stop: &AtomicBool,
+    barrier: &std::sync::atomic::AtomicI32,
 ) -> DenialCounts {
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
@@ -387,6 +406,11 @@ fn collect(
                 Kind::SeccompDenial,
                 json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
             );
+        }
+        let barrier_pid = barrier.load(Ordering::SeqCst);
+        if barrier_pid > 0 && ev.as_ref().and_then(KernelEvent::pid) == Some(barrier_pid as u32) {
+            // Everything the kernel queued before the ISC ended has now been delivered.
+            break;
         }
         match ev {
             Some(ev) if who.owns(&ev) => {

@@ -299,4 +299,7 @@ impl StartHooks for Both<'_> {
         self.0.after_start(state);
         self.1.after_start(state);
     }
+    fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
+        self.0.clone_into_cgroup().or_else(|| self.1.clone_into_cgroup())
+    }
 }

@@ -141,6 +141,8 @@ pub struct CgroupHooks {
     cgroup: Option<Box<dyn IscCgroup>>,
     limits: Limits,
     _starting: isc_engine::state::StartingLock,
+    /// The engine asked for the v2 fd: the child was born in the v2 directory.
+    cloned_into_v2: std::cell::Cell<bool>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -184,7 +186,12 @@ impl CgroupHooks {
         for w in cgroup.warnings() {
             tracing::warn!(isc = name, warning = %w, "resource control weaker than requested");
         }
-        Ok(Self { cgroup: Some(cgroup), limits, _starting: starting })
+        Ok(Self {
+            cgroup: Some(cgroup),
+            limits,
+            _starting: starting,
+            cloned_into_v2: Default::default(),
+        })
     }
 }
 
@@ -195,12 +202,16 @@ fn mib(b: u64) -> String {
 impl StartHooks for CgroupHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         let cg = self.cgroup.as_ref().expect("cgroup present until drop");
-        cg.attach(child_pid).map_err(|e| ("joining the ISC's cgroup", e.to_string()))
+        let r =
+            if self.cloned_into_v2.get() { cg.attach_v1(child_pid) } else { cg.attach(child_pid) };
+        r.map_err(|e| ("joining the ISC's cgroup", e.to_string()))
     }
 
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.cgroup.as_ref()?.v2_dir_fd().map(|fd| fd.as_raw_fd())
+        let fd = self.cgroup.as_ref()?.v2_dir_fd().map(|fd| fd.as_raw_fd());
+        self.cloned_into_v2.set(fd.is_some());
+        fd
     }
 
     fn exit_reason(&mut self) -> Option<String> {

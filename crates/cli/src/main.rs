@@ -1,5 +1,6 @@
 //! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
 
+mod audit_barrier;
 mod cmd_audit;
 mod cmd_dock;
 mod cmd_image;
