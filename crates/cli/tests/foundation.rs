@@ -48,6 +48,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
             "read:/proc/1/environ",
             "read:/sys/kernel/notes",
             "orphan_reap",
+            "mmap_wx",
         ],
         &[],
     );
@@ -63,6 +64,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
         assert_eq!(st[set], "0000000000000000", "{set}");
     }
     assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(st["Umask"], "0027", "files the service creates are not world-readable");
     assert_eq!(st["Seccomp"], "2");
     assert_eq!(st["Uid"], "1000\t1000\t1000\t1000");
     assert_eq!(st["Groups"], "", "no supplementary groups (the host's are dropped before clone)");
@@ -141,6 +143,9 @@ fn hardened_isc_proves_its_confinement_from_inside() {
     let ids = &by_name(&outs, "ids").value;
     assert_eq!((ids["pid"].as_i64(), ids["ppid"].as_i64()), (Some(2), Some(1)));
     assert_eq!(by_name(&outs, "orphan_reap").value, 0, "zombies left in the ISC");
+    // Memory-deny-write-execute: a writable and executable mapping is refused.
+    let wx = by_name(&outs, "mmap_wx");
+    assert_eq!((wx.ok, wx.errno), (false, Some(EACCES)), "{wx:?}");
     // Only stdio is open; the environment is exactly what was declared (nothing).
     let fds = by_name(&outs, "fds").value.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(fds, vec!["0", "1", "2"]);

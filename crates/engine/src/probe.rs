@@ -150,9 +150,6 @@ pub fn run(spec: &str) -> ProbeOutcome {
             crate::probe_battery::run(spec, other, arg)
         }
         other if crate::probe_stress::handles(other) => crate::probe_stress::run(spec, other, arg),
-        other if crate::probe_battery::handles(other) => {
-            crate::probe_battery::run(spec, other, arg)
-        }
         _ => ProbeOutcome {
             name: spec.into(),
             ok: false,
@@ -179,6 +176,7 @@ fn status() -> Value {
                         | "NSpid"
                         | "PPid"
                         | "Pid"
+                        | "Umask"
                 )
             {
                 m.insert(k.to_string(), Value::from(v.trim().to_string()));
