@@ -9,6 +9,8 @@ command -v tc >/dev/null || need+=(iproute2)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v python3 >/dev/null || need+=(python3)
+command -v busybox >/dev/null || need+=(busybox)        # verify's undeclared-listener mutant
+command -v setpriv >/dev/null || need+=(util-linux)     # the Dock's 403 test
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
