@@ -46,7 +46,7 @@ fn in_private_netns(test: &str, body: impl FnOnce()) {
     let out = Command::new("unshare")
         .args(["--net", "--mount", "--"])
         .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(INNER, "1")
         .env(OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
         .output()
@@ -55,6 +55,7 @@ fn in_private_netns(test: &str, body: impl FnOnce()) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
+    stdout.lines().filter(|l| l.starts_with("BENCH")).for_each(|l| println!("{l}"));
 }
 
 /// A network namespace held by a sleeping `unshare --net` child: the "outside".
@@ -544,4 +545,71 @@ fn isc_id(state: &Path, name: &str) -> String {
     h.update(b"\0");
     h.update(name.as_bytes());
     h.finalize().to_hex()[..12].to_string()
+}
+
+/// Benchmark, not CI (`bench/net.sh` runs it): nft apply time of the full table for 1, 100 and
+/// 1000 ISCs, and of adding/removing one ISC when that many exist (must stay flat).
+#[test]
+#[ignore]
+fn bench_ruleset_apply() {
+    in_private_netns("bench_ruleset_apply", || {
+        use isc_net::nft::rules::{self, RulesConfig};
+        use isc_net::{EgressRule, IscNetPolicy, NftCli};
+        let dir = Env::new("rules");
+        let cfg = isc_net::NetConfig { state_dir: dir.dir.join("net"), ..Default::default() };
+        let rc = RulesConfig {
+            v4_prefix: cfg.v4_prefix,
+            v6_prefix: cfg.v6_prefix,
+            nflog_group: cfg.nflog_group,
+            log_per_second: cfg.log_per_second,
+        };
+        let policy = |i: u32| IscNetPolicy {
+            id: format!("b{i:06}"),
+            name: format!("bench{i}"),
+            if_host: format!("iscb{i:06}"),
+            addr_v4: std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(10, 88, 0, 1)) + 2 * i,
+            ),
+            addr_v6: std::net::Ipv6Addr::from(
+                u128::from("fd69:7363::1".parse::<std::net::Ipv6Addr>().unwrap()) + 2 * i as u128,
+            ),
+            listen: vec![isc_net::Listen { proto: isc_net::Proto::Tcp, port: 8080 }],
+            publish: vec![],
+            egress: vec![EgressRule {
+                net: "192.0.2.0/24".parse().unwrap(),
+                proto: isc_net::Proto::Tcp,
+                port: 443,
+            }],
+            allow_from: vec![],
+        };
+        println!("{:>6} {:>12} {:>12} {:>12}", "ISCs", "full_ms", "add_one_ms", "remove_one_ms");
+        for n in [1u32, 100, 1000] {
+            let all: Vec<IscNetPolicy> = (0..n).map(policy).collect();
+            let t = Instant::now();
+            // The crate gives nft 10 s; on a loaded machine 1000 ISCs can exceed that.
+            if let Err(e) = isc_net::reconcile(&cfg, &all) {
+                println!("BENCH-RULES {n:>6} full reconcile failed after {:?}: {e}", t.elapsed());
+                continue;
+            }
+            let full = t.elapsed();
+            let extra = policy(n);
+            let (mut add, mut rm) = (Duration::ZERO, Duration::ZERO);
+            const REPS: u32 = 5;
+            for _ in 0..REPS {
+                let t = Instant::now();
+                rules::add_isc(&rc, &extra).apply(&NftCli::default()).unwrap();
+                add += t.elapsed();
+                let t = Instant::now();
+                rules::remove_isc(&extra).apply(&NftCli::default()).unwrap();
+                rm += t.elapsed();
+            }
+            println!(
+                "BENCH-RULES {n:>6} {:>12.1} {:>12.1} {:>12.1}",
+                full.as_secs_f64() * 1e3,
+                add.as_secs_f64() * 1e3 / REPS as f64,
+                rm.as_secs_f64() * 1e3 / REPS as f64
+            );
+        }
+        isc_net::reconcile(&cfg, &[]).unwrap();
+    });
 }
