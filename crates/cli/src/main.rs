@@ -268,23 +268,23 @@ pub(crate) fn run_manifest(
     let mut audit = hooks_audit::AuditSession::begin(dirs, &manifest.name)?;
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
     let (mut spec, _image_hold) =
-        audit.step("preparing the image", launch::resolve(&manifest, dirs))?;
+        audit.step("preparing the image", launch::resolve(manifest, dirs))?;
     spec.weakening = weakening(weaken)?;
     let vault = audit.step(
         "opening secrets and volumes",
-        hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec),
+        hooks_vault::VaultHooks::prepare(manifest, dirs, &mut spec),
     )?;
-    audit.created(&spec, &launch::limits(&manifest))?;
+    audit.created(&spec, &launch::limits(manifest))?;
     let hooks = audit.step(
         "creating the cgroup",
-        CgroupHooks::create(&manifest.name, launch::limits(&manifest), &dirs.state),
+        CgroupHooks::create(&manifest.name, launch::limits(manifest), &dirs.state),
     )?;
     let mut hooks = isc_engine::HookChain(vec![Box::new(hooks), Box::new(vault)]);
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
     tweak(&mut opts);
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
-    opts.manifest = serde_json::to_value(&manifest).ok();
+    opts.manifest = serde_json::to_value(manifest).ok();
     let mut net =
         audit.step("planning the network", hooks_net::NetHooks::prepare(manifest, dirs))?;
     let result =

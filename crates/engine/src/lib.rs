@@ -14,6 +14,7 @@ pub mod lsm;
 pub mod monitor;
 pub mod probe;
 pub mod probe_battery;
+pub mod probe_stress;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
