@@ -228,9 +228,7 @@ fn exit_codes_and_signals_propagate() {
 fn sigterm_stops_gracefully_then_sigkill_after_the_timeout() {
     let env = Env::new("stop");
     let path = env.dir.join("stubborn.toml");
-    let text = format!(
-        "name = \"stubborn\"\n[service]\nexec = [\"/bin/sh\", \"-c\", \"trap '' TERM; sleep 30\"]\nstop_timeout = \"1s\"\n[image]\nsource = \"host\"\npaths = [\"/bin/sh\", \"/usr/bin/sleep\"]\n"
-    );
+    let text = "name = \"stubborn\"\n[service]\nexec = [\"/bin/sh\", \"-c\", \"trap '' TERM; sleep 30\"]\nstop_timeout = \"1s\"\n[image]\nsource = \"host\"\npaths = [\"/bin/sh\", \"/usr/bin/sleep\"]\n".to_string();
     fs::write(&path, text).unwrap();
     let mut child = env.spawn(&path);
     env.wait_running("stubborn");
