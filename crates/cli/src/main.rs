@@ -127,6 +127,11 @@ enum ManifestCmd {
 }
 
 fn main() -> ExitCode {
+    // Like every Unix tool, end quietly when the reader of our output goes away
+    // (`isc ps --json | grep -q …`) instead of panicking on EPIPE. The monitor blocks SIGPIPE
+    // for itself, so a closed pipe never kills a running ISC.
+    // SAFETY: resetting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
