@@ -149,6 +149,13 @@ impl VaultHooks {
             let run = run_dir(dirs)?;
             let mut vault = open_vault(dirs, None)?;
             searchable_dir(&run, &run.join("volumes").join(&m.name))?;
+            // We hold this ISC's name: a volume of it still mounted belongs to a monitor that
+            // died without closing it. Close it (key removed, unmounted) before reopening.
+            for v in &m.filesystem.volumes {
+                let mount_dir = run.join("volumes").join(&m.name).join(&v.name);
+                isc_vault::recover_stale_volume(&mount_dir)
+                    .with_context(|| format!("closing the stale mount of volume `{}`", v.name))?;
+            }
             for v in &m.filesystem.volumes {
                 let vol = vault
                     .open_volume(&run, &m.name, &v.name, v.size, v.encrypted)

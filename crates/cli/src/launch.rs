@@ -166,11 +166,14 @@ impl CgroupHooks {
         let parent = cgroup_parent(state_dir);
         // A cgroup directory `isc-X` belongs to ISC `isc-X` or `X` (see cgroup_dir_name); it is
         // stale only when no live process holds either name's lock.
+        // Our own name's cgroup, if present, was left by a dead monitor: we hold the name now.
+        let own = isc_cgroup::cgroup_dir_name(name).context("naming the ISC's cgroup")?;
         let alive = |dir: &str| {
-            isc_engine::state::is_alive(state_dir, dir)
-                || dir
-                    .strip_prefix("isc-")
-                    .is_some_and(|n| isc_engine::state::is_alive(state_dir, n))
+            dir != own
+                && (isc_engine::state::is_alive(state_dir, dir)
+                    || dir
+                        .strip_prefix("isc-")
+                        .is_some_and(|n| isc_engine::state::is_alive(state_dir, n)))
         };
         // Failing to collect someone else's leftovers must not fail this start.
         let removed =

@@ -466,3 +466,34 @@ fn bench_start_cost_of_secrets_and_volume() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn a_volume_left_open_by_a_killed_monitor_is_closed_by_the_next_start() {
+    let env = Env::new("stalevol");
+    let vol =
+        "[[filesystem.volumes]]\nname = \"d\"\npath = \"/d\"\nsize = \"8M\"\nencrypted = true\n";
+    let m = env.manifest("sec-stale", "echo kept > /d/f; exec sleep 30", vol);
+    let child =
+        env.cmd().arg("run").arg(&m).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let st = wait_for_service(&env, "sec-stale", guard.0.as_mut().unwrap());
+    let init = st["init_pid"].as_i64().unwrap();
+    // SIGKILL the monitor: no cleanup code of it runs; PID 1 dies with it (PDEATHSIG).
+    let mut c = guard.0.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{init}")).exists() {
+        assert!(Instant::now() < deadline, "PID 1 outlived its monitor");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!env.leftover_mounts().is_empty(), "the killed monitor left its volume mounted");
+    // The next start of the same ISC closes the stale mount and reopens the volume: the data
+    // written before the kill is still there.
+    let m2 = env.manifest("sec-stale", "cat /d/f", vol);
+    let out = env.run(&m2);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    assert!(env.leftover_mounts().is_empty(), "{:?}", env.leftover_mounts());
+    assert!(env.leftover_loops().is_empty(), "{:?}", env.leftover_loops());
+}

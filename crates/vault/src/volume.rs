@@ -332,6 +332,32 @@ impl Drop for MountedVolume {
     }
 }
 
+/// Closes a volume left mounted by a monitor that died (e.g. SIGKILL, so no `close()` ran):
+/// removes its fscrypt key (the identifier is read back from the data directory's policy),
+/// unmounts it (the loop device was attached with autoclear, so it detaches with the last
+/// unmount) and removes the mount point. Returns `false` when nothing was mounted there.
+/// The caller must own the ISC's name (no live monitor may be using the volume).
+pub fn recover_stale_volume(mount_dir: &Path) -> Result<bool, VaultError> {
+    if !is_mount_point(mount_dir) {
+        return Ok(false);
+    }
+    let data = mount_dir.join("data");
+    if let Ok(dir) = fscrypt::open_dir(&data) {
+        if let Ok(Some(policy)) = fscrypt::get_policy(dir.as_fd(), &data) {
+            let root = fscrypt::open_dir(mount_dir)?;
+            fscrypt::remove_key(root.as_fd(), mount_dir, &policy.master_key_identifier)?;
+        }
+    }
+    match umount2(mount_dir, MntFlags::empty()) {
+        Err(Errno::EBUSY) => umount2(mount_dir, MntFlags::MNT_DETACH),
+        r => r,
+    }
+    .map_err(|source| VolumeError::Unmount { mount_dir: mount_dir.into(), source })?;
+    let _ = fs::remove_dir(mount_dir);
+    tracing::info!(mount = %mount_dir.display(), "closed a volume left open by a dead monitor");
+    Ok(true)
+}
+
 fn read_meta(path: &Path) -> Result<Option<VolumeMeta>, VaultError> {
     match fs::read(path) {
         Ok(b) => {
