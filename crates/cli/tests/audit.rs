@@ -46,7 +46,7 @@ exec = [{}]
 source = "host"
 paths = ["{ISC}", "/bin/sh"]
 [filesystem]
-tmpfs = [{{ path = "/tmp", size = "4M" }}]
+tmpfs = [{{ path = "/scratch", size = "4M" }}]
 "#,
             exec.join(", ")
         );

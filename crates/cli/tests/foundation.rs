@@ -38,7 +38,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
             "write:/",
             "write:/etc",
             "write:/usr",
-            "write:/tmp",
+            "write:/scratch",
             "read:/proc/kcore",
             "read:/proc/sysrq-trigger",
             "open_write:/proc/sysrq-trigger",
@@ -92,7 +92,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
     for p in ["write:/", "write:/etc", "write:/usr"] {
         assert_eq!(by_name(&outs, p).errno, Some(EROFS), "{p}");
     }
-    assert!(by_name(&outs, "write:/tmp").ok, "declared tmpfs must be writable");
+    assert!(by_name(&outs, "write:/scratch").ok, "declared tmpfs must be writable");
     // /proc: kcore and sysrq-trigger are /dev/null, /proc/sys is read-only, PID 1 is closed.
     // This kernel may lack kcore/sysrq-trigger entirely (e.g. a microVM kernel): then they must be
     // absent inside too; where they exist they read as /dev/null.
@@ -121,7 +121,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
         ("/proc/sys", &["ro", "nosuid", "nodev", "noexec"]),
         ("/proc", &["nosuid", "nodev", "noexec"]),
         ("/dev", &["ro", "nosuid", "noexec"]),
-        ("/tmp", &["rw", "nosuid", "nodev", "noexec"]),
+        ("/scratch", &["rw", "nosuid", "nodev", "noexec"]),
     ] {
         let o = opts(p);
         for w in want {
@@ -160,11 +160,11 @@ fn landlock_is_an_independent_layer() {
     // /proc/self/comm is writable for its owner as far as DAC and mounts are concerned; only
     // Landlock (read-only outside declared paths) refuses it. Likewise TCP connect with no
     // declared egress: Landlock answers EACCES before the (empty) network would.
-    let probes = ["open_write:/proc/self/comm", "tcp_connect:127.0.0.1:9", "write:/tmp"];
+    let probes = ["open_write:/proc/self/comm", "tcp_connect:127.0.0.1:9", "write:/scratch"];
     let with = env.probe("ll-on", &probes, &[]);
     assert_eq!(by_name(&with, "open_write:/proc/self/comm").errno, Some(EACCES));
     assert_eq!(by_name(&with, "tcp_connect:127.0.0.1:9").errno, Some(EACCES));
-    assert!(by_name(&with, "write:/tmp").ok);
+    assert!(by_name(&with, "write:/scratch").ok);
     let without = env.probe("ll-off", &probes, &["no-landlock"]);
     assert!(by_name(&without, "open_write:/proc/self/comm").ok, "{without:?}");
     assert_ne!(by_name(&without, "tcp_connect:127.0.0.1:9").errno, Some(EACCES));

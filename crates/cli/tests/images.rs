@@ -38,7 +38,7 @@ fn build(env: &Env, manifest: &Path) -> (String, PathBuf) {
 fn manifest_with_source(env: &Env, name: &str, exec: &[&str], source: &str) -> PathBuf {
     let exec: Vec<String> = exec.iter().map(|e| format!("{e:?}")).collect();
     let text = format!(
-        "name = \"{name}\"\n[service]\nexec = [{}]\n[image]\nsource = \"{source}\"\n[filesystem]\ntmpfs = [{{ path = \"/tmp\", size = \"4M\" }}]\n",
+        "name = \"{name}\"\n[service]\nexec = [{}]\n[image]\nsource = \"{source}\"\n[filesystem]\ntmpfs = [{{ path = \"/run\", size = \"4M\" }}]\n",
         exec.join(", ")
     );
     let path = env.dir.join(format!("{name}.toml"));
@@ -111,7 +111,7 @@ fn image_in_use_cannot_be_removed_and_live_tree_verifies() {
     assert_eq!(v["id"], id.as_str());
     let skipped: BTreeSet<&str> =
         v["skipped_mounts"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    for m in ["/proc", "/dev", "/tmp"] {
+    for m in ["/proc", "/dev", "/run"] {
         assert!(skipped.contains(m), "{m} not skipped: {skipped:?}");
     }
 

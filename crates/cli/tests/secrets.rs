@@ -64,7 +64,7 @@ exec = ["/bin/sh", "-c", {script:?}]
 source = "host"
 paths = ["{ISC}", "/bin/sh", "/usr/bin/sleep", "/usr/bin/stat", "/usr/bin/cat", "/usr/bin/true", "/usr/bin/ls"]
 [filesystem]
-tmpfs = [{{ path = "/tmp", size = "1M" }}]
+tmpfs = [{{ path = "/scratch", size = "1M" }}]
 {extra}
 "#
         );

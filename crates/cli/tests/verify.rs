@@ -116,7 +116,7 @@ source = "host"
 paths = ["/usr/bin/sleep"]
 "#;
 const HARDENED_FS: &str = r#"[filesystem]
-tmpfs = [{ path = "/tmp", size = "8M" }]
+tmpfs = [{ path = "/scratch", size = "8M" }]
 "#;
 const HARDENED_RES: &str = r#"[resources]
 memory = "64M"
@@ -167,7 +167,7 @@ fn mutants() -> Vec<Mutant> {
         m("vm-secret", "a secret in the environment", "P6",
             format!("[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\nenv = {{ DB_PASSWORD = \"hunter2\" }}\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}"), &[]),
         m("vm-tmpexec", "writable tmpfs without noexec (W^X broken)", "P5",
-            format!("{HARDENED_SERVICE}{HARDENED_IMAGE}[filesystem]\ntmpfs = [{{ path = \"/tmp\", size = \"8M\", exec = true }}]\n{HARDENED_RES}"), &[]),
+            format!("{HARDENED_SERVICE}{HARDENED_IMAGE}[filesystem]\ntmpfs = [{{ path = \"/scratch\", size = \"8M\", exec = true }}]\n{HARDENED_RES}"), &[]),
         m("vm-root", "service runs as root", "P7",
             format!("[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\nuser = 0\ngroup = 0\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}[security]\nallow_root = true\n"), &[]),
         m("vm-syscall", "dangerous syscalls allowed (clock_settime, perf_event_open)", "P1",

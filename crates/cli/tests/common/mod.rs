@@ -45,7 +45,7 @@ exec = [{exec}]
 source = "host"
 paths = ["{ISC}", "/bin/sh", "/usr/bin/sleep"]
 [filesystem]
-tmpfs = [{{ path = "/tmp", size = "4M" }}]
+tmpfs = [{{ path = "/scratch", size = "4M" }}]
 {extra}
 "#,
             exec = exec.join(", "),
