@@ -310,6 +310,7 @@ impl AuditSession {
                 "reason": record.reason,
                 "oom_kills": oom_kills,
                 "pids_max_hits": events.as_ref().map(|e| e.pids_max_hits),
+                "cpu_throttled_periods": events.as_ref().map(|e| e.throttled_periods),
                 "run_ms": record.run_ms,
                 "host_uid_base": record.host_uid_base,
                 "kernel_denials": counts,
@@ -349,6 +350,9 @@ impl StartHooks for AuditedHooks<'_> {
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.inner.exit_reason()
+    }
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        self.inner.limit_events()
     }
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
         self.inner.clone_into_cgroup()

@@ -295,6 +295,9 @@ impl StartHooks for Both<'_> {
     fn exit_reason(&mut self) -> Option<String> {
         self.0.exit_reason().or_else(|| self.1.exit_reason())
     }
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        self.0.limit_events().or_else(|| self.1.limit_events())
+    }
     fn after_start(&mut self, state: &isc_engine::state::IscState) {
         self.0.after_start(state);
         self.1.after_start(state);

@@ -217,6 +217,19 @@ impl StartHooks for CgroupHooks {
         fd
     }
 
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        let ev = self.cgroup.as_ref()?.events().ok()?;
+        let cpu = self.limits.cpu_quota;
+        Some(serde_json::json!({
+            "oom_kills": ev.oom_kills,
+            "pids_max_hits": ev.pids_max_hits,
+            "cpu_periods": ev.cpu_periods,
+            "cpu_throttled_periods": ev.throttled_periods,
+            "cpu_throttled_ms": ev.throttled_usec / 1000,
+            "cpu_limit_cores": cpu,
+        }))
+    }
+
     fn exit_reason(&mut self) -> Option<String> {
         let ev = self.cgroup.as_ref()?.events().ok()?;
         if ev.oom_kills > 0 {

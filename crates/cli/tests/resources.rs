@@ -43,8 +43,15 @@ fn fork_bomb_stops_at_the_pids_limit() {
 #[test]
 fn cpu_quota_holds_a_busy_loop_under_a_quarter_core() {
     let env = Env::new("cpu");
-    let outs = env.probe_with("cpu", &["busy:2000"], "[resources]\ncpu = 0.2\n", &[]);
+    let m = env.probe_manifest("cpu", &["busy:2000"], "[resources]\ncpu = 0.2\n");
+    let out = env.run(&m, &["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outs: Vec<isc_engine::probe::ProbeOutcome> = serde_json::from_slice(&out.stdout).unwrap();
     let v = &outs[0].value;
+    // The exit record reports the throttling the kernel did.
+    let ev = &exit_record(&out)["limit_events"];
+    assert!(ev["cpu_throttled_periods"].as_u64().unwrap() >= 5, "{ev}");
+    assert_eq!(ev["cpu_limit_cores"], 0.2);
     let (cpu, wall) = (v["cpu_ms"].as_f64().unwrap(), v["wall_ms"].as_f64().unwrap());
     assert!(cpu / wall <= 0.25, "used {cpu} ms of CPU in {wall} ms: {:.2} of a core", cpu / wall);
     assert!(cpu / wall >= 0.10, "suspiciously little CPU: {cpu}/{wall}");

@@ -81,6 +81,10 @@ pub trait StartHooks {
     fn exit_reason(&mut self) -> Option<String> {
         None
     }
+    /// Limit events of the run for the exit record (see [`ExitRecord::limit_events`]).
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        None
+    }
     /// Called once the service runs and its state is published. `clone3` is done, so unlike
     /// the steps before it this may start threads in the monitor (e.g. an audit reader).
     fn after_start(&mut self, _state: &IscState) {}
@@ -101,6 +105,9 @@ impl StartHooks for HookChain {
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|h| h.exit_reason())
+    }
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        self.0.iter_mut().find_map(|h| h.limit_events())
     }
     fn after_start(&mut self, state: &IscState) {
         self.0.iter_mut().for_each(|h| h.after_start(state))
@@ -130,6 +137,9 @@ pub struct ExitRecord {
     pub start_ms: u64,
     pub run_ms: u64,
     pub reason: Option<String>,
+    /// Resource-limit events of the run (OOM kills, pids-limit hits, CPU throttling), as the
+    /// hooks that own the cgroup report them.
+    pub limit_events: Option<serde_json::Value>,
 }
 
 /// Everything the parent holds about the child.
@@ -300,6 +310,7 @@ pub fn run(
         start_ms,
         run_ms: t0.elapsed().as_millis() as u64,
         reason: hooks.exit_reason(),
+        limit_events: hooks.limit_events(),
     })
 }
 
