@@ -151,9 +151,10 @@ fn mutants() -> Vec<Mutant> {
     vec![
         m("vm-noseccomp", "no seccomp filter", "P1", hardened(), &["no-seccomp"]),
         m("vm-nolandlock", "no Landlock (undeclared egress allowed)", "P4", hardened(), &["no-landlock"]),
-        // no-nnp alone is no weakening: loading the seccomp filter without CAP_SYS_ADMIN
-        // sets no_new_privs anyway (seccomp(2)); so the filter goes too.
-        m("vm-nonnp", "no no_new_privs (and so no seccomp)", "P7", hardened(), &["no-nnp", "no-seccomp"]),
+        // no-nnp alone is no weakening: an unprivileged process can only load a seccomp filter
+        // or a Landlock domain with no_new_privs set (seccomp(2), landlock(7)), and the
+        // landlock crate sets it itself; so both go too.
+        m("vm-nonnp", "no no_new_privs (and so no seccomp, no Landlock)", "P7", hardened(), &["no-nnp", "no-seccomp", "no-landlock"]),
         m("vm-sysadmin", "CAP_SYS_ADMIN kept", "P7", hardened(), &["keep-sys-admin"]),
         m("vm-rwroot", "root writable", "P5", hardened(), &["writable-root"]),
         m("vm-proc", "/proc unmasked and /proc/sys writable", "P1", hardened(), &["unmasked-proc"]),
