@@ -10,13 +10,11 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use seccompiler::BpfProgram;
-
 use crate::channel::{Channel, FromInit, ToInit};
 use crate::creds;
 use crate::lsm::{self, LandlockPolicy};
 use crate::rootfs;
-use crate::seccomp;
+use crate::seccomp::{self, BpfProgram};
 use crate::spec::IscSpec;
 use crate::syscall::LinuxSyscall;
 
