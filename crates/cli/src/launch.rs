@@ -261,3 +261,51 @@ impl Drop for CgroupHooks {
         }
     }
 }
+
+/// Hides most of the RCU grace period that the first cgroup v1 attach of a start waits for.
+///
+/// Every write to a `cgroup.procs` file takes the kernel's `cgroup_threadgroup_rwsem` for
+/// writing; when no writer held it during the last grace period, `rcu_sync_enter()` first waits
+/// for a full RCU grace period (5–15 ms here; cgroup v2's `favordynmods` mount option avoids it,
+/// v1 has no such switch). A writer that arrives while another one is still inside that window
+/// does not wait again. So right at the start of `isc run` a forked helper process writes "0"
+/// (itself) into its own v1 `cgroup.procs`, a no-op move that opens the window, while the
+/// monitor parses the manifest, checks the image and creates the cgroup; the real attach after
+/// `clone3` then mostly finds the window open. A process, not a thread: `clone3` must run in a
+/// single-threaded monitor. Does nothing on pure cgroup v2, where `CLONE_INTO_CGROUP` needs no
+/// write at all.
+pub struct AttachPrewarm(Option<i32>);
+
+impl AttachPrewarm {
+    pub fn start() -> Self {
+        let Ok(layout) = Layout::detect() else { return Self(None) };
+        let Some(dir) = layout.v1().and_then(|m| m.values().next().cloned()) else {
+            return Self(None);
+        };
+        let bytes = dir.join("cgroup.procs").into_os_string().into_encoded_bytes();
+        let Ok(path) = std::ffi::CString::new(bytes) else { return Self(None) };
+        // SAFETY: fork while single-threaded; the child only makes raw syscalls on memory
+        // prepared before the fork and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, c"0".as_ptr().cast(), 1);
+                }
+                libc::_exit(0);
+            }
+        }
+        Self((pid > 0).then_some(pid))
+    }
+}
+
+impl Drop for AttachPrewarm {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: reaping our own short-lived child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}
