@@ -112,6 +112,8 @@ enum Cmd {
     Dock(cmd_dock::DockArgs),
     /// Start ISCs from manifests through the Dock (`isc dock up`).
     Up(cmd_dock::UpArgs),
+    /// Make the Dock's ISCs match the manifests in a directory (`isc dock apply`).
+    Apply(cmd_dock::ApplyArgs),
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -159,6 +161,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify(args) => cmd_verify::dispatch(&dirs, args),
         Cmd::Dock(args) => cmd_dock::dispatch(&dirs, args),
         Cmd::Up(args) => cmd_dock::up(&dirs, args),
+        Cmd::Apply(args) => cmd_dock::apply_dir(&dirs, args),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;
@@ -234,11 +237,13 @@ fn weakening(names: &[String]) -> Result<isc_engine::Weakening> {
 }
 
 fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
+    let prewarm = launch::AttachPrewarm::start();
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
     let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
+    drop(prewarm);
     if json {
         let mut v = serde_json::to_value(&record)?;
         v["image_id"] = image_id.into();
