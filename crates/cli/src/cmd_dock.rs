@@ -33,6 +33,23 @@ pub struct UpArgs {
     files: Vec<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Health check: the Dock connects to this TCP port on each ISC's address (needs a
+    /// [network] that listens on it); failing checks end the run as a failure.
+    #[arg(long, value_name = "PORT")]
+    health_tcp: Option<u16>,
+    /// The Dock's API socket.
+    #[arg(long, env = "ISC_DOCK_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+/// `isc apply DIR`: make the Dock's ISCs match the manifests in DIR.
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// Every `*.toml` in DIR is a manifest (`dock.toml` excepted); `NAME.health.json` beside
+    /// `NAME.toml` is its health check (`{"tcp": 8080, "interval_ms": 2000, "retries": 3}`).
+    dir: PathBuf,
+    #[arg(long)]
+    json: bool,
     /// The Dock's API socket.
     #[arg(long, env = "ISC_DOCK_SOCKET")]
     socket: Option<PathBuf>,
@@ -50,6 +67,16 @@ pub enum DockCmd {
     Up {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Health check on this TCP port of each ISC's address.
+        #[arg(long, value_name = "PORT")]
+        health_tcp: Option<u16>,
+    },
+    /// Desired state: start, replace or remove ISCs to match the manifests in DIR (same as
+    /// `isc apply`).
+    Apply {
+        dir: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -124,7 +151,8 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
     match args.cmd {
         DockCmd::Serve { config } => serve(dirs, config),
         DockCmd::Monitor { request } => monitor(dirs, &request),
-        DockCmd::Up { files, json } => up_files(&c(), &files, json),
+        DockCmd::Up { files, json, health_tcp } => up_files(&c(), &files, json, health_tcp),
+        DockCmd::Apply { dir, json } => apply(&c(), &dir, json),
         DockCmd::Ps { json } => ps(&c(), json),
         DockCmd::Inspect { name } => {
             let v = c().call("GET", &format!("/v1/iscs/{name}"), None)?.json()?;
@@ -158,7 +186,72 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
 
 /// Runs `isc up`.
 pub fn up(dirs: &Dirs, args: UpArgs) -> Result<ExitCode> {
-    up_files(&client(dirs, args.socket), &args.files, args.json)
+    up_files(&client(dirs, args.socket), &args.files, args.json, args.health_tcp)
+}
+
+/// Runs `isc apply`.
+pub fn apply_dir(dirs: &Dirs, args: ApplyArgs) -> Result<ExitCode> {
+    apply(&client(dirs, args.socket), &args.dir, args.json)
+}
+
+/// The manifests of an apply directory with their health checks, sorted by file name.
+fn declared_in(dir: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the directory {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name().is_some_and(|n| n != "dock.toml")
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let health_file = f.with_extension("health.json");
+            let health: Option<serde_json::Value> = match std::fs::read(&health_file) {
+                Ok(b) => Some(
+                    serde_json::from_slice(&b)
+                        .with_context(|| format!("parsing {}", health_file.display()))?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", health_file.display()))
+                }
+            };
+            let origin = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            Ok(json!({"manifest": text, "origin": origin, "health": health}))
+        })
+        .collect()
+}
+
+fn apply(c: &Client, dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let iscs = declared_in(dir)?;
+    let v = c.call("POST", "/v1/apply", Some(&json!({ "iscs": iscs })))?.json()?;
+    let report: isc_dock::apply::ApplyReport = serde_json::from_value(v.clone())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (what, names) in [
+            ("created", &report.created),
+            ("replaced", &report.replaced),
+            ("started", &report.started),
+            ("unchanged", &report.unchanged),
+            ("removed", &report.removed),
+        ] {
+            for n in names {
+                println!("{n}: {what}");
+            }
+        }
+        for (n, e) in &report.failed {
+            eprintln!("isc: {n}: {e}");
+        }
+    }
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn serve(dirs: &Dirs, config: Option<PathBuf>) -> Result<ExitCode> {
@@ -251,7 +344,13 @@ fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
     Ok(ExitCode::from(info.status.clamp(0, 255) as u8))
 }
 
-fn up_files(c: &Client, files: &[PathBuf], json: bool) -> Result<ExitCode> {
+fn up_files(
+    c: &Client,
+    files: &[PathBuf],
+    json: bool,
+    health_tcp: Option<u16>,
+) -> Result<ExitCode> {
+    let health = health_tcp.map(|p| json!({ "tcp": p }));
     let bodies: Vec<(PathBuf, Result<serde_json::Value>)> = files
         .iter()
         .map(|f| {
@@ -259,7 +358,7 @@ fn up_files(c: &Client, files: &[PathBuf], json: bool) -> Result<ExitCode> {
                 .with_context(|| format!("reading {}", f.display()))
                 .map(|text| {
                     let origin = std::path::absolute(f).unwrap_or_else(|_| f.clone());
-                    json!({"manifest": text, "origin": origin})
+                    json!({"manifest": text, "origin": origin, "health": health})
                 });
             (f.clone(), body)
         })

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, ISC};
+use isc_net::link::Rtnl;
 use serde_json::Value;
 
 /// A Dock serving one Env; on drop it is killed and every monitor it left is stopped.
@@ -412,4 +413,171 @@ fn overcommit_is_refused_and_rm_leaves_nothing() {
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "{} not empty", dir.display());
     }
     common::assert_nothing_left(&d.env);
+}
+
+/// Runs `isc apply DIR`; returns the report.
+fn apply(d: &DockProc, dir: &std::path::Path) -> Value {
+    serde_json::from_slice(&d.ok(&["apply", "--json", dir.to_str().unwrap()]).stdout).unwrap()
+}
+
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v[key].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn apply_makes_the_dock_match_a_directory() {
+    let d = DockProc::start("dock-apply", "");
+    let dir = d.env.dir.join("desired");
+    fs::create_dir_all(&dir).unwrap();
+    let declare = |name: &str, script: &str| {
+        let m = d.manifest(name, script, "", "");
+        fs::rename(&m, dir.join(format!("{name}.toml"))).unwrap();
+    };
+    declare("isc-ap-a", "exec sleep 1000");
+    declare("isc-ap-b", "exec sleep 1000");
+    let r = apply(&d, &dir);
+    assert_eq!(names(&r, "created"), ["isc-ap-a", "isc-ap-b"], "{r}");
+    assert!(d.ps().iter().all(|r| r["status"] == "running"));
+    let r = apply(&d, &dir);
+    assert_eq!(names(&r, "unchanged"), ["isc-ap-a", "isc-ap-b"], "nothing to do: {r}");
+
+    // a no longer declared, b changed, c new.
+    let b_before = d.record("isc-ap-b");
+    fs::remove_file(dir.join("isc-ap-a.toml")).unwrap();
+    declare("isc-ap-b", "echo v2; exec sleep 1000");
+    declare("isc-ap-c", "exec sleep 1000");
+    let r = apply(&d, &dir);
+    assert_eq!(names(&r, "removed"), ["isc-ap-a"], "{r}");
+    assert_eq!(names(&r, "replaced"), ["isc-ap-b"], "{r}");
+    assert_eq!(names(&r, "created"), ["isc-ap-c"], "{r}");
+    let ps = d.ps();
+    let listed: Vec<&str> = ps.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["isc-ap-b", "isc-ap-c"]);
+    let b = d.record("isc-ap-b");
+    assert_eq!(b["status"], "running");
+    assert_ne!(b["manifest_hash"], b_before["manifest_hash"]);
+    assert_ne!(b["monitor_pid"], b_before["monitor_pid"], "b runs its new manifest");
+    assert!(isc_engine::state::get(&d.state(), "isc-ap-a").is_err(), "a was stopped");
+
+    // A declared ISC that is not running is started again.
+    d.ok(&["dock", "stop", "isc-ap-c"]);
+    let r = apply(&d, &dir);
+    assert_eq!(names(&r, "started"), ["isc-ap-c"], "{r}");
+    assert_eq!(names(&r, "unchanged"), ["isc-ap-b"], "{r}");
+
+    // One bad manifest: nothing changes.
+    fs::write(dir.join("isc-ap-bad.toml"), "name = \"isc-ap-bad\"\n[service]\n").unwrap();
+    let out = d.cli(&["apply", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was changed") && err.contains("isc-ap-bad.toml"), "{err}");
+    assert_eq!(d.ps().len(), 2);
+
+    // An empty directory removes everything.
+    let empty = d.env.dir.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let r = apply(&d, &empty);
+    assert_eq!(names(&r, "removed"), ["isc-ap-b", "isc-ap-c"], "{r}");
+    assert!(d.ps().is_empty());
+    common::assert_nothing_left(&d.env);
+}
+
+const INNER: &str = "ISC_CLI_DOCK_TEST_INNER";
+const OUTER_NS: &str = "ISC_CLI_DOCK_TEST_OUTER_NS";
+
+fn netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+}
+
+/// Runs `body` inside a private network + mount namespace by re-executing this test: the ISCs'
+/// links and firewall rules never touch the machine's real network.
+fn in_private_netns(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(INNER).is_some() {
+        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
+        assert_ne!(netns_inode(), outer, "refusing to run network tests in the original namespace");
+        Rtnl::open().unwrap().set_up("lo").unwrap();
+        isc_net::enable_forwarding().unwrap();
+        body();
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .env(OUTER_NS, netns_inode().to_string())
+        .output()
+        .expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
+}
+
+#[test]
+fn a_failing_health_check_ends_the_run_as_a_failure() {
+    in_private_netns("a_failing_health_check_ends_the_run_as_a_failure", || {
+        let d = DockProc::start(
+            "dock-health",
+            "[restart]\ninitial_backoff_ms = 100\nhealthy_after_ms = 60000\n",
+        );
+        // Answers on 8080 for 2 s, then stops listening but keeps running, and exits 0 on
+        // SIGTERM: only the health check can tell, and its verdict must count as a failure.
+        let script = format!(
+            "trap 'exit 0' TERM; {ISC} probe serve_tcp:8080:2 >/dev/null; while :; do sleep 0.05; done"
+        );
+        let text = format!(
+            r#"name = "isc-health"
+[service]
+exec = ["/bin/sh", "-c", {script:?}]
+restart = "on-failure"
+[image]
+source = "host"
+paths = ["{ISC}", "/bin/sh", "/usr/bin/sleep"]
+[network]
+listen = [{{ port = 8080 }}]
+[resources]
+memory = "32M"
+"#
+        );
+        let m = d.env.dir.join("isc-health.toml");
+        fs::write(&m, text).unwrap();
+        let health = d.env.dir.join("isc-health.health.json");
+        fs::write(
+            &health,
+            r#"{"tcp": 8080, "interval_ms": 200, "timeout_ms": 300, "retries": 2, "start_period_ms": 300}"#,
+        )
+        .unwrap();
+        // `isc up --health-tcp` would use the default timings; apply reads NAME.health.json.
+        let dir = d.env.dir.join("desired");
+        fs::create_dir_all(&dir).unwrap();
+        fs::rename(&m, dir.join("isc-health.toml")).unwrap();
+        fs::rename(&health, dir.join("isc-health.health.json")).unwrap();
+        apply(&d, &dir);
+        std::thread::sleep(Duration::from_millis(1200));
+        let r = d.record("isc-health");
+        assert_eq!(
+            (r["status"].as_str(), r["health_failures"].as_u64()),
+            (Some("running"), Some(0)),
+            "{r}"
+        );
+        let t = Instant::now();
+        let r = loop {
+            let r = d.record("isc-health");
+            if r["restarts"].as_u64() >= Some(1) && r["last_exit"]["run_id"] == 1 {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "never restarted: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(r["health_failures"], 1, "{r}");
+        assert_eq!(r["last_exit"]["status"], 0, "the service exited 0 on SIGTERM: {r}");
+        let reason = r["last_exit"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("health check failed") && reason.contains(":8080"), "{r}");
+        let metrics = String::from_utf8_lossy(&d.ok(&["dock", "metrics"]).stdout).into_owned();
+        assert!(metrics.contains("isc_health_failures_total{isc=\"isc-health\"} 1"), "{metrics}");
+        d.ok(&["dock", "rm", "isc-health"]);
+        common::assert_nothing_left(&d.env);
+    });
 }

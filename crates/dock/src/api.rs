@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::apply::Declared;
 use crate::auth::PeerInfo;
+use crate::health::HealthCheck;
 use crate::logs;
 use crate::metrics::{self, ApiCounters};
 use crate::supervisor::{Dock, DockError};
@@ -51,6 +53,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/iscs/{name}/start", post(start))
         .route("/v1/iscs/{name}/restart", post(restart))
         .route("/v1/iscs/{name}/logs", get(logs_of))
+        .route("/v1/apply", post(apply))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authorize))
@@ -127,11 +130,29 @@ struct UpRequest {
     manifest: String,
     /// Its path on the client (base of relative image paths; used in messages).
     origin: PathBuf,
+    /// The Dock's health check of this ISC (crate::health).
+    #[serde(default)]
+    health: Option<HealthCheck>,
 }
 
 async fn up(State(st): St, Json(req): Json<UpRequest>) -> Result<Response, DockError> {
-    let rec = st.dock.up(&req.manifest, &req.origin).await?;
+    let rec = st.dock.up(&req.manifest, &req.origin, req.health).await?;
     Ok((StatusCode::CREATED, Json(rec)).into_response())
+}
+
+/// Body of `POST /v1/apply`: the complete desired set.
+#[derive(Deserialize)]
+struct ApplyRequest {
+    iscs: Vec<Declared>,
+}
+
+async fn apply(State(st): St, Json(req): Json<ApplyRequest>) -> Result<Response, DockError> {
+    let dock = Arc::clone(&st.dock);
+    // Its own task: a client that hangs up must not leave the set half applied.
+    let report = tokio::spawn(async move { dock.apply(req.iscs).await })
+        .await
+        .map_err(|e| DockError::Internal(format!("apply task: {e}")))??;
+    Ok(Json(report).into_response())
 }
 
 async fn inspect(State(st): St, Path(name): Path<String>) -> Result<Response, DockError> {

@@ -93,6 +93,8 @@ mod tests {
             failures: 0,
             last_exit: None,
             message: None,
+            health: None,
+            health_failures: 0,
         }
     }
 

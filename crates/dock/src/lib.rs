@@ -9,11 +9,13 @@
 //! * [`client::Client`] is what the CLI's `isc dock …` verbs use.
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod events;
 pub mod guard;
+pub mod health;
 pub mod logs;
 pub mod metrics;
 pub mod process;

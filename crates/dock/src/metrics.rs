@@ -93,6 +93,25 @@ pub fn render(
     for r in recs {
         let _ = writeln!(o, "isc_restarts_total{{isc=\"{}\"}} {}", label(&r.name), r.restarts);
     }
+    family(
+        &mut o,
+        "isc_consecutive_failures",
+        "gauge",
+        "Quick failures in a row (crash-loop at the configured count).",
+    );
+    for r in recs {
+        let _ =
+            writeln!(o, "isc_consecutive_failures{{isc=\"{}\"}} {}", label(&r.name), r.failures);
+    }
+    family(&mut o, "isc_health_failures_total", "counter", "Runs ended by a failed health check.");
+    for r in recs.iter().filter(|r| r.health.is_some()) {
+        let _ = writeln!(
+            o,
+            "isc_health_failures_total{{isc=\"{}\"}} {}",
+            label(&r.name),
+            r.health_failures
+        );
+    }
     family(&mut o, "isc_memory_limit_bytes", "gauge", "The ISC's memory limit.");
     for r in recs {
         if let Some(m) = r.memory_limit {

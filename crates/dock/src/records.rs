@@ -218,6 +218,12 @@ pub struct IscRecord {
     pub last_exit: Option<ExitInfo>,
     /// Why the last start failed, or why the ISC is in its state.
     pub message: Option<String>,
+    /// The Dock's health check of this ISC, if it was given one.
+    #[serde(default)]
+    pub health: Option<crate::health::HealthCheck>,
+    /// Runs ended because their health check failed.
+    #[serde(default)]
+    pub health_failures: u32,
 }
 
 impl IscRecord {
@@ -290,6 +296,8 @@ mod tests {
             failures: 0,
             last_exit: None,
             message: None,
+            health: None,
+            health_failures: 0,
         };
         rec.save(&paths).unwrap();
         assert_eq!(IscRecord::load_all(&paths).unwrap(), vec![rec]);

@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::config::DockConfig;
 use crate::events::Events;
 use crate::guard;
+use crate::health::HealthCheck;
 use crate::process::{self, Launcher};
 use crate::records::{
     now_ms, Desired, ExitInfo, IscRecord, MonitorRequest, Paths, RecordError, Status,
@@ -59,6 +60,8 @@ struct Slot {
     rec: IscRecord,
     /// Bumped by every operator action (stop, start, rm) to cancel pending restarts.
     op: u64,
+    /// The run its health check ended: its exit is a failure whatever its status.
+    unhealthy_run: Option<u64>,
 }
 
 /// Settings the CLI passes in.
@@ -81,6 +84,20 @@ pub struct Dock {
     slots: Mutex<BTreeMap<String, Slot>>,
 }
 
+/// Parses manifest text sent by a client and checks its health check against it.
+pub fn parse_manifest(
+    text: &str,
+    origin: &Path,
+    health: Option<&HealthCheck>,
+) -> Result<Manifest, DockError> {
+    let manifest = Manifest::parse(text, origin)
+        .map_err(|e| DockError::BadRequest(format!("manifest {}: {e}", origin.display())))?;
+    if let Some(h) = health {
+        h.validate(&manifest)?;
+    }
+    Ok(manifest)
+}
+
 fn stopped_or_missing(e: &state::StateError) -> bool {
     matches!(e, state::StateError::NotRunning(_))
 }
@@ -97,7 +114,7 @@ impl Dock {
         paths.create()?;
         let slots = IscRecord::load_all(&paths)?
             .into_iter()
-            .map(|rec| (rec.name.clone(), Slot { rec, op: 0 }))
+            .map(|rec| (rec.name.clone(), Slot { rec, op: 0, unhealthy_run: None }))
             .collect();
         Ok(Arc::new(Dock {
             cfg: opts.config,
@@ -150,6 +167,9 @@ impl Dock {
                         self.save(&slot.rec);
                     }
                     self.events.emit(&name, "adopted", json!({"monitor_pid": st.monitor_pid}));
+                    if let Some(check) = self.get(&name).ok().and_then(|r| r.health) {
+                        self.watch_health(name.clone(), run_id, check);
+                    }
                     self.watch(name, run_id, pidfd);
                 }
                 // The engine's entry is gone but the monitor still writes its exit record.
@@ -186,9 +206,22 @@ impl Dock {
 
     /// Admits a new ISC from manifest text and starts it. `origin` is the manifest's path on
     /// the client (relative image paths are resolved against its directory).
-    pub async fn up(self: &Arc<Self>, text: &str, origin: &Path) -> Result<IscRecord, DockError> {
-        let manifest = Manifest::parse(text, origin)
-            .map_err(|e| DockError::BadRequest(format!("manifest {}: {e}", origin.display())))?;
+    pub async fn up(
+        self: &Arc<Self>,
+        text: &str,
+        origin: &Path,
+        health: Option<HealthCheck>,
+    ) -> Result<IscRecord, DockError> {
+        let manifest = parse_manifest(text, origin, health.as_ref())?;
+        self.up_parsed(&manifest, health).await
+    }
+
+    /// [`Dock::up`] of a parsed manifest.
+    pub async fn up_parsed(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        health: Option<HealthCheck>,
+    ) -> Result<IscRecord, DockError> {
         let name = manifest.name.clone();
         let req = {
             let mut map = self.lock();
@@ -215,6 +248,8 @@ impl Dock {
                 failures: 0,
                 last_exit: None,
                 message: None,
+                health,
+                health_failures: 0,
             };
             guard::admit(&self.cfg.resources, map.values().map(|s| &s.rec), &rec)
                 .map_err(DockError::OverCommit)?;
@@ -222,12 +257,53 @@ impl Dock {
                 &self.paths.manifest(&name),
                 manifest.to_toml_string().as_bytes(),
             )?;
-            let mut slot = Slot { rec, op: 0 };
+            let mut slot = Slot { rec, op: 0, unhealthy_run: None };
             let req = self.begin_run(&mut slot, false);
             map.insert(name.clone(), slot);
             req
         };
         self.events.emit(&name, "created", json!({"manifest_hash": manifest.canonical_hash()}));
+        self.launch(req).await
+    }
+
+    /// Replaces the manifest (and health check) of an ISC on this Dock: stops it, then starts
+    /// the new one under the same name (record, restarts and logs kept; failure count reset).
+    pub async fn replace(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        health: Option<HealthCheck>,
+    ) -> Result<IscRecord, DockError> {
+        let name = manifest.name.as_str();
+        self.stop(name).await?;
+        let req = {
+            let mut map = self.lock();
+            let others: Vec<IscRecord> =
+                map.values().filter(|s| s.rec.name != name).map(|s| s.rec.clone()).collect();
+            let slot = map.get_mut(name).ok_or_else(|| DockError::NotFound(name.into()))?;
+            if slot.rec.status.is_active() {
+                return Err(DockError::Conflict(format!(
+                    "`{name}` was started again while being replaced"
+                )));
+            }
+            let mut rec = slot.rec.clone();
+            rec.restart = manifest.service.restart.as_str().into();
+            rec.memory_limit = manifest.resources.memory;
+            rec.cpu_quota = manifest.resources.cpu;
+            rec.manifest_hash = manifest.canonical_hash();
+            rec.health = health;
+            guard::admit(&self.cfg.resources, others.iter(), &rec)
+                .map_err(DockError::OverCommit)?;
+            crate::records::write_atomic(
+                &self.paths.manifest(name),
+                manifest.to_toml_string().as_bytes(),
+            )?;
+            slot.rec = rec;
+            slot.op += 1;
+            slot.rec.desired = Desired::Running;
+            slot.rec.failures = 0;
+            self.begin_run(slot, false)
+        };
+        self.events.emit(name, "replaced", json!({"manifest_hash": manifest.canonical_hash()}));
         self.launch(req).await
     }
 
@@ -325,6 +401,9 @@ impl Dock {
                                     "started",
                                     json!({"run_id": rec.run_id, "monitor_pid": pid, "host_uid_base": st.host_uid_base}),
                                 );
+                                if let Some(check) = rec.health.clone() {
+                                    self.watch_health(name.clone(), rec.run_id, check);
+                                }
                                 return Ok(rec);
                             }
                         }
@@ -348,6 +427,20 @@ impl Dock {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Records that run `run_id` failed its health check; false if that run is over already.
+    pub(crate) fn mark_unhealthy(&self, name: &str, run_id: u64, reason: &str) -> bool {
+        let mut map = self.lock();
+        let Some(slot) = map.get_mut(name) else { return false };
+        if slot.rec.run_id != run_id || slot.rec.status != Status::Running {
+            return false;
+        }
+        slot.unhealthy_run = Some(run_id);
+        slot.rec.health_failures += 1;
+        slot.rec.message = Some(reason.into());
+        self.save(&slot.rec);
+        true
     }
 
     fn mark_failed(&self, name: &str, run_id: u64, message: &str) {
@@ -386,6 +479,12 @@ impl Dock {
         if slot.rec.run_id != exit.run_id {
             return;
         }
+        let mut exit = exit;
+        // A run ended by its health check failed, even if the service exits 0 on SIGTERM.
+        let unhealthy = slot.unhealthy_run.take() == Some(exit.run_id);
+        if unhealthy {
+            exit.reason = slot.rec.message.clone().or(exit.reason);
+        }
         let rec = &mut slot.rec;
         rec.monitor_pid = None;
         rec.last_exit = Some(exit.clone());
@@ -401,7 +500,7 @@ impl Dock {
         let wants = rec.desired == Desired::Running
             && match rec.restart.as_str() {
                 "always" => true,
-                "on-failure" => exit.status != 0,
+                "on-failure" => exit.status != 0 || unhealthy,
                 _ => false,
             };
         if !wants {
