@@ -57,7 +57,10 @@ T=$(mktemp -d /tmp/isc-bench.XXXXXX)
 chmod 755 "$T"
 FAILED=0
 # images in isc's store are immutable (chattr +i): clear the flag before removing the temp dir
-cleanup_tmp() { chattr -R -i "$T" 2>/dev/null; rm -rf "$T"; }
+# Runtime state on tmpfs, as in production (/run/isc): registry entries, control sockets and
+# lock files are created and removed at every start.
+S=$(mktemp -d /run/isc-bench.XXXXXX)
+cleanup_tmp() { chattr -R -i "$T" 2>/dev/null; rm -rf "$T" "$S"; }
 trap 'cleanup_tmp' EXIT
 note() { echo "$*" | tee -a "$OUT/notes.txt" >&2; }
 : > "$OUT/notes.txt"
@@ -105,7 +108,7 @@ source = "host"
 paths = ["/bin/true"]
 $LIMITS
 EOF
-ISCA=(--root "$T/root" --state "$T/state" --log warn)
+ISCA=(--root "$T/root" --state "$S" --log warn)
 for f in dir host; do
   "$ISC" "${ISCA[@]}" manifest check "$T/$f.toml" >/dev/null || { echo "manifest $f.toml refused" >&2; exit 2; }
 done
