@@ -13,7 +13,8 @@ pub mod envelope;
 pub mod fscrypt;
 mod fsutil;
 pub mod keys;
-pub mod loopdev;
+/// Loop devices (shared with the image store).
+pub use isc_loopdev as loopdev;
 mod rotate;
 mod secrets;
 mod tmpfs;

@@ -427,7 +427,7 @@ impl Vault {
             None
         };
         fsutil::ensure_dir(&p.mount_dir, 0o700)?;
-        let device = LoopDevice::attach(&p.image)?;
+        let device = LoopDevice::attach(&p.image, loopdev::Mode::ReadWrite)?;
         let mut vol = MountedVolume {
             data_dir: p.mount_dir.join("data"),
             mount_dir: p.mount_dir.clone(),

@@ -53,7 +53,7 @@ fn encrypted_volume_is_ciphertext_at_rest() {
     assert!(!contains(&bytes, CANARY_NAME.as_bytes()), "canary name found in the image");
 
     // Mounted raw, without the key: the policy is still there and names are encrypted.
-    let dev = LoopDevice::attach(&image).unwrap();
+    let dev = LoopDevice::attach(&image, isc_vault::loopdev::Mode::ReadWrite).unwrap();
     let raw = t.path.join("raw");
     fs::create_dir(&raw).unwrap();
     nix::mount::mount(

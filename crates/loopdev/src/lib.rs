@@ -1,6 +1,11 @@
-//! Loop devices by hand: LOOP_CTL_GET_FREE on /dev/loop-control, then LOOP_CONFIGURE (Linux
-//! 5.8+, one atomic ioctl instead of LOOP_SET_FD + LOOP_SET_STATUS64) with LO_FLAGS_AUTOCLEAR, so
-//! the device detaches itself when its last user (the mount) goes away; see loop(4).
+//! isc-loopdev: loop devices by hand, shared by the image store (read-only EROFS images) and the
+//! vault (encrypted ext4 volumes).
+//!
+//! `LOOP_CTL_GET_FREE` on `/dev/loop-control`, then `LOOP_CONFIGURE` (Linux 5.8+: one atomic
+//! ioctl instead of `LOOP_SET_FD` + `LOOP_SET_STATUS64`, so there is no window in which the
+//! device is attached but not yet read-only) with `LO_FLAGS_AUTOCLEAR`, so the device detaches
+//! itself when its last user (the mount, in whichever mount namespaces hold a copy) goes away
+//! and a crashed `isc` leaks no device; see loop(4).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -8,12 +13,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
 
 /// Errors of loop-device handling.
@@ -38,8 +43,8 @@ pub enum LoopError {
     Configure {
         /// The backing file.
         backing: PathBuf,
-        /// The last errno.
-        source: Errno,
+        /// The last OS error.
+        source: std::io::Error,
     },
     /// The device stayed attached after its users went away.
     #[error("loop device {device} is still attached to its backing file after {waited_ms} ms")]
@@ -76,6 +81,16 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// How a backing file is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read-write (a volume's filesystem image).
+    ReadWrite,
+    /// Read-only with direct I/O: the backing file stays out of the page cache, so only the
+    /// filesystem's pages are cached, not the same bytes twice (packed images).
+    ReadOnlyDirect,
+}
+
 /// An attached loop device. Dropping the handle closes our reference; with autoclear the kernel
 /// detaches the device once nothing (no mount, no open file) uses it any more.
 #[derive(Debug)]
@@ -88,11 +103,16 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    /// Attaches `backing` read-write to a free loop device, with autoclear.
-    pub fn attach(backing: &Path) -> Result<Self, LoopError> {
+    /// Attaches `backing` to a free loop device, with autoclear.
+    pub fn attach(backing: &Path, mode: Mode) -> Result<Self, LoopError> {
+        let writable = mode == Mode::ReadWrite;
+        let flags = match mode {
+            Mode::ReadWrite => LO_FLAGS_AUTOCLEAR,
+            Mode::ReadOnlyDirect => LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
+        };
         let backing_file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(writable)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(backing)
             .map_err(|source| LoopError::Open { path: backing.into(), source })?;
@@ -102,7 +122,7 @@ impl LoopDevice {
             .custom_flags(libc::O_CLOEXEC)
             .open("/dev/loop-control")
             .map_err(|source| LoopError::Open { path: "/dev/loop-control".into(), source })?;
-        let mut last = Errno::EBUSY;
+        let mut last = std::io::Error::from_raw_os_error(libc::EBUSY);
         // Another process can grab the device between GET_FREE and CONFIGURE (EBUSY): retry.
         for _ in 0..16 {
             // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
@@ -113,7 +133,7 @@ impl LoopDevice {
             let path = PathBuf::from(format!("/dev/loop{n}"));
             let file = OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(writable)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(|source| LoopError::Open { path: path.clone(), source })?;
@@ -133,7 +153,7 @@ impl LoopDevice {
                     lo_number: 0,
                     lo_encrypt_type: 0,
                     lo_encrypt_key_size: 0,
-                    lo_flags: LO_FLAGS_AUTOCLEAR,
+                    lo_flags: flags,
                     lo_file_name: name,
                     lo_crypt_name: [0; LO_NAME_SIZE],
                     lo_encrypt_key: [0; 32],
@@ -141,13 +161,17 @@ impl LoopDevice {
                 },
                 reserved: [0; 8],
             };
-            // SAFETY: LOOP_CONFIGURE reads a struct loop_config, which `config` is.
+            // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, whose layout `LoopConfig`
+            // reproduces (checked by the size test below); `config` outlives the call.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_CONFIGURE as _, &config) };
-            match Errno::result(rc) {
-                Ok(_) => return Ok(LoopDevice { path, number: n as u32, file }),
-                Err(Errno::EBUSY) => last = Errno::EBUSY,
-                Err(e) => return Err(LoopError::Configure { backing: backing.into(), source: e }),
+            if rc == 0 {
+                return Ok(LoopDevice { path, number: n as u32, file });
             }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(LoopError::Configure { backing: backing.into(), source: e });
+            }
+            last = e;
         }
         Err(LoopError::Configure { backing: backing.into(), source: last })
     }
@@ -211,6 +235,7 @@ mod tests {
 
     #[test]
     fn uapi_sizes() {
+        // struct loop_info64 is 232 bytes, struct loop_config 304 (include/uapi/linux/loop.h).
         assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
     }
