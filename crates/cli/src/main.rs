@@ -190,6 +190,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ControlResponse::Stopping => println!("stopping {name}"),
                 other => anyhow::bail!("unexpected answer from the monitor: {other:?}"),
             }
+            // Who asked for the stop is on the trail; the monitor records how the ISC ended.
+            let log = hooks_audit::open_for_monitor(&dirs)?;
+            log.append(
+                Some(&name),
+                isc_audit::Kind::IscStop,
+                hooks_audit::caller(),
+                serde_json::json!({"requested": "stop"}),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe { list: true, .. } => {

@@ -201,6 +201,18 @@ fn two_iscs_side_by_side_get_distinct_unprivileged_host_uids() {
     }
     let (ra, rb) = (ca.wait().unwrap(), cb.wait().unwrap());
     assert_eq!((ra.code(), rb.code()), (Some(143), Some(143)), "SIGTERM ends the service: 128+15");
+    // Who stopped it is on the audit trail.
+    let out = env
+        .cmd()
+        .args(["audit", "show", "--isc", "uid-a", "--kind", "isc_stop", "--json"])
+        .output()
+        .unwrap();
+    let stops: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0]["actor"], serde_json::json!({"uid": 0}));
     assert_nothing_left(&env);
 }
 
