@@ -123,32 +123,35 @@ pub(crate) struct FileTail {
     pub torn: Option<TornTail>,
 }
 
-/// How much of a log's end `scan_file` reads first. Opening the log happens on every ISC start,
-/// so it must not cost time proportional to the file (up to the rotation size, 64 MiB).
-const TAIL_WINDOW: u64 = 256 * 1024;
+/// How much of a log's end `scan_file` reads, growing until a checkpoint is in view. Opening
+/// the log happens on every ISC start, so it must not cost time proportional to the file (up to
+/// the rotation size, 64 MiB): a clean close always ends in a checkpoint, so the first window
+/// (a few dozen records) is nearly always enough.
+const TAIL_WINDOWS: [u64; 2] = [16 * 1024, 512 * 1024];
 
-/// Scans a log file for its last record, last checkpoint and torn tail: only the last
-/// `TAIL_WINDOW` bytes when a checkpoint lies within them (the usual case: every clean close
-/// writes one), else the whole file.
+/// Scans a log file for its last record, last checkpoint and torn tail: only a window at its
+/// end when a checkpoint lies within it, else the whole file.
 pub(crate) fn scan_file(file: &File, path: &Path) -> Result<FileTail, AuditError> {
     let len =
         file.metadata().map_err(|source| AuditError::Read { path: path.to_owned(), source })?.len();
-    if len > TAIL_WINDOW {
-        let from = len - TAIL_WINDOW;
+    for window in TAIL_WINDOWS {
+        if len <= window {
+            break;
+        }
+        let from = len - window;
         let buf = read_from(file, path, from, len)?;
         // The window starts mid-line: begin after its first newline.
-        if let Some(nl) = memchr(b'\n', &buf) {
-            let start = from + nl as u64 + 1;
-            let mut scan = scan_region(&buf[nl + 1..], path, start)?;
-            if scan.last_checkpoint_seq.is_some() {
-                scan.complete_len += start;
-                let torn = (scan.complete_len < len).then(|| TornTail {
-                    file: path.to_owned(),
-                    offset: scan.complete_len,
-                    len: len - scan.complete_len,
-                });
-                return Ok(FileTail { len, scan, torn });
-            }
+        let Some(nl) = memchr(b'\n', &buf) else { continue };
+        let start = from + nl as u64 + 1;
+        let mut scan = scan_region(&buf[nl + 1..], path, start)?;
+        if scan.last_checkpoint_seq.is_some() {
+            scan.complete_len += start;
+            let torn = (scan.complete_len < len).then(|| TornTail {
+                file: path.to_owned(),
+                offset: scan.complete_len,
+                len: len - scan.complete_len,
+            });
+            return Ok(FileTail { len, scan, torn });
         }
     }
     let buf = read_from(file, path, 0, len)?;

@@ -41,3 +41,28 @@ fn a_log_larger_than_the_tail_window_reopens_at_the_right_head() {
     let torn = report.torn_tail.expect("torn tail reported");
     assert_eq!((torn.offset, torn.len), (before, 16));
 }
+
+#[test]
+fn without_a_recent_checkpoint_the_scan_widens_and_counts_what_is_uncovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = AuditConfig::new(tmp.path().join("keys"));
+    cfg.durability = Durability::None;
+    cfg.checkpoint_every = 0;
+    cfg.checkpoint_interval = None;
+    let detail = serde_json::json!({"pad": "y".repeat(300)});
+    let (log, _) = AuditLog::open(&dir, cfg.clone()).unwrap();
+    for _ in 0..2000 {
+        log.append(Some("big"), Kind::IscStart, Actor::Isc, detail.clone()).unwrap();
+    }
+    log.checkpoint().unwrap();
+    for _ in 0..200 {
+        log.append(Some("big"), Kind::IscStart, Actor::Isc, detail.clone()).unwrap();
+    }
+    let last = log.last_seq();
+    // A crash: no closing checkpoint (the 200 records are ~70 KB, past the first window).
+    std::mem::forget(log);
+    let (_log, report) = AuditLog::open(&dir, cfg).unwrap();
+    assert_eq!(report.last_seq, last);
+    assert_eq!(report.uncovered_records, 200);
+}
