@@ -14,6 +14,7 @@ mod error;
 pub mod kernel;
 pub mod keys;
 mod log;
+mod pipeline;
 mod query;
 pub mod record;
 mod segment;

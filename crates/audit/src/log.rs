@@ -1,11 +1,10 @@
 //! `AuditLog`: the appender shared by threads and processes, with group commit, periodic signed
 //! checkpoints, size rotation and a fail-closed state when the log cannot be written.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +13,7 @@ use serde_json::json;
 
 use crate::error::AuditError;
 use crate::keys::{key_id, load_or_create_signing_key};
+use crate::pipeline::{lock, FailedState, Pipeline};
 use crate::record::{format_time, Actor, Kind};
 use crate::segment::{TornTail, LOCK_FILE};
 use crate::writer::{load_active, DirLock, Failure, Io, Request};
@@ -92,29 +92,12 @@ pub struct OpenReport {
     pub torn_tail: Option<TornTail>,
 }
 
-struct Queue {
-    pending: Vec<(u64, Vec<Request>)>,
-    next_ticket: u64,
-    leader_busy: bool,
-    results: HashMap<u64, Result<Vec<u64>, Failure>>,
-    failed: Option<FailedState>,
-    stop: bool,
-}
-
-#[derive(Debug, Clone)]
-struct FailedState {
-    failure: Failure,
-    since: String,
-    rejected: u64,
-}
-
 struct Inner {
     dir: PathBuf,
     cfg: AuditConfig,
     public: VerifyingKey,
     io: Mutex<Io>,
-    queue: Mutex<Queue>,
-    done: Condvar,
+    pipeline: Pipeline,
     tick: Condvar,
 }
 
@@ -124,12 +107,6 @@ struct Inner {
 pub struct AuditLog {
     inner: Arc<Inner>,
     ticker: Option<JoinHandle<()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave them logically inconsistent beyond what
-    // `Io::reload` repairs, so keep going rather than poisoning every later append.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AuditLog {
@@ -173,7 +150,7 @@ impl AuditLog {
                 "audit log ends in a torn line (crash or truncation); it is kept and reported");
             // Force the move to a new file now, so the report names where appends go.
             io.reload = true;
-            io.commit(&[]).map_err(Failure::into_error)?;
+            io.commit(&[], false).map_err(Failure::into_error)?;
         }
         let (last_seq, uncovered) = io.head();
         let report = OpenReport {
@@ -182,20 +159,13 @@ impl AuditLog {
             uncovered_records: uncovered,
             torn_tail: torn,
         };
+        let durable = cfg.durability == Durability::Durable;
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             cfg,
             public,
             io: Mutex::new(io),
-            queue: Mutex::new(Queue {
-                pending: Vec::new(),
-                next_ticket: 0,
-                leader_busy: false,
-                results: HashMap::new(),
-                failed: None,
-                stop: false,
-            }),
-            done: Condvar::new(),
+            pipeline: Pipeline::new(durable),
             tick: Condvar::new(),
         });
         let ticker = ticker_period(&inner.cfg).map(|period| {
@@ -250,8 +220,10 @@ impl AuditLog {
         if let Some(got) = got {
             return Err(AuditError::InvalidDetail { kind, got });
         }
+        // Serialised here, by the appending thread, so the single writer only copies bytes.
+        let detail = detail.to_string();
         // The fixed fields take well under 300 bytes; this bounds what tail scans must read.
-        let size = 300 + isc.map_or(0, str::len) + detail.to_string().len();
+        let size = 300 + isc.map_or(0, str::len) + detail.len();
         if size > self.inner.cfg.max_record_bytes {
             return Err(AuditError::TooLarge { kind, size, max: self.inner.cfg.max_record_bytes });
         }
@@ -267,7 +239,7 @@ impl AuditLog {
     /// starts — after a failed write (until a retry here succeeds in recording the outage) and
     /// when the filesystem is read-only or below the configured free-space reserve.
     pub fn ensure_writable(&self) -> Result<(), AuditError> {
-        let failed = lock(&self.inner.queue).failed.clone();
+        let failed = lock(&self.inner.pipeline.queue).failed.clone();
         if let Some(f) = failed {
             // Recover only with the reserve free again, so a record squeezed into the last free
             // bytes does not flap the log between failed and writable.
@@ -281,7 +253,7 @@ impl AuditLog {
                 isc: None,
                 kind: Kind::AuditWriteFailure,
                 actor: Actor::Isc,
-                detail,
+                detail: detail.to_string(),
             };
             self.inner.submit(vec![req], true)?;
             tracing::info!(dir = %self.inner.dir.display(), "audit log writable again");
@@ -345,7 +317,9 @@ impl AuditLog {
 
     /// Counters of this handle (group-commit effectiveness).
     pub fn stats(&self) -> LogStats {
-        lock(&self.inner.io).stats
+        let mut s = lock(&self.inner.io).stats;
+        s.syncs += lock(&self.inner.pipeline.queue).syncs;
+        s
     }
 
     /// Seq of the last record this process knows of.
@@ -355,73 +329,8 @@ impl AuditLog {
 }
 
 impl Inner {
-    /// Group commit: queue the requests; the first waiter without a running leader becomes the
-    /// leader, takes everything queued, writes it in one `write` + one sync, and wakes the rest.
     fn submit(&self, reqs: Vec<Request>, recovering: bool) -> Result<Vec<u64>, AuditError> {
-        let inner = self;
-        let mut q = lock(&inner.queue);
-        if let Some(f) = q.failed.as_mut().filter(|_| !recovering) {
-            f.rejected += reqs.len() as u64;
-            return Err(f.failure.clone().into_error());
-        }
-        let ticket = q.next_ticket;
-        q.next_ticket += 1;
-        q.pending.push((ticket, reqs));
-        loop {
-            if let Some(r) = q.results.remove(&ticket) {
-                return r.map_err(Failure::into_error);
-            }
-            if q.leader_busy {
-                q = inner.done.wait(q).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            q.leader_busy = true;
-            let batch = std::mem::take(&mut q.pending);
-            drop(q);
-            let flat: Vec<Request> =
-                batch.iter().flat_map(|(_, r)| r.iter()).map(clone_req).collect();
-            let outcome = lock(&inner.io).commit(&flat);
-            q = lock(&inner.queue);
-            match outcome {
-                Ok(seqs) => {
-                    if recovering {
-                        q.failed = None;
-                    }
-                    let mut it = seqs.into_iter();
-                    for (t, reqs) in &batch {
-                        q.results.insert(*t, Ok(it.by_ref().take(reqs.len()).collect()));
-                    }
-                }
-                Err(f) => {
-                    tracing::error!(path = %f.path.display(), reason = %f.reason,
-                        "audit log write failed; refusing appends until it is writable");
-                    if q.failed.is_none() {
-                        q.failed = Some(FailedState {
-                            failure: f.clone(),
-                            since: format_time(SystemTime::now()),
-                            rejected: 0,
-                        });
-                    }
-                    for (t, reqs) in &batch {
-                        if let Some(st) = q.failed.as_mut() {
-                            st.rejected += reqs.len() as u64;
-                        }
-                        q.results.insert(*t, Err(f.clone()));
-                    }
-                }
-            }
-            q.leader_busy = false;
-            inner.done.notify_all();
-        }
-    }
-}
-
-fn clone_req(r: &Request) -> Request {
-    match r {
-        Request::Record { isc, kind, actor, detail } => {
-            Request::Record { isc: isc.clone(), kind: *kind, actor: *actor, detail: detail.clone() }
-        }
-        Request::Checkpoint { force } => Request::Checkpoint { force: *force },
+        self.pipeline.submit(&self.io, reqs, recovering).map_err(Failure::into_error)
     }
 }
 
@@ -440,7 +349,7 @@ fn ticker_period(cfg: &AuditConfig) -> Option<Duration> {
 fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
     loop {
         {
-            let q = lock(&inner.queue);
+            let q = lock(&inner.pipeline.queue);
             let (q, _) = inner
                 .tick
                 .wait_timeout_while(q, period, |q| !q.stop)
@@ -455,7 +364,7 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
                 tracing::error!(path = %f.path.display(), reason = %f.reason,
                     "audit log sync failed; refusing appends until it is writable");
                 // Records acknowledged under `Interval` may not be on disk: fail closed.
-                let mut q = lock(&inner.queue);
+                let mut q = lock(&inner.pipeline.queue);
                 if q.failed.is_none() {
                     q.failed = Some(FailedState {
                         failure: f,
@@ -481,7 +390,7 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         if let Some(ticker) = self.ticker.take() {
-            lock(&self.inner.queue).stop = true;
+            lock(&self.inner.pipeline.queue).stop = true;
             self.inner.tick.notify_all();
             let _ = ticker.join();
         }
@@ -492,7 +401,7 @@ impl Drop for AuditLog {
 impl AuditLog {
     /// Closing checkpoint, so a cleanly closed log is fully covered by a signature.
     fn close(&self) {
-        let failed = lock(&self.inner.queue).failed.is_some();
+        let failed = lock(&self.inner.pipeline.queue).failed.is_some();
         if !failed {
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "closing audit checkpoint failed");

@@ -280,8 +280,8 @@ pub(crate) struct Fields<'a> {
     pub isc: Option<&'a str>,
     pub kind: Kind,
     pub actor: Actor,
-    /// Must be a JSON object (checked by the caller).
-    pub detail: &'a serde_json::Value,
+    /// A JSON object serialised by `serde_json` (checked by the caller), copied verbatim.
+    pub detail: &'a [u8],
 }
 
 /// Serialises one record into `out` (appending, including the trailing `\n`) and returns its hash.
@@ -295,7 +295,7 @@ pub(crate) fn encode_line(out: &mut Vec<u8>, f: &Fields<'_>, prev: &blake3::Hash
     let _ = write!(out, ",\"kind\":\"{}\",\"actor\":", kind.as_str());
     let _ = serde_json::to_writer(&mut *out, &actor);
     out.extend_from_slice(b",\"detail\":");
-    let _ = serde_json::to_writer(&mut *out, detail);
+    out.extend_from_slice(detail);
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(prev.to_hex().as_bytes());
     out.push(b'"');
@@ -353,6 +353,65 @@ pub(crate) struct LineHead<'a> {
     pub hash: serde::de::IgnoredAny,
 }
 
+/// What the verifier's hot path reads of a line: seq, kind and prev.
+pub(crate) struct FastHead<'a> {
+    pub seq: u64,
+    pub kind: &'a str,
+    pub prev: blake3::Hash,
+}
+
+/// Reads seq, kind and prev of a line laid out exactly as [`encode_line`] writes it, without a
+/// JSON parser: `{"seq":N,"time":"…","isc":null|"…","kind":"…","actor":…,"prev":"<hex>"`
+/// followed by the hash suffix. `None` for anything else; callers then fall back to serde,
+/// which names what is wrong. Only lines whose hash matches reach this in the verifier, and
+/// every byte of them is covered by the chain and the checkpoint signatures, so reading the
+/// fields by position cannot be fooled into accepting bytes the hash does not cover.
+pub(crate) fn fast_head(line: &[u8]) -> Option<FastHead<'_>> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"time\":\"")?;
+    let close = memchr::memchr(b'"', rest)?;
+    let rest = rest[close + 1..].strip_prefix(b",\"isc\":")?;
+    let rest = match rest.strip_prefix(b"null") {
+        Some(r) => r,
+        None => {
+            let mut i = 1;
+            if rest.first() != Some(&b'"') {
+                return None;
+            }
+            loop {
+                match rest.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            &rest[i + 1..]
+        }
+    };
+    let rest = rest.strip_prefix(b",\"kind\":\"")?;
+    let k = rest.iter().take_while(|b| b.is_ascii_lowercase() || **b == b'_').count();
+    if !rest[k..].starts_with(b"\",\"actor\":") {
+        return None;
+    }
+    let kind = std::str::from_utf8(&rest[..k]).ok()?;
+    let body = line.len().checked_sub(HASH_SUFFIX_LEN)?;
+    let prev_at = body.checked_sub(PREV_FIELD_LEN)?;
+    let field = &line[prev_at..body];
+    if !field.starts_with(b",\"prev\":\"") || field.last() != Some(&b'"') {
+        return None;
+    }
+    let prev = blake3::Hash::from_hex(&field[9..9 + 64]).ok()?;
+    Some(FastHead { seq, kind, prev })
+}
+
+/// `,"prev":"<64 hex>"`.
+const PREV_FIELD_LEN: usize = 9 + 64 + 1;
+
 /// Lower-case hex of arbitrary bytes.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -407,7 +466,8 @@ mod tests {
 
     #[test]
     fn line_is_deterministic_and_hash_covers_body() {
-        let detail = serde_json::json!({"b": 1, "a": "x\"y"});
+        let detail = serde_json::json!({"b": 1, "a": "x\"y"}).to_string();
+        let detail = detail.as_bytes();
         let prev = blake3::Hash::from_hex(GENESIS_PREV).unwrap();
         let mut a = Vec::new();
         let mut b = Vec::new();
@@ -418,7 +478,7 @@ mod tests {
             isc: Some("web"),
             kind: Kind::IscStart,
             actor: Actor::Uid(7),
-            detail: &detail,
+            detail,
         };
         let ha = encode_line(&mut a, &fields, &prev);
         let hb = encode_line(&mut b, &fields, &prev);
@@ -435,6 +495,35 @@ mod tests {
         assert!(std::str::from_utf8(line).unwrap().starts_with(
             "{\"seq\":1,\"time\":\"2026-01-02T03:04:05.000000007Z\",\"isc\":\"web\",\"kind\":\"isc_start\",\"actor\":{\"uid\":7},\"detail\":"
         ));
+    }
+
+    #[test]
+    fn fast_head_agrees_with_serde_and_falls_back_on_anything_else() {
+        let prev = blake3::hash(b"x");
+        for isc in [None, Some("web"), Some("we\\\"b\\\\")] {
+            let detail = serde_json::json!({"k": "\"kind\":\"x\"", "n": 1}).to_string();
+            let f = Fields {
+                seq: 1234,
+                time: "2026-01-02T03:04:05.000000007Z",
+                isc,
+                kind: Kind::NetDrop,
+                actor: Actor::Kernel,
+                detail: detail.as_bytes(),
+            };
+            let mut out = Vec::new();
+            encode_line(&mut out, &f, &prev);
+            let line = &out[..out.len() - 1];
+            let h = fast_head(line).expect("fast path");
+            let slow: LineHead<'_> = serde_json::from_slice(line).unwrap();
+            assert_eq!(
+                (h.seq, h.kind, h.prev.to_hex().as_str()),
+                (slow.seq, &*slow.kind, &*slow.prev)
+            );
+            assert_eq!(h.kind, "net_drop");
+        }
+        assert!(fast_head(b"{\"seq\":01,\"time\":\"t\"").is_none());
+        assert!(fast_head(b"{\"seq\": 1}").is_none());
+        assert!(fast_head(b"").is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
 use crate::error::AuditError;
 use crate::keys::{checkpoint_message, key_id};
-use crate::record::{from_hex, hash_body, split_hash, LineHead, Record};
+use crate::record::{fast_head, from_hex, hash_body, split_hash, LineHead, Record};
 use crate::segment::{genesis, list_files, TornTail};
 
 /// How to verify.
@@ -501,6 +501,8 @@ struct Pre {
 type PreError = (FindingKind, Option<u64>, String);
 
 /// Checks one line in isolation: hash field present, hash matches the bytes, record parses.
+/// The hot path reads seq, kind and prev by position ([`fast_head`]); serde is only the
+/// fallback that names what is wrong with a line not laid out as the writer writes it.
 fn pre_check(line: &[u8]) -> Result<Pre, PreError> {
     let Some((body, stored)) = split_hash(line) else {
         return Err((
@@ -509,9 +511,10 @@ fn pre_check(line: &[u8]) -> Result<Pre, PreError> {
             "the line does not end in a valid hash field: the record was edited or damaged".into(),
         ));
     };
-    let head: Result<LineHead<'_>, _> = serde_json::from_slice(line);
-    let seq_hint = head.as_ref().ok().map(|h| h.seq);
     if hash_body(body) != stored {
+        let seq_hint = fast_head(line)
+            .map(|h| h.seq)
+            .or_else(|| serde_json::from_slice::<LineHead<'_>>(line).ok().map(|h| h.seq));
         return Err((
             FindingKind::Edited,
             seq_hint,
@@ -521,19 +524,25 @@ fn pre_check(line: &[u8]) -> Result<Pre, PreError> {
             ),
         ));
     }
-    let head = head.map_err(|e| {
+    if let Some(h) = fast_head(line) {
+        return Ok(Pre { seq: h.seq, prev: h.prev, stored, tag: tag_of(h.kind) });
+    }
+    let head: LineHead<'_> = serde_json::from_slice(line).map_err(|e| {
         (FindingKind::Malformed, None, format!("the line is not an audit record: {e}"))
     })?;
     let seq = head.seq;
     let prev = blake3::Hash::from_hex(head.prev.as_bytes()).map_err(|_| {
         (FindingKind::Malformed, Some(seq), format!("record seq {seq} has a malformed prev field"))
     })?;
-    let tag = match &*head.kind {
+    Ok(Pre { seq, prev, stored, tag: tag_of(&head.kind) })
+}
+
+fn tag_of(kind: &str) -> Tag {
+    match kind {
         "checkpoint" => Tag::Checkpoint,
         "log_rotate" => Tag::LogRotate,
         _ => Tag::Other,
-    };
-    Ok(Pre { seq, prev, stored, tag })
+    }
 }
 
 /// `pre_check` over every line, on all CPUs when there are enough lines to be worth it.

@@ -29,7 +29,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn io(path: &Path, e: &std::io::Error) -> Failure {
+    pub fn io(path: &Path, e: &std::io::Error) -> Failure {
         Failure { path: path.to_owned(), reason: e.to_string() }
     }
     pub fn into_error(self) -> AuditError {
@@ -59,12 +59,11 @@ pub(crate) enum Request {
         isc: Option<String>,
         kind: Kind,
         actor: Actor,
-        detail: serde_json::Value,
+        /// The detail object, already serialised by the appender (outside the writer's lock).
+        detail: String,
     },
     /// Sign the chain head if any record is not yet covered (or always, with `force`).
-    Checkpoint {
-        force: bool,
-    },
+    Checkpoint { force: bool },
 }
 
 /// The file currently appended to and the chain state at its end.
@@ -100,18 +99,21 @@ pub(crate) struct Io {
     pub stats: crate::LogStats,
 }
 
-/// RAII `flock(LOCK_EX)` on the lock file.
-pub(crate) struct DirLock<'a> {
-    file: &'a File,
+/// RAII `flock(LOCK_EX)` on the lock file. Holds the raw descriptor (no borrow, so the
+/// writer can lock its own `lock` file and still mutate itself); the `File` it came from
+/// must outlive the guard, which holds for `Io::lock` and the lock file in `AuditLog::open`.
+pub(crate) struct DirLock {
+    fd: std::os::fd::RawFd,
 }
 
-impl<'a> DirLock<'a> {
-    pub fn acquire(file: &'a File, path: &Path) -> Result<DirLock<'a>, AuditError> {
+impl DirLock {
+    pub fn acquire(file: &File, path: &Path) -> Result<DirLock, AuditError> {
+        let fd = file.as_raw_fd();
         loop {
             // SAFETY: flock on a valid, open descriptor owned by `file`; no memory is passed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
             if rc == 0 {
-                return Ok(DirLock { file });
+                return Ok(DirLock { fd });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -121,10 +123,11 @@ impl<'a> DirLock<'a> {
     }
 }
 
-impl Drop for DirLock<'_> {
+impl Drop for DirLock {
     fn drop(&mut self) {
-        // SAFETY: as above; unlocking cannot fail on a descriptor we locked.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        // SAFETY: the descriptor is still open (see the type's doc); unlocking cannot fail on
+        // a descriptor we locked.
+        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
     }
 }
 
@@ -306,7 +309,7 @@ impl Io {
         isc: Option<&str>,
         kind: Kind,
         actor: Actor,
-        detail: &serde_json::Value,
+        detail: &[u8],
     ) -> u64 {
         let seq = self.active.last_seq + 1;
         let time = format_time(SystemTime::now());
@@ -327,7 +330,8 @@ impl Io {
             "key_id": self.key_id,
             "sig": to_hex(&sig.to_bytes()),
         });
-        let seq = self.encode(buf, None, Kind::Checkpoint, Actor::Isc, &detail);
+        let seq =
+            self.encode(buf, None, Kind::Checkpoint, Actor::Isc, detail.to_string().as_bytes());
         self.active.last_checkpoint_seq = seq;
         self.last_checkpoint_at = Instant::now();
         seq
@@ -415,17 +419,18 @@ impl Io {
     fn write_header_if_pending(&mut self, buf: &mut Vec<u8>) {
         if self.active.len == 0 && buf.is_empty() {
             if let Some(h) = self.active.header.take() {
-                self.encode(buf, None, Kind::LogRotate, Actor::Isc, &h);
+                self.encode(buf, None, Kind::LogRotate, Actor::Isc, h.to_string().as_bytes());
             }
         }
     }
 
     /// Appends a batch under the directory lock; returns one seq per request (for a checkpoint
     /// request: the checkpoint's seq, or the current head seq if nothing needed signing).
-    pub fn commit(&mut self, batch: &[Request]) -> Result<Vec<u64>, Failure> {
-        let lock = self.lock.try_clone().map_err(|e| Failure::io(&self.lock_path, &e))?;
-        let _guard = DirLock::acquire(&lock, &self.lock_path)?;
-        let result = self.commit_locked(batch);
+    /// With `defer_sync` (durable mode in the pipeline) the final sync is left to the caller;
+    /// a rotation still syncs the file it leaves.
+    pub fn commit(&mut self, batch: &[&Request], defer_sync: bool) -> Result<Vec<u64>, Failure> {
+        let _guard = DirLock::acquire(&self.lock, &self.lock_path)?;
+        let result = self.commit_locked(batch, defer_sync);
         if let Ok(seqs) = &result {
             self.stats.commits += 1;
             self.stats.requests += seqs.len() as u64;
@@ -438,7 +443,7 @@ impl Io {
         result
     }
 
-    fn commit_locked(&mut self, batch: &[Request]) -> Result<Vec<u64>, Failure> {
+    fn commit_locked(&mut self, batch: &[&Request], defer_sync: bool) -> Result<Vec<u64>, Failure> {
         let torn = if self.reload {
             let (active, torn) = load_active(&self.dir, &self.lock)?;
             self.active = active;
@@ -455,7 +460,7 @@ impl Io {
         }
         let mut buf = Vec::with_capacity(256 * batch.len() + 512);
         let mut seqs = Vec::with_capacity(batch.len());
-        for req in batch {
+        for &req in batch {
             self.write_header_if_pending(&mut buf);
             if self.max_file_bytes > 0
                 && self.active.len + buf.len() as u64 >= self.max_file_bytes
@@ -466,6 +471,7 @@ impl Io {
             }
             match req {
                 Request::Record { isc, kind, actor, detail } => {
+                    let detail = detail.as_bytes();
                     seqs.push(self.encode(&mut buf, isc.as_deref(), *kind, *actor, detail));
                     if self.checkpoint_every > 0 && self.uncovered() >= self.checkpoint_every {
                         self.encode_checkpoint(&mut buf);
@@ -481,8 +487,15 @@ impl Io {
             }
         }
         self.write_buf(&buf)?;
-        self.sync(false)?;
+        if !defer_sync {
+            self.sync(false)?;
+        }
         Ok(seqs)
+    }
+
+    /// The active file's path (what a deferred sync must cover).
+    pub fn active_path(&self) -> PathBuf {
+        self.active.path.clone()
     }
 
     /// Seq of the last record and how many records no checkpoint covers yet (local view).

@@ -61,7 +61,8 @@ fn group_commit_from_8_threads_keeps_one_valid_chain() {
     assert_eq!(seqs.len(), 800);
     let stats = log.stats();
     eprintln!("8 threads x 100 durable appends: {stats:?}");
-    assert_eq!(stats.syncs, stats.commits, "durable mode syncs every commit");
+    // Pipelined group commit: one fdatasync covers every batch written before it started.
+    assert!(stats.syncs >= 1 && stats.syncs <= stats.commits, "{stats:?}");
     assert!(stats.commits <= 800);
     let key = log.verifying_key();
     drop(log);

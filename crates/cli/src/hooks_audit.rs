@@ -6,6 +6,11 @@
 //! code, not an exec'd helper). So the log is opened without its ticker thread, the kernel
 //! audit socket is opened (a plain fd, closed in the child by its `close_range`) before the
 //! clone so no denial is missed, and the reader thread starts in `StartHooks::after_start`.
+//!
+//! Network denials: for an ISC with `[network]`, isc-net's drop rules also log to an NFLOG
+//! group of that ISC alone (`isc_net::audit_nflog_group`; one socket per group is all the
+//! kernel allows). The monitor binds it once the network is set up (before the service is
+//! released) and an `isc-audit-net` thread appends `net_drop` records.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use isc_audit::{Actor, AuditConfig, AuditLog, Durability, Kind};
 use isc_cgroup::{IscCgroup, Limits};
 use isc_engine::state::IscState;
 use isc_engine::{ExitRecord, IscSpec, MonitorError, StartHooks};
+use isc_net::{Denial, Direction, NflogReader};
 use serde_json::json;
 
 use crate::launch::{self, Dirs};
@@ -113,6 +119,19 @@ struct DenialCounts {
     overflows: u64,
 }
 
+/// The `isc-audit-net` thread.
+struct NetCollector {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<DenialCounts>,
+}
+
+/// This ISC's NFLOG group, bound before the service runs.
+struct NetSource {
+    reader: NflogReader,
+    id: String,
+    group: u16,
+}
+
 struct Collector {
     stop: Arc<AtomicBool>,
     /// Pid of the barrier child (see `audit_barrier`), set just before `stop`.
@@ -129,6 +148,10 @@ pub struct AuditSession {
     reader_error: Option<String>,
     pidns_ino: Option<u64>,
     collector: Option<Collector>,
+    net_cfg: isc_net::NetConfig,
+    net: Option<NetSource>,
+    net_status: serde_json::Value,
+    net_collector: Option<NetCollector>,
     cgroup: Option<Box<dyn IscCgroup>>,
     memory_limit: Option<u64>,
 }
@@ -159,6 +182,10 @@ impl AuditSession {
             reader_error,
             pidns_ino: None,
             collector: None,
+            net_cfg: crate::hooks_net::net_config(dirs),
+            net: None,
+            net_status: json!({"collected": false, "reason": "no [network] section"}),
+            net_collector: None,
             cgroup: None,
             memory_limit: None,
         })
@@ -235,6 +262,7 @@ impl AuditSession {
                 "service_pid": st.service_pid,
                 "pidns_inode": self.pidns_ino,
                 "kernel_denials": kernel,
+                "net_denials": self.net_status,
             }),
         );
         let attribution = Attribution {
@@ -242,6 +270,17 @@ impl AuditSession {
             uid_hi: st.host_uid_base.saturating_add(isc_engine::creds::RANGE_SIZE),
             pidns_ino: self.pidns_ino,
         };
+        if let Some(src) = self.net.take() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
+            let spawned = std::thread::Builder::new()
+                .name("isc-audit-net".into())
+                .spawn(move || collect_net(src, &log, &name, &flag));
+            match spawned {
+                Ok(thread) => self.net_collector = Some(NetCollector { stop, thread }),
+                Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
+            }
+        }
         if let Some(reader) = self.reader.take() {
             let stop = Arc::new(AtomicBool::new(false));
             let barrier = Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -255,6 +294,38 @@ impl AuditSession {
                 Err(e) => tracing::error!(error = %e, "cannot start the kernel denial collector"),
             }
         }
+    }
+
+    /// Binds this ISC's NFLOG group, from the network record `hooks_net` has just written.
+    fn open_net_source(&mut self) {
+        let path = self.state_dir.join("isc").join(&self.name).join(crate::hooks_net::RECORD_FILE);
+        let Ok(bytes) = std::fs::read(&path) else { return };
+        let rec: crate::hooks_net::NetRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.net_status =
+                    json!({"collected": false, "error": format!("{}: {e}", path.display())});
+                return;
+            }
+        };
+        let group = isc_net::audit_nflog_group(self.net_cfg.v4_prefix, rec.policy.addr_v4);
+        match NflogReader::open(group) {
+            Ok(reader) => {
+                self.net_status = json!({"collected": true, "nflog_group": group});
+                self.net = Some(NetSource { reader, id: rec.id, group });
+            }
+            Err(e) => {
+                tracing::warn!(isc = %self.name, error = %e, "dropped packets will not be on the audit trail");
+                self.net_status =
+                    json!({"collected": false, "nflog_group": group, "error": e.to_string()});
+            }
+        }
+    }
+
+    fn stop_net_collector(&mut self) -> Option<DenialCounts> {
+        let c = self.net_collector.take()?;
+        c.stop.store(true, Ordering::SeqCst);
+        c.thread.join().ok()
     }
 
     fn stop_collector(&mut self) -> Option<DenialCounts> {
@@ -280,6 +351,7 @@ impl AuditSession {
         result: Result<ExitRecord, MonitorError>,
     ) -> Result<ExitRecord, MonitorError> {
         let counts = self.stop_collector();
+        let net_counts = self.stop_net_collector();
         let record = match result {
             Ok(r) => r,
             Err(e) => {
@@ -314,6 +386,7 @@ impl AuditSession {
                 "run_ms": record.run_ms,
                 "host_uid_base": record.host_uid_base,
                 "kernel_denials": counts,
+                "net_denials": net_counts,
             }),
         );
         Ok(record)
@@ -322,8 +395,9 @@ impl AuditSession {
 
 impl Drop for AuditSession {
     fn drop(&mut self) {
-        // Error paths that never reached `finish` must not leave the thread reading.
+        // Error paths that never reached `finish` must not leave the threads reading.
         self.stop_collector();
+        self.stop_net_collector();
     }
 }
 
@@ -346,6 +420,8 @@ impl StartHooks for AuditedHooks<'_> {
         self.inner.before_release(child_pid)?;
         // The clone made the child PID 1 of a new PID namespace: every ISC process is in it.
         self.session.pidns_ino = pidns_inode(child_pid);
+        // The network (and its drop rules) exist now; the service has not run yet.
+        self.session.open_net_source();
         Ok(())
     }
     fn exit_reason(&mut self) -> Option<String> {
@@ -450,6 +526,54 @@ fn collect(
             Kind::SeccompDenial,
             json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
         );
+    }
+    counts
+}
+
+/// After the service ended, read what is still queued until the socket has been quiet this
+/// long. With a queue threshold of 1 the kernel sends each logged packet as it is dropped, so
+/// a drop before the exit is already in the socket; the wait only covers the 10 ms flush timer.
+const NET_DRAIN_QUIET: Duration = Duration::from_millis(30);
+
+fn net_drop_detail(d: &Denial, group: u16) -> serde_json::Value {
+    json!({
+        "direction": match d.direction { Direction::In => "in", Direction::Out => "out" },
+        "src": d.src.to_string(),
+        "dst": d.dst.to_string(),
+        "proto": d.proto,
+        "dport": d.dport,
+        "nflog_group": group,
+    })
+}
+
+/// The network collector thread: appends this ISC's dropped packets (the prefix carries the
+/// ISC id `hooks_net` gave it) until `stop`, then drains the socket.
+fn collect_net(mut src: NetSource, log: &AuditLog, name: &str, stop: &AtomicBool) -> DenialCounts {
+    let mut counts = DenialCounts::default();
+    let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
+    let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let d = src.reader.next(if stopping { NET_DRAIN_QUIET } else { STOP_POLL });
+        if let Some(n) = limiter.take_summary() {
+            append(log, name, Kind::NetDrop, summary(n));
+        }
+        match d {
+            Some(d) if d.isc_id == src.id => {
+                if limiter.admit() {
+                    append(log, name, Kind::NetDrop, net_drop_detail(&d, src.group));
+                    counts.recorded += 1;
+                } else {
+                    counts.suppressed += 1;
+                }
+            }
+            Some(_) => {}
+            None if stopping => break,
+            None => {}
+        }
+    }
+    if let Some(n) = limiter.flush() {
+        append(log, name, Kind::NetDrop, summary(n));
     }
     counts
 }

@@ -285,3 +285,176 @@ fn assert_nothing_left(env: &Env, name: &str) {
         .unwrap_or_default();
     assert!(entries.is_empty(), "registry entries left: {entries:?}");
 }
+
+const NET_INNER: &str = "ISC_CLI_AUDIT_NET_TEST_INNER";
+const NET_OUTER_NS: &str = "ISC_CLI_AUDIT_NET_TEST_OUTER_NS";
+
+fn netns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+/// Runs `body` inside a private network + mount namespace by re-executing this test there
+/// (like tests/network.rs): nothing touches the machine's real network.
+fn in_private_netns(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(NET_INNER).is_some() {
+        let outer: u64 = std::env::var(NET_OUTER_NS).unwrap().parse().unwrap();
+        assert_ne!(netns_inode("/proc/thread-self/ns/net"), outer, "not in a private netns");
+        isc_net::link::Rtnl::open().unwrap().set_up("lo").unwrap();
+        isc_net::enable_forwarding().unwrap();
+        body();
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(NET_INNER, "1")
+        .env(NET_OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
+        .output()
+        .expect("run unshare (util-linux)");
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "inner test failed:\n{so}\n{se}");
+    assert!(so.contains("1 passed"), "inner test did not run:\n{so}\n{se}");
+}
+
+/// A networked ISC running `sleep` under `isc run` (Landlock off, so nftables alone decides).
+struct NetIsc {
+    name: String,
+    child: std::process::Child,
+    host_v4: std::net::Ipv4Addr,
+}
+
+impl Drop for NetIsc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own, not yet reaped child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Env {
+    fn spawn_networked(&self, name: &str) -> NetIsc {
+        let text = format!(
+            "name = \"{name}\"\n[service]\nexec = [\"/usr/bin/sleep\", \"30\"]\n[image]\nsource = \"host\"\npaths = [\"{ISC}\", \"/bin/sh\", \"/usr/bin/sleep\"]\n[network]\negress = [\"udp:192.0.2.2:5300\"]\n"
+        );
+        let m = self.dir.join(format!("{name}.toml"));
+        fs::write(&m, text).unwrap();
+        let child = self
+            .cmd()
+            .arg("run")
+            .arg(&m)
+            .args(["--unsafe-weaken", "no-landlock"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Owned at once, so a failed wait below still stops and reaps `isc run`.
+        let mut isc = NetIsc { name: name.into(), child, host_v4: std::net::Ipv4Addr::UNSPECIFIED };
+        let rec = self.dir.join("state/isc").join(name).join("net.json");
+        let t = std::time::Instant::now();
+        loop {
+            let ps = self.isc(&["ps", "--json"]);
+            let up = serde_json::from_slice::<Vec<Value>>(&ps.stdout)
+                .is_ok_and(|v| v.iter().any(|s| s["name"] == name));
+            if up && rec.exists() {
+                let r: Value = serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap();
+                let v4: std::net::Ipv4Addr =
+                    r["policy"]["addr_v4"].as_str().unwrap().parse().unwrap();
+                isc.host_v4 = std::net::Ipv4Addr::from(u32::from(v4) - 1);
+                return isc;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "ISC {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Tries an undeclared UDP destination (the host end of its link) from inside `isc`.
+    /// Returns when the attempt started.
+    fn undeclared_egress(&self, isc: &NetIsc, port: u16) -> std::time::SystemTime {
+        let at = std::time::SystemTime::now();
+        let probe = format!("udp_ask:{}:{port}:200", isc.host_v4);
+        let out = self.isc(&["probe", "--isc", &isc.name, &probe]);
+        assert!(out.status.success(), "isc probe: {}", text(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["ok"], false, "the undeclared destination answered: {v}");
+        at
+    }
+
+    /// Waits (at most `limit`) for a `net_drop` record of `isc` to port `port`.
+    fn net_drop(&self, isc: &str, port: u16, limit: Duration) -> Option<Value> {
+        let t = std::time::Instant::now();
+        loop {
+            let recs = self.show(&["--isc", isc, "--kind", "net_drop"]);
+            if let Some(r) = recs.into_iter().find(|r| r["detail"]["dport"] == port) {
+                return Some(r);
+            }
+            if t.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_isc(&self, mut isc: NetIsc) {
+        assert!(self.isc(&["stop", &isc.name]).status.success());
+        let t = std::time::Instant::now();
+        while isc.child.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(15), "ISC {} did not stop", isc.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_dropped_packet_is_on_the_trail_within_a_second_attributed_to_its_isc() {
+    in_private_netns(
+        "a_dropped_packet_is_on_the_trail_within_a_second_attributed_to_its_isc",
+        || {
+            let env = Env::new("netdrop");
+            // Two networked ISCs at once: each monitor binds its own NFLOG group (the kernel lets
+            // only one socket bind a group), and each records only its own ISC's drops.
+            let a = env.spawn_networked("audit-net-a");
+            let b = env.spawn_networked("audit-net-b");
+            let attempt = env.undeclared_egress(&a, 5301);
+            let drop_a = env
+                .net_drop("audit-net-a", 5301, Duration::from_secs(1))
+                .expect("no net_drop record for audit-net-a within a second of the attempt");
+            let lag = time_of(&drop_a).duration_since(attempt).unwrap();
+            println!("net_drop recorded {lag:?} after the attempt");
+            assert!(lag < Duration::from_secs(1), "net_drop recorded {lag:?} after the attempt");
+            assert_eq!(drop_a["actor"], "kernel");
+            assert_eq!(drop_a["detail"]["direction"], "out");
+            assert_eq!(drop_a["detail"]["proto"], 17);
+            assert_eq!(drop_a["detail"]["dst"], a.host_v4.to_string());
+            env.undeclared_egress(&b, 5302);
+            assert!(env.net_drop("audit-net-b", 5302, Duration::from_secs(1)).is_some());
+            assert!(env.net_drop("audit-net-a", 5302, Duration::ZERO).is_none(), "b's drop on a");
+            assert!(env.net_drop("audit-net-b", 5301, Duration::ZERO).is_none(), "a's drop on b");
+
+            env.stop_isc(a);
+            env.stop_isc(b);
+            let recs = env.show(&["--isc", "audit-net-a"]);
+            let start = recs.iter().find(|r| r["kind"] == "isc_start").unwrap();
+            let groups: Vec<Value> = ["audit-net-a", "audit-net-b"]
+                .iter()
+                .map(|n| {
+                    let s = env.show(&["--isc", n, "--kind", "isc_start"]);
+                    assert_eq!(s[0]["detail"]["net_denials"]["collected"], true, "{}", s[0]);
+                    s[0]["detail"]["net_denials"]["nflog_group"].clone()
+                })
+                .collect();
+            assert_ne!(groups[0], groups[1], "two ISCs must not share an NFLOG group");
+            assert_eq!(start["detail"]["net_denials"]["nflog_group"], groups[0]);
+            let exit = recs.iter().find(|r| r["kind"] == "isc_exit").unwrap();
+            assert!(
+                exit["seq"].as_u64() > drop_a["seq"].as_u64(),
+                "the drop comes before isc_exit"
+            );
+            assert!(exit["detail"]["net_denials"]["recorded"].as_u64().unwrap() >= 1, "{exit}");
+            let ok = env.isc(&["audit", "verify"]);
+            assert!(ok.status.success(), "{}", text(&ok.stderr));
+        },
+    );
+}

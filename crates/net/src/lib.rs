@@ -23,6 +23,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 pub use alloc::{AllocError, Allocator, Lease};
 pub use link::LinkError;
 pub use nflog::{Denial, Direction, NflogError, NflogReader};
+pub use nft::rules::audit_nflog_group;
 pub use nft::{NftCli, NftError, NftRunner};
 pub use policy::{
     landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, IscNetPolicy,
@@ -139,6 +140,11 @@ impl IscNetLease {
     /// The host-side interface name.
     pub fn if_host(&self) -> &str {
         &self.lease.if_host
+    }
+    /// The NFLOG group only this ISC's denials are logged to (its monitor reads it; see
+    /// [`audit_nflog_group`]).
+    pub fn audit_nflog_group(&self) -> u16 {
+        audit_nflog_group(self.cfg.v4_prefix, self.lease.isc_v4)
     }
     /// The policy in force (store it: [`reconcile`] rebuilds the table from these).
     pub fn policy(&self) -> &IscNetPolicy {

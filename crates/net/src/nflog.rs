@@ -19,6 +19,8 @@ const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_TIMEOUT: u16 = 4;
+const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_CFG_CMD_UNBIND: u8 = 2;
 const NFULNL_COPY_PACKET: u8 = 2;
@@ -150,7 +152,8 @@ fn parse_packet(p: &[u8]) -> Option<(IpAddr, IpAddr, u8, Option<u16>)> {
 }
 
 impl NflogReader {
-    /// Bind NFLOG `group` in the calling thread's network namespace.
+    /// Bind NFLOG `group` in the calling thread's network namespace. Only one socket per
+    /// namespace can bind a group: a second `open` of the same group fails (EPERM on 6.18).
     pub fn open(group: u16) -> Result<Self, NflogError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NflogError::Socket)?;
         sock.bind_auto().map_err(NflogError::Socket)?;
@@ -168,6 +171,14 @@ impl NflogReader {
         m.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
         nla(&mut mode, NFULA_CFG_MODE, &m);
         reader.command(config_msg(group, 2, &mode)).map_err(bind)?;
+        // The kernel batches a group's packets until `qthreshold` (default 100) are queued or
+        // the flush timer (default 1 s) fires (net/netfilter/nfnetlink_log.c). Denials are
+        // rare and wanted at once (the audit trail promises them within a second): send each
+        // one as it is logged, and flush anything queued after 10 ms.
+        let mut flush = Vec::new();
+        nla(&mut flush, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+        nla(&mut flush, NFULA_CFG_TIMEOUT, &1u32.to_be_bytes());
+        reader.command(config_msg(group, 3, &flush)).map_err(bind)?;
         Ok(reader)
     }
 
@@ -258,7 +269,7 @@ impl Drop for NflogReader {
     fn drop(&mut self) {
         let mut cmd = Vec::new();
         nla(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_UNBIND]);
-        let _ = self.sock.send(&config_msg(self.group, 3, &cmd), 0);
+        let _ = self.sock.send(&config_msg(self.group, 4, &cmd), 0);
     }
 }
 

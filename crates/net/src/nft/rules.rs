@@ -217,13 +217,25 @@ pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
     b.ops
 }
 
-fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, prefix: String) {
+/// The NFLOG group that only this ISC's denials go to (besides the Dock-wide
+/// `nflog_group`), read by its monitor for the audit trail. nfnetlink_log lets exactly one
+/// socket bind a group (a second binder gets EPERM, checked on 6.18), so concurrent monitors
+/// cannot share one group: each ISC gets `0x8000 + its lease slot`. The slot is unique among
+/// the ISCs of a Dock and is recovered from the ISC's IPv4 address (`prefix base + 2 * slot
+/// + 1`), so reconcile derives the same group from the policy alone.
+pub fn audit_nflog_group(v4_prefix: Ipv4Net, addr_v4: std::net::Ipv4Addr) -> u16 {
+    let slot = u32::from(addr_v4).wrapping_sub(u32::from(v4_prefix.network())) / 2;
+    0x8000 | (slot & 0x7fff) as u16
+}
+
+fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, prefix: String, audit_group: u16) {
     let burst = cfg.log_per_second.saturating_mul(2).max(1);
     b.rule(
         chain,
         vec![
             Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
-            Stmt::Log { prefix, group: cfg.nflog_group },
+            Stmt::Log { prefix: prefix.clone(), group: cfg.nflog_group },
+            Stmt::Log { prefix, group: audit_group },
         ],
     );
     b.rule(chain, vec![verdict(Verdict::Drop)]);
@@ -325,8 +337,9 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     push_elems(&mut b, &n.from4, from_elems(p, true));
     push_elems(&mut b, &n.from6, from_elems(p, false));
 
-    deny_chain(&mut b, cfg, &n.deny_in, format!("isc:{}:in", p.id));
-    deny_chain(&mut b, cfg, &n.deny_out, format!("isc:{}:out", p.id));
+    let audit_group = audit_nflog_group(cfg.v4_prefix, p.addr_v4);
+    deny_chain(&mut b, cfg, &n.deny_in, format!("isc:{}:in", p.id), audit_group);
+    deny_chain(&mut b, cfg, &n.deny_out, format!("isc:{}:out", p.id), audit_group);
     let dout = || verdict(Verdict::Goto(n.deny_out.clone()));
     let din = || verdict(Verdict::Goto(n.deny_in.clone()));
     let established = || m(Field::CtState, strs(&["established", "related"]));
@@ -532,6 +545,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("log prefix \"isc:b:in\" group 100"), "{text}");
+        // Slot 1 (10.88.0.3): its monitor's own group, besides the Dock-wide one.
+        assert!(text.contains("group 100 log prefix \"isc:b:in\" group 32769"), "{text}");
+        assert_eq!(audit_nflog_group(cfg().v4_prefix, "10.88.0.1".parse().unwrap()), 0x8000);
         assert!(text.contains("dnat ip to 10.88.0.3:8080"), "{text}");
         let json = serde_json::to_string(&b.to_json()).unwrap();
         assert!(json.contains(r#""map":"verdict""#), "{json}");
