@@ -200,10 +200,12 @@ pod_run() { # i
     --cgroup-parent "$OWN_MEMCG/isc-bench-podman-$$" --memory 16m --pids-limit 8 --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
     --rootfs "$TREE" /bin/sleep 100000 >/dev/null 2>>"$W/podman.err"
 }
+PODS+=("isc-bench-pod-$$-0")   # the warm-up; removed by cleanup even when it fails
 (
   echo "$BASHPID" > "$PMEMCG/cgroup.procs"
-  pod_run 0 && $PODMAN rm -f -t 0 "isc-bench-pod-$$-0" >/dev/null 2>&1
+  pod_run 0
 ) || { echo "  podman cannot run here: $(tail -2 "$W/podman.err")"; exit 0; }
+$PODMAN rm -f -t 0 "isc-bench-pod-$$-0" >/dev/null 2>&1
 for i in $(seq "$N_START"); do PODS+=("isc-bench-pod-$$-$i"); done
 sleep "$SETTLE"
 PMEM0=$(cg_kib "$PMEMCG")

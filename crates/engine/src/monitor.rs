@@ -242,6 +242,9 @@ pub fn run(
         seccomp: &bpf,
         seccomp_log: opts.seccomp_log,
     };
+    // PID 1 inherits the heap copy-on-write: trim it first so the start path's free pages are
+    // neither shared with PID 1 nor copied when its allocator touches them.
+    release_start_heap();
     let child = clone_child(ctx, hooks.clone_into_cgroup())?;
     drop(child_chan);
     drop(out_w);
