@@ -217,14 +217,16 @@ fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, CgroupError> {
                 "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS",
         };
         let (pre, post) = line.split_once(" - ").ok_or_else(bad)?;
+        // Hosts have hundreds of mounts and this runs on every ISC start: look at the file
+        // system type before splitting the rest of the line.
+        let fstype = post.split(' ').next().unwrap_or_default();
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 6 || post.len() < 3 {
             return Err(bad());
-        }
-        let fstype = post[0];
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
         }
         out.push(Mount {
             root: unescape(pre[3]),

@@ -240,7 +240,7 @@ impl AuditSession {
     }
 
     fn on_started(&mut self, st: &IscState) {
-        let layout = isc_cgroup::Layout::detect().ok();
+        let layout = crate::launch::cgroup_layout().ok().cloned();
         self.cgroup = layout.and_then(|l| {
             isc_cgroup::open(&l, Some(&launch::cgroup_parent(&self.state_dir)), &self.name).ok()
         });

@@ -123,6 +123,17 @@ pub fn limits(m: &Manifest) -> Limits {
     }
 }
 
+/// The host's cgroup layout, detected once per process (parsing mountinfo is most of a start's
+/// user-space work otherwise, and the layout cannot change under a running monitor).
+pub fn cgroup_layout() -> Result<&'static Layout, isc_cgroup::CgroupError> {
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    if let Some(l) = LAYOUT.get() {
+        return Ok(l);
+    }
+    let detected = Layout::detect()?;
+    Ok(LAYOUT.get_or_init(|| detected))
+}
+
 /// The cgroup parent for ISCs of one state directory: `isc` for the default `/run/isc`, else
 /// `isc.<hash>` so that separate state directories (tests, several Docks) never collect each
 /// other's cgroups as stale.
@@ -159,7 +170,7 @@ impl CgroupHooks {
     /// Removes stale cgroups of dead monitors, checks capacity, creates the ISC's cgroup.
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
         isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
-        let layout = Layout::detect().context("detecting the cgroup layout")?;
+        let layout = cgroup_layout().context("detecting the cgroup layout")?;
         let starting = isc_engine::state::StartingLock::take(state_dir, name)
             .with_context(|| format!("ISC `{name}` is being started by another process"))?;
         isc_engine::state::collect_stale(state_dir);
@@ -278,7 +289,7 @@ pub struct AttachPrewarm(Option<i32>);
 
 impl AttachPrewarm {
     pub fn start() -> Self {
-        let Ok(layout) = Layout::detect() else { return Self(None) };
+        let Ok(layout) = cgroup_layout() else { return Self(None) };
         let Some(dir) = layout.v1().and_then(|m| m.values().next().cloned()) else {
             return Self(None);
         };
