@@ -5,7 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::Problem;
 
-/// Every Linux capability, by canonical name (capabilities(7), up to CAP_CHECKPOINT_RESTORE = 40).
+/// Every Linux capability, by canonical name, in kernel (capability.h) order: index = capability
+/// number, up to CAP_CHECKPOINT_RESTORE = 40 (`isc verify` decodes status masks with it).
 pub const CAPABILITIES: [&str; 41] = [
     "CHOWN",
     "DAC_OVERRIDE",

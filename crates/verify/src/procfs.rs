@@ -130,50 +130,9 @@ pub fn cap_bits(hex: &str) -> u64 {
     u64::from_str_radix(hex.trim(), 16).unwrap_or(u64::MAX)
 }
 
-/// Capability names (without CAP_), by number (capability.h).
-pub const CAP_NAMES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
+/// Capability names (without CAP_), by number (capability.h): the manifest's list, which is
+/// in kernel order.
+pub const CAP_NAMES: &[&str] = &isc_manifest::rules::CAPABILITIES;
 
 pub fn cap_names(mask: u64) -> Vec<&'static str> {
     (0..64)
@@ -365,5 +324,18 @@ Max cpu time              unlimited            unlimited            seconds   \n
    0: 0100007F:270F 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0\n\
    1: 0100007F:1F90 0100007F:D000 01 00000000:00000000 00:00000000 00000000  1000        0 12346 1 0\n";
         assert_eq!(parse_listeners(tcp, false), vec![(9999, 12345)]);
+    }
+}
+
+#[cfg(test)]
+mod cap_order_tests {
+    use super::*;
+
+    #[test]
+    fn names_index_by_kernel_capability_number() {
+        for (name, nr) in [("CHOWN", 0), ("NET_RAW", 13), ("SYS_ADMIN", 21), ("BPF", 39)] {
+            assert_eq!(cap_number(name), Some(nr), "{name}");
+        }
+        assert_eq!(cap_names(1 << 21 | 1 << 13), vec!["NET_RAW", "SYS_ADMIN"]);
     }
 }
