@@ -522,10 +522,10 @@ fn a_failing_health_check_ends_the_run_as_a_failure() {
             "dock-health",
             "[restart]\ninitial_backoff_ms = 100\nhealthy_after_ms = 60000\n",
         );
-        // Answers on 8080 for 2 s, then stops listening but keeps running, and exits 0 on
+        // Answers on 8080 for 4 s, then stops listening but keeps running, and exits 0 on
         // SIGTERM: only the health check can tell, and its verdict must count as a failure.
         let script = format!(
-            "trap 'exit 0' TERM; {ISC} probe serve_tcp:8080:2 >/dev/null; while :; do sleep 0.05; done"
+            "trap 'exit 0' TERM; {ISC} probe serve_tcp:8080:4 >/dev/null; while :; do sleep 0.05; done"
         );
         let text = format!(
             r#"name = "isc-health"
@@ -546,7 +546,7 @@ memory = "32M"
         let health = d.env.dir.join("isc-health.health.json");
         fs::write(
             &health,
-            r#"{"tcp": 8080, "interval_ms": 200, "timeout_ms": 300, "retries": 2, "start_period_ms": 300}"#,
+            r#"{"tcp": 8080, "interval_ms": 200, "timeout_ms": 300, "retries": 2, "start_period_ms": 800}"#,
         )
         .unwrap();
         // `isc up --health-tcp` would use the default timings; apply reads NAME.health.json.
@@ -555,7 +555,7 @@ memory = "32M"
         fs::rename(&m, dir.join("isc-health.toml")).unwrap();
         fs::rename(&health, dir.join("isc-health.health.json")).unwrap();
         apply(&d, &dir);
-        std::thread::sleep(Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(1600));
         let r = d.record("isc-health");
         assert_eq!(
             (r["status"].as_str(), r["health_failures"].as_u64()),
