@@ -26,9 +26,11 @@ use crate::writer::{Failure, Io, Request};
 /// Queued requests written ahead while all syncers are busy.
 const WRITE_AHEAD: usize = 32;
 /// `fdatasync` calls in flight at once. Concurrent syncs of one file overlap in the kernel
-/// and the device: measured here, one syncer completes ~1.5k syncs/s, eight concurrent ones
-/// ~15k/s at about the same latency each.
-const MAX_SYNCERS: usize = 4;
+/// and the device (measured here: one thread completes ~1.5k syncs/s, eight ~15k/s at about
+/// the same latency each), so a new group need not wait for the previous one's sync. With
+/// closed-loop appenders, 2 gave the best throughput (2026-11-28, bench: 2 ≈ 3 > 4 > 8);
+/// more syncers split the appenders into more, smaller groups and spend the CPU on wake-ups.
+const MAX_SYNCERS: usize = 2;
 
 type Outcome = Result<Vec<u64>, Failure>;
 

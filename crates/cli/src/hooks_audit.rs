@@ -149,6 +149,8 @@ pub struct AuditSession {
     pidns_ino: Option<u64>,
     collector: Option<Collector>,
     net_cfg: isc_net::NetConfig,
+    /// When `begin` ran: a network record older than this is a leftover, not this run's.
+    begun: std::time::SystemTime,
     net: Option<NetSource>,
     net_status: serde_json::Value,
     net_collector: Option<NetCollector>,
@@ -183,6 +185,8 @@ impl AuditSession {
             pidns_ino: None,
             collector: None,
             net_cfg: crate::hooks_net::net_config(dirs),
+            // File times come from the kernel's coarse clock (up to a tick behind).
+            begun: std::time::SystemTime::now() - Duration::from_millis(50),
             net: None,
             net_status: json!({"collected": false, "reason": "no [network] section"}),
             net_collector: None,
@@ -299,6 +303,11 @@ impl AuditSession {
     /// Binds this ISC's NFLOG group, from the network record `hooks_net` has just written.
     fn open_net_source(&mut self) {
         let path = self.state_dir.join("isc").join(&self.name).join(crate::hooks_net::RECORD_FILE);
+        let fresh =
+            std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t >= self.begun);
+        if !fresh {
+            return;
+        }
         let Ok(bytes) = std::fs::read(&path) else { return };
         let rec: crate::hooks_net::NetRecord = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
