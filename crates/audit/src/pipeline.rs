@@ -28,8 +28,9 @@ const WRITE_AHEAD: usize = 32;
 /// `fdatasync` calls in flight at once. Concurrent syncs of one file overlap in the kernel
 /// and the device (measured here: one thread completes ~1.5k syncs/s, eight ~15k/s at about
 /// the same latency each), so a new group need not wait for the previous one's sync. With
-/// closed-loop appenders, 2 gave the best throughput (2026-11-28, bench: 2 ≈ 3 > 4 > 8);
-/// more syncers split the appenders into more, smaller groups and spend the CPU on wake-ups.
+/// closed-loop appenders, 2 and 3 did best in (noisy) bench runs on this shared 2-CPU machine
+/// on 2026-11-28, 8 worst: more syncers split the appenders into more, smaller groups and
+/// spend the CPU on wake-ups.
 const MAX_SYNCERS: usize = 2;
 
 type Outcome = Result<Vec<u64>, Failure>;
