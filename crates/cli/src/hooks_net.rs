@@ -167,13 +167,23 @@ fn addresses_of(records: &[NetRecord], names: &[String]) -> Vec<IpAddr> {
 fn sync_peers(state: &Path, changed: &str, gone: Option<&str>) -> Result<()> {
     let all = running_records(state, gone.unwrap_or(""));
     for r in all.iter().filter(|r| r.allow_from.iter().any(|a| a == changed)) {
-        let mut p = r.policy.clone();
-        p.allow_from = addresses_of(&all, &r.allow_from);
-        isc_net::nft::Batch { ops: isc_net::nft::rules::peers_refresh_ops(&p) }
+        let mut rec = r.clone();
+        let old = std::mem::replace(&mut rec.policy.allow_from, addresses_of(&all, &r.allow_from));
+        isc_net::nft::Batch { ops: isc_net::nft::rules::peers_refresh_ops(&rec.policy, &old) }
             .apply(&isc_net::NftCli::default())
             .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
+        // The record says which peer elements are in force: the next swap deletes exactly those.
+        write_record(state, &rec)?;
     }
     Ok(())
+}
+
+fn write_record(state: &Path, record: &NetRecord) -> Result<()> {
+    let path = record_path(state, &record.name);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// An exclusive `flock` on `<root>/net/peers.lock`, released when the file closes on drop.
@@ -242,11 +252,7 @@ impl NetHooks {
             policy: lease.policy().clone(),
         };
         self.lease = Some(lease);
-        let path = record_path(&self.state, &self.name);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_record(&self.state, &record)?;
         sync_peers(&self.state, &self.name, None)
     }
 

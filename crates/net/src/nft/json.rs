@@ -116,6 +116,7 @@ fn verdict_expr(v: &Verdict) -> Expression<'static> {
         Verdict::Drop => expr::Verdict::Drop,
         Verdict::Jump(t) => expr::Verdict::Jump(stmt::JumpTarget { target: s(t) }),
         Verdict::Goto(t) => expr::Verdict::Goto(stmt::JumpTarget { target: s(t) }),
+        Verdict::Return => expr::Verdict::Return,
     })
 }
 
@@ -157,6 +158,7 @@ fn statement(st: &Stmt) -> Statement<'static> {
         Stmt::Verdict(Verdict::Drop) => Statement::Drop(None),
         Stmt::Verdict(Verdict::Jump(t)) => Statement::Jump(stmt::JumpTarget { target: s(t) }),
         Stmt::Verdict(Verdict::Goto(t)) => Statement::Goto(stmt::JumpTarget { target: s(t) }),
+        Stmt::Verdict(Verdict::Return) => Statement::Return(None),
     }
 }
 

@@ -129,6 +129,8 @@ pub enum Verdict {
     Jump(String),
     /// `goto CHAIN`.
     Goto(String),
+    /// `return` (back to the calling chain).
+    Return,
 }
 
 /// One statement of a rule.

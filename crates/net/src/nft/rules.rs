@@ -1,17 +1,29 @@
-//! The `inet isc` ruleset: base chains, dispatch maps and per-ISC chains and sets.
+//! The `inet isc` ruleset: base chains, shared policy chains, global sets keyed by the ISC's
+//! host interface, and three small chains per ISC.
 //!
 //! Shape (see docs/network.md for the full listing):
-//! - `forward`, `input`, `output` dispatch on interface name through the verdict maps
-//!   `isc_out_by_if` (traffic *from* an ISC link) and `isc_in_by_if` (traffic *to* one), so the
-//!   cost per packet is one hash lookup whatever the number of ISCs;
+//! - `forward`, `input`, `output` send traffic from an `isc*` link to the shared chain `isc_out`
+//!   and traffic to one to `isc_in`. Those chains look the ISC up in global sets whose keys
+//!   start with the interface name (`isc_addr4`: `ifname . ipv4_addr`, `isc_listen`,
+//!   `isc_egress4`, `isc_from4`, ...), so the cost per packet is a few hash lookups whatever
+//!   the number of ISCs;
 //! - `prerouting` DNATs published ports through `isc_dnat4` / `isc_dnat6`, keyed on
 //!   `daddr . l4proto . dport`; `postrouting` masquerades ISC traffic leaving by a non-ISC link;
-//! - per ISC: chains `isc_<id>_{in,out,dnat,din,dout}` and sets `isc_<id>_{listen,egress4,
-//!   egress6,from4,from6}`. `din`/`dout` log (rate-limited, NFLOG) and drop.
+//! - per ISC only the chains `isc_<id>_{din,dout}` (rate-limited NFLOG with the ISC's id in the
+//!   prefix, then drop; reached through the maps `isc_din_by_if` / `isc_dout_by_if`) and
+//!   `isc_<id>_dnat`.
 //!
-//! Adding an ISC is one batch of adds; removing it deletes its map elements, then its chains and
-//! sets, by name. Base rules are re-stated (flush + add) in every per-ISC batch so that the
-//! table is always complete, without reading anything back.
+//! Why global sets and no per-ISC sets: `nft` lists every set and chain of the table before it
+//! applies anything that references one (its cache), and the kernel looks sets up by name in
+//! a list and re-validates every chain reachable from a base chain on each commit that adds a
+//! jump. With five chains and five sets per ISC, and a verdict map nested in every ISC's
+//! chain, adding the 1001st ISC cost ten times the first (measured, nftables 1.0.6 / 6.18).
+//! Now the number of sets is constant, no verdict map is reached from a chain that a verdict
+//! map jumps to, and adding or removing an ISC is a constant batch of elements and 3 chains.
+//!
+//! Adding an ISC is one batch of adds; removing it deletes its elements, then its chains, by
+//! name. Base rules are re-stated (flush + add) in every per-ISC batch so that the table is
+//! always complete, without reading anything back.
 
 use std::net::IpAddr;
 
@@ -21,16 +33,38 @@ use super::{
     m, not, verdict, BaseChain, Batch, ChainKind, Elem, Field, Hook, KeyType, Op, Stmt, Val,
     Verdict,
 };
-use crate::policy::{IscNetPolicy, Proto};
+use crate::policy::{EgressRule, IscNetPolicy, Proto};
 
-/// Map: host interface name → `jump isc_<id>_out`.
-pub const OUT_BY_IF: &str = "isc_out_by_if";
-/// Map: host interface name → `jump isc_<id>_in`.
-pub const IN_BY_IF: &str = "isc_in_by_if";
+/// Map: host interface name → `goto isc_<id>_dout` (log as that ISC, drop).
+pub const DOUT_BY_IF: &str = "isc_dout_by_if";
+/// Map: host interface name → `goto isc_<id>_din`.
+pub const DIN_BY_IF: &str = "isc_din_by_if";
 /// Map: `host v4 . proto . port` → `goto isc_<id>_dnat`.
 pub const DNAT4: &str = "isc_dnat4";
 /// Map: `host v6 . proto . port` → `goto isc_<id>_dnat`.
 pub const DNAT6: &str = "isc_dnat6";
+/// Set `ifname . ipv4_addr`: the one source address each ISC link may use.
+pub const ADDR4: &str = "isc_addr4";
+/// Set `ifname . ipv6_addr`.
+pub const ADDR6: &str = "isc_addr6";
+/// Set `ifname . inet_proto . inet_service`: listen ports of the ISC behind that link.
+pub const LISTEN: &str = "isc_listen";
+/// Interval set `ifname . ipv4_addr . inet_proto . inet_service`: declared egress.
+pub const EGRESS4: &str = "isc_egress4";
+/// Interval set `ifname . ipv6_addr . inet_proto . inet_service`.
+pub const EGRESS6: &str = "isc_egress6";
+/// Set `ifname . ipv4_addr`: peer ISC addresses allowed into the ISC behind that link.
+pub const FROM4: &str = "isc_from4";
+/// Set `ifname . ipv6_addr`.
+pub const FROM6: &str = "isc_from6";
+/// Shared chain for traffic from an ISC link.
+pub const CHAIN_OUT: &str = "isc_out";
+/// Shared chain for traffic to an ISC link.
+pub const CHAIN_IN: &str = "isc_in";
+/// Shared chain: deny traffic from an ISC link (dispatch to its logging chain, else drop).
+pub const DENY_OUT: &str = "isc_deny_out";
+/// Shared chain: deny traffic to an ISC link.
+pub const DENY_IN: &str = "isc_deny_in";
 /// Wildcard matching every isc host interface.
 pub const IF_WILDCARD: &str = "isc*";
 
@@ -47,55 +81,26 @@ pub struct RulesConfig {
     pub log_per_second: u32,
 }
 
-/// Names of one ISC's objects.
+/// Names of one ISC's chains.
 #[derive(Debug, Clone)]
 pub struct IscNames {
-    /// `isc_<id>_in`.
-    pub chain_in: String,
-    /// `isc_<id>_out`.
-    pub chain_out: String,
     /// `isc_<id>_dnat`.
     pub chain_dnat: String,
     /// `isc_<id>_din` (log + drop inbound).
     pub deny_in: String,
     /// `isc_<id>_dout` (log + drop outbound).
     pub deny_out: String,
-    /// `isc_<id>_listen`.
-    pub listen: String,
-    /// `isc_<id>_egress4`.
-    pub egress4: String,
-    /// `isc_<id>_egress6`.
-    pub egress6: String,
-    /// `isc_<id>_from4`.
-    pub from4: String,
-    /// `isc_<id>_from6`.
-    pub from6: String,
 }
 
 impl IscNames {
     /// The names for ISC `id`.
     pub fn new(id: &str) -> Self {
         let n = |s: &str| format!("isc_{id}_{s}");
-        IscNames {
-            chain_in: n("in"),
-            chain_out: n("out"),
-            chain_dnat: n("dnat"),
-            deny_in: n("din"),
-            deny_out: n("dout"),
-            listen: n("listen"),
-            egress4: n("egress4"),
-            egress6: n("egress6"),
-            from4: n("from4"),
-            from6: n("from6"),
-        }
+        IscNames { chain_dnat: n("dnat"), deny_in: n("din"), deny_out: n("dout") }
     }
 
-    fn chains(&self) -> [&str; 5] {
-        [&self.chain_in, &self.chain_out, &self.chain_dnat, &self.deny_in, &self.deny_out]
-    }
-
-    fn sets(&self) -> [&str; 5] {
-        [&self.listen, &self.egress4, &self.egress6, &self.from4, &self.from6]
+    fn chains(&self) -> [&str; 3] {
+        [&self.chain_dnat, &self.deny_in, &self.deny_out]
     }
 }
 
@@ -123,8 +128,84 @@ fn key(fields: &[Field]) -> Field {
     Field::Concat(fields.to_vec())
 }
 
-/// Base chains, dispatch maps and base rules. Idempotent: chains and maps are added (a no-op if
-/// present) and the base chains are flushed and re-filled in the same transaction.
+fn global_sets() -> Vec<Op> {
+    use KeyType::{Ifname, Ipv4, Ipv6, Proto as P, Service};
+    let set = |name: &str, key: &[KeyType], interval: bool| Op::AddSet {
+        name: name.into(),
+        key: key.to_vec(),
+        interval,
+    };
+    vec![
+        set(ADDR4, &[Ifname, Ipv4], false),
+        set(ADDR6, &[Ifname, Ipv6], false),
+        set(LISTEN, &[Ifname, P, Service], false),
+        set(EGRESS4, &[Ifname, Ipv4, P, Service], true),
+        set(EGRESS6, &[Ifname, Ipv6, P, Service], true),
+        set(FROM4, &[Ifname, Ipv4], false),
+        set(FROM6, &[Ifname, Ipv6], false),
+        Op::AddVmap { name: DOUT_BY_IF.into(), key: vec![Ifname] },
+        Op::AddVmap { name: DIN_BY_IF.into(), key: vec![Ifname] },
+        Op::AddVmap { name: DNAT4.into(), key: vec![Ipv4, P, Service] },
+        Op::AddVmap { name: DNAT6.into(), key: vec![Ipv6, P, Service] },
+    ]
+}
+
+/// The shared `isc_out` chain: anti-spoofing first (RFC 2827 ingress filtering, before the
+/// conntrack shortcut so a spoofed packet cannot ride another ISC's flow), then replies, then
+/// the host and link-local ranges are refused even if an egress rule would cover them, then
+/// traffic to another ISC returns to `forward`, where the peer's `isc_in` decides, then the
+/// egress allowlist.
+fn out_chain(b: &mut Batch) {
+    let deny = || verdict(Verdict::Goto(DENY_OUT.into()));
+    let c = CHAIN_OUT;
+    let src4 = key(&[Field::Iifname, Field::IpSaddr]);
+    let src6 = key(&[Field::Iifname, Field::Ip6Saddr]);
+    b.rule(c, vec![not(src4, Val::SetRef(ADDR4.into())), deny()]);
+    b.rule(c, vec![not(src6, Val::SetRef(ADDR6.into())), deny()]);
+    b.rule(c, vec![m(Field::CtState, strs(&["established", "related"])), verdict(Verdict::Accept)]);
+    let host = strs(&["local", "broadcast", "multicast", "anycast"]);
+    b.rule(c, vec![m(Field::FibDaddrType, host), deny()]);
+    b.rule(c, vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), deny()]);
+    b.rule(c, vec![m(Field::Ip6Daddr, link_local6()), deny()]);
+    b.rule(c, vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Return)]);
+    let k4 = key(&[Field::Iifname, Field::IpDaddr, Field::L4proto, Field::ThDport]);
+    let k6 = key(&[Field::Iifname, Field::Ip6Daddr, Field::L4proto, Field::ThDport]);
+    b.rule(c, vec![m(k4, Val::SetRef(EGRESS4.into())), verdict(Verdict::Accept)]);
+    b.rule(c, vec![m(k6, Val::SetRef(EGRESS6.into())), verdict(Verdict::Accept)]);
+    b.rule(c, vec![deny()]);
+    b.rule(DENY_OUT, vec![Stmt::Vmap { field: Field::Iifname, map: DOUT_BY_IF.into() }]);
+    b.rule(DENY_OUT, vec![verdict(Verdict::Drop)]);
+}
+
+/// The shared `isc_in` chain: replies and ND; peer ISCs only if allowed and only on listen
+/// ports; anyone else (host, outside, published DNAT) on listen ports.
+fn in_chain(b: &mut Batch) {
+    let deny = || verdict(Verdict::Goto(DENY_IN.into()));
+    let c = CHAIN_IN;
+    let svc = || key(&[Field::Oifname, Field::L4proto, Field::ThDport]);
+    b.rule(c, vec![m(Field::CtState, strs(&["established", "related"])), verdict(Verdict::Accept)]);
+    b.rule(c, vec![m(Field::Icmpv6Type, nd_types()), verdict(Verdict::Accept)]);
+    for (saddr, set) in [(Field::IpSaddr, FROM4), (Field::Ip6Saddr, FROM6)] {
+        b.rule(
+            c,
+            vec![
+                m(Field::Iifname, s(IF_WILDCARD)),
+                m(key(&[Field::Oifname, saddr]), Val::SetRef(set.into())),
+                m(svc(), Val::SetRef(LISTEN.into())),
+                verdict(Verdict::Accept),
+            ],
+        );
+    }
+    b.rule(c, vec![m(Field::Iifname, s(IF_WILDCARD)), deny()]);
+    b.rule(c, vec![m(svc(), Val::SetRef(LISTEN.into())), verdict(Verdict::Accept)]);
+    b.rule(c, vec![deny()]);
+    b.rule(DENY_IN, vec![Stmt::Vmap { field: Field::Oifname, map: DIN_BY_IF.into() }]);
+    b.rule(DENY_IN, vec![verdict(Verdict::Drop)]);
+}
+
+/// Base chains, shared chains, global sets and maps. Idempotent: chains and sets are added (a
+/// no-op if present) and the base and shared chains are flushed and re-filled in the same
+/// transaction. Sets and maps are never flushed here: they hold the running ISCs.
 pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
     let mut b = Batch::default();
     b.push(Op::AddTable);
@@ -139,62 +220,35 @@ pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
         b.push(base(name, kind, hook, prio));
         b.push(Op::FlushChain(name.into()));
     }
-    b.push(Op::AddVmap { name: OUT_BY_IF.into(), key: vec![KeyType::Ifname] });
-    b.push(Op::AddVmap { name: IN_BY_IF.into(), key: vec![KeyType::Ifname] });
-    b.push(Op::AddVmap {
-        name: DNAT4.into(),
-        key: vec![KeyType::Ipv4, KeyType::Proto, KeyType::Service],
-    });
-    b.push(Op::AddVmap {
-        name: DNAT6.into(),
-        key: vec![KeyType::Ipv6, KeyType::Proto, KeyType::Service],
-    });
+    for name in [CHAIN_OUT, CHAIN_IN, DENY_OUT, DENY_IN] {
+        b.push(Op::AddChain { name: name.into(), base: None });
+        b.push(Op::FlushChain(name.into()));
+    }
+    b.ops.extend(global_sets());
+    out_chain(&mut b);
+    in_chain(&mut b);
 
-    // forward: everything from or to an ISC link goes through that ISC's chain; ISC links that
-    // have no entry (being set up or torn down) get nothing.
-    b.rule("forward", vec![Stmt::Vmap { field: Field::Iifname, map: OUT_BY_IF.into() }]);
-    b.rule("forward", vec![Stmt::Vmap { field: Field::Oifname, map: IN_BY_IF.into() }]);
-    b.rule("forward", vec![m(Field::Iifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
-    b.rule("forward", vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
+    // forward: everything from or to an ISC link goes through the shared chains; a link with
+    // no entry in the sets (being set up or torn down) fails anti-spoofing and gets nothing.
+    let from_isc = || m(Field::Iifname, s(IF_WILDCARD));
+    let to_isc = || m(Field::Oifname, s(IF_WILDCARD));
+    b.rule("forward", vec![from_isc(), verdict(Verdict::Jump(CHAIN_OUT.into()))]);
+    b.rule("forward", vec![to_isc(), verdict(Verdict::Jump(CHAIN_IN.into()))]);
 
-    // input: an ISC may resolve its neighbour (ND), answer the host, and nothing else: its
-    // `out` chain drops anything addressed to the host (fib daddr type local).
-    b.rule(
-        "input",
-        vec![
-            m(Field::Iifname, s(IF_WILDCARD)),
-            m(Field::Icmpv6Type, nd_types()),
-            verdict(Verdict::Accept),
-        ],
-    );
+    // input: an ISC may resolve its neighbour (ND), answer the host, and nothing else:
+    // `isc_out` drops anything addressed to the host (fib daddr type local).
+    b.rule("input", vec![from_isc(), m(Field::Icmpv6Type, nd_types()), verdict(Verdict::Accept)]);
     // Link-local chatter (MLD reports, router solicitations) is expected noise: drop unlogged.
-    b.rule(
-        "input",
-        vec![
-            m(Field::Iifname, s(IF_WILDCARD)),
-            m(Field::Ip6Saddr, link_local6()),
-            verdict(Verdict::Drop),
-        ],
-    );
-    b.rule("input", vec![Stmt::Vmap { field: Field::Iifname, map: OUT_BY_IF.into() }]);
-    b.rule("input", vec![m(Field::Iifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
+    b.rule("input", vec![from_isc(), m(Field::Ip6Saddr, link_local6()), verdict(Verdict::Drop)]);
+    b.rule("input", vec![from_isc(), verdict(Verdict::Jump(CHAIN_OUT.into()))]);
 
     // output: the host reaches an ISC only on its listen ports, like everyone else. The host's
     // own link-local traffic (ND, MLD) on the veth is let through.
-    b.rule(
-        "output",
-        vec![
-            m(Field::Oifname, s(IF_WILDCARD)),
-            m(Field::Ip6Saddr, link_local6()),
-            verdict(Verdict::Accept),
-        ],
-    );
-    b.rule("output", vec![Stmt::Vmap { field: Field::Oifname, map: IN_BY_IF.into() }]);
-    b.rule("output", vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Drop)]);
+    b.rule("output", vec![to_isc(), m(Field::Ip6Saddr, link_local6()), verdict(Verdict::Accept)]);
+    b.rule("output", vec![to_isc(), verdict(Verdict::Jump(CHAIN_IN.into()))]);
 
-    let dport = [Field::L4proto, Field::ThDport];
-    let k4 = key(&[Field::IpDaddr, dport[0].clone(), dport[1].clone()]);
-    let k6 = key(&[Field::Ip6Daddr, dport[0].clone(), dport[1].clone()]);
+    let k4 = key(&[Field::IpDaddr, Field::L4proto, Field::ThDport]);
+    let k6 = key(&[Field::Ip6Daddr, Field::L4proto, Field::ThDport]);
     b.rule("prerouting", vec![Stmt::Vmap { field: k4, map: DNAT4.into() }]);
     b.rule("prerouting", vec![Stmt::Vmap { field: k6, map: DNAT6.into() }]);
 
@@ -241,26 +295,44 @@ fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, prefix: String, aud
     b.rule(chain, vec![verdict(Verdict::Drop)]);
 }
 
+fn ifk(p: &IscNetPolicy) -> Val {
+    s(&p.if_host)
+}
+
+fn addr_elems(p: &IscNetPolicy, v4: bool) -> Vec<Elem> {
+    let a = if v4 { IpAddr::V4(p.addr_v4) } else { IpAddr::V6(p.addr_v6) };
+    vec![Elem::Key(vec![ifk(p), Val::Addr(a)])]
+}
+
 fn listen_elems(p: &IscNetPolicy) -> Vec<Elem> {
     let mut v: Vec<(Proto, u16)> = p.listen.iter().map(|l| (l.proto, l.port)).collect();
     v.sort();
     v.dedup();
-    v.into_iter().map(|(proto, port)| Elem::Key(vec![Val::Proto(proto), Val::Port(port)])).collect()
-}
-
-fn egress_elems(p: &IscNetPolicy, v4: bool) -> Vec<Elem> {
-    p.egress
-        .iter()
-        .filter(|e| matches!(e.net, IpNet::V4(_)) == v4)
-        .map(|e| Elem::Key(vec![Val::Net(e.net.trunc()), Val::Proto(e.proto), Val::Port(e.port)]))
+    v.into_iter()
+        .map(|(proto, port)| Elem::Key(vec![ifk(p), Val::Proto(proto), Val::Port(port)]))
         .collect()
 }
 
-fn from_elems(p: &IscNetPolicy, v4: bool) -> Vec<Elem> {
-    let mut v: Vec<IpAddr> = p.allow_from.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
+fn egress_elems(p: &IscNetPolicy, egress: &[EgressRule], v4: bool) -> Vec<Elem> {
+    let mut v: Vec<(IpNet, Proto, u16)> = egress
+        .iter()
+        .filter(|e| matches!(e.net, IpNet::V4(_)) == v4)
+        .map(|e| (e.net.trunc(), e.proto, e.port))
+        .collect();
     v.sort();
     v.dedup();
-    v.into_iter().map(|a| Elem::Key(vec![Val::Addr(a)])).collect()
+    v.into_iter()
+        .map(|(net, proto, port)| {
+            Elem::Key(vec![ifk(p), Val::Net(net), Val::Proto(proto), Val::Port(port)])
+        })
+        .collect()
+}
+
+fn from_elems(p: &IscNetPolicy, peers: &[IpAddr], v4: bool) -> Vec<Elem> {
+    let mut v: Vec<IpAddr> = peers.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
+    v.sort();
+    v.dedup();
+    v.into_iter().map(|a| Elem::Key(vec![ifk(p), Val::Addr(a)])).collect()
 }
 
 fn dnat_elems(p: &IscNetPolicy, n: &IscNames, v4: bool) -> Vec<Elem> {
@@ -282,31 +354,52 @@ fn push_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
     }
 }
 
-/// Fill `set` with exactly `elems` (flush + add, one transaction).
-pub fn replace_set_ops(set: &str, elems: Vec<Elem>) -> Vec<Op> {
+/// Delete `elems` from `set` even if some are missing: `add` (a no-op for an element that is
+/// there) then `delete`, in the same transaction. nft 1.0.6 has no `destroy`.
+fn drop_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
+    if elems.is_empty() {
+        return;
+    }
+    b.push(Op::AddElems { set: set.to_string(), elems: elems.clone() });
+    let keys = elems
+        .into_iter()
+        .map(|e| match e {
+            Elem::Map(k, _) | Elem::Key(k) => Elem::Key(k),
+        })
+        .collect();
+    b.push(Op::DeleteElems { set: set.to_string(), elems: keys });
+}
+
+/// Swap the elements of `p` in `set` from `old` to `new` (one transaction).
+fn swap_elems(b: &mut Batch, set: &str, old: Vec<Elem>, new: Vec<Elem>) {
+    if old != new {
+        drop_elems(b, set, old);
+        push_elems(b, set, new);
+    }
+}
+
+/// Ops replacing the egress elements of `p` (whose `egress` is the new declaration) that were
+/// applied from `old` (used by the DNS refresh).
+pub fn egress_refresh_ops(p: &IscNetPolicy, old: &[EgressRule]) -> Vec<Op> {
     let mut b = Batch::default();
-    b.push(Op::FlushSet(set.to_string()));
-    push_elems(&mut b, set, elems);
+    for (set, v4) in [(EGRESS4, true), (EGRESS6, false)] {
+        swap_elems(&mut b, set, egress_elems(p, old, v4), egress_elems(p, &p.egress, v4));
+    }
     b.ops
 }
 
-/// Ops replacing the egress sets of `p` (used by the DNS refresh).
-pub fn egress_refresh_ops(p: &IscNetPolicy) -> Vec<Op> {
-    let n = IscNames::new(&p.id);
-    let mut ops = replace_set_ops(&n.egress4, egress_elems(p, true));
-    ops.extend(replace_set_ops(&n.egress6, egress_elems(p, false)));
-    ops
+/// Ops replacing the peer (allow_from) elements of `p` (whose `allow_from` is the new list)
+/// that were applied from `old`.
+pub fn peers_refresh_ops(p: &IscNetPolicy, old: &[IpAddr]) -> Vec<Op> {
+    let mut b = Batch::default();
+    for (set, v4) in [(FROM4, true), (FROM6, false)] {
+        swap_elems(&mut b, set, from_elems(p, old, v4), from_elems(p, &p.allow_from, v4));
+    }
+    b.ops
 }
 
-/// Ops replacing the peer (allow_from) sets of `p`.
-pub fn peers_refresh_ops(p: &IscNetPolicy) -> Vec<Op> {
-    let n = IscNames::new(&p.id);
-    let mut ops = replace_set_ops(&n.from4, from_elems(p, true));
-    ops.extend(replace_set_ops(&n.from6, from_elems(p, false)));
-    ops
-}
-
-/// Everything one ISC needs. Idempotent: its chains and sets are flushed before being filled.
+/// Everything one ISC needs: its three chains (flushed and filled) and its elements in the
+/// global sets, dispatch entries last so the chains are complete when traffic reaches them.
 pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let n = IscNames::new(&p.id);
     let mut b = Batch::default();
@@ -314,87 +407,9 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
         b.push(Op::AddChain { name: c.to_string(), base: None });
         b.push(Op::FlushChain(c.to_string()));
     }
-    let svc = [KeyType::Proto, KeyType::Service];
-    b.push(Op::AddSet { name: n.listen.clone(), key: svc.to_vec(), interval: false });
-    b.push(Op::AddSet {
-        name: n.egress4.clone(),
-        key: vec![KeyType::Ipv4, svc[0], svc[1]],
-        interval: true,
-    });
-    b.push(Op::AddSet {
-        name: n.egress6.clone(),
-        key: vec![KeyType::Ipv6, svc[0], svc[1]],
-        interval: true,
-    });
-    b.push(Op::AddSet { name: n.from4.clone(), key: vec![KeyType::Ipv4], interval: false });
-    b.push(Op::AddSet { name: n.from6.clone(), key: vec![KeyType::Ipv6], interval: false });
-    for set in n.sets() {
-        b.push(Op::FlushSet(set.to_string()));
-    }
-    push_elems(&mut b, &n.listen, listen_elems(p));
-    push_elems(&mut b, &n.egress4, egress_elems(p, true));
-    push_elems(&mut b, &n.egress6, egress_elems(p, false));
-    push_elems(&mut b, &n.from4, from_elems(p, true));
-    push_elems(&mut b, &n.from6, from_elems(p, false));
-
     let audit_group = audit_nflog_group(cfg.v4_prefix, p.addr_v4);
     deny_chain(&mut b, cfg, &n.deny_in, format!("isc:{}:in", p.id), audit_group);
     deny_chain(&mut b, cfg, &n.deny_out, format!("isc:{}:out", p.id), audit_group);
-    let dout = || verdict(Verdict::Goto(n.deny_out.clone()));
-    let din = || verdict(Verdict::Goto(n.deny_in.clone()));
-    let established = || m(Field::CtState, strs(&["established", "related"]));
-    let svc_key = || key(&[Field::L4proto, Field::ThDport]);
-
-    // out: anti-spoofing first (RFC 2827 ingress filtering), then replies, then the host and
-    // link-local ranges are refused even if an egress rule would cover them, then other ISCs
-    // decide for themselves, then the egress allowlist.
-    let out = &n.chain_out;
-    b.rule(out, vec![not(Field::IpSaddr, Val::Addr(IpAddr::V4(p.addr_v4))), dout()]);
-    b.rule(out, vec![not(Field::Ip6Saddr, Val::Addr(IpAddr::V6(p.addr_v6))), dout()]);
-    b.rule(out, vec![established(), verdict(Verdict::Accept)]);
-    b.rule(
-        out,
-        vec![m(Field::FibDaddrType, strs(&["local", "broadcast", "multicast", "anycast"])), dout()],
-    );
-    b.rule(
-        out,
-        vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), dout()],
-    );
-    b.rule(out, vec![m(Field::Ip6Daddr, link_local6()), dout()]);
-    b.rule(out, vec![Stmt::Vmap { field: Field::Oifname, map: IN_BY_IF.into() }]);
-    let k4 = key(&[Field::IpDaddr, Field::L4proto, Field::ThDport]);
-    let k6 = key(&[Field::Ip6Daddr, Field::L4proto, Field::ThDport]);
-    b.rule(out, vec![m(k4, Val::SetRef(n.egress4.clone())), verdict(Verdict::Accept)]);
-    b.rule(out, vec![m(k6, Val::SetRef(n.egress6.clone())), verdict(Verdict::Accept)]);
-    b.rule(out, vec![dout()]);
-
-    // in: replies and ND; peers ISCs only if allowed and only on listen ports; anyone else
-    // (host, outside, published DNAT) on listen ports.
-    let inn = &n.chain_in;
-    b.rule(inn, vec![established(), verdict(Verdict::Accept)]);
-    b.rule(inn, vec![m(Field::Icmpv6Type, nd_types()), verdict(Verdict::Accept)]);
-    b.rule(
-        inn,
-        vec![
-            m(Field::Iifname, s(IF_WILDCARD)),
-            m(Field::IpSaddr, Val::SetRef(n.from4.clone())),
-            m(svc_key(), Val::SetRef(n.listen.clone())),
-            verdict(Verdict::Accept),
-        ],
-    );
-    b.rule(
-        inn,
-        vec![
-            m(Field::Iifname, s(IF_WILDCARD)),
-            m(Field::Ip6Saddr, Val::SetRef(n.from6.clone())),
-            m(svc_key(), Val::SetRef(n.listen.clone())),
-            verdict(Verdict::Accept),
-        ],
-    );
-    b.rule(inn, vec![m(Field::Iifname, s(IF_WILDCARD)), din()]);
-    b.rule(inn, vec![m(svc_key(), Val::SetRef(n.listen.clone())), verdict(Verdict::Accept)]);
-    b.rule(inn, vec![din()]);
-
     for pb in &p.publish {
         let (daddr, to) = match pb.host_addr {
             IpAddr::V4(_) => (Field::IpDaddr, IpAddr::V4(p.addr_v4)),
@@ -410,50 +425,54 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
             ],
         );
     }
-
-    // Dispatch last, so the chains are complete when traffic starts to reach them.
-    let ifk = vec![s(&p.if_host)];
+    push_elems(&mut b, LISTEN, listen_elems(p));
+    push_elems(&mut b, EGRESS4, egress_elems(p, &p.egress, true));
+    push_elems(&mut b, EGRESS6, egress_elems(p, &p.egress, false));
+    push_elems(&mut b, FROM4, from_elems(p, &p.allow_from, true));
+    push_elems(&mut b, FROM6, from_elems(p, &p.allow_from, false));
+    let ifk = vec![ifk(p)];
     b.push(Op::AddElems {
-        set: OUT_BY_IF.into(),
-        elems: vec![Elem::Map(ifk.clone(), Verdict::Jump(out.clone()))],
+        set: DOUT_BY_IF.into(),
+        elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_out.clone()))],
     });
     b.push(Op::AddElems {
-        set: IN_BY_IF.into(),
-        elems: vec![Elem::Map(ifk, Verdict::Jump(inn.clone()))],
+        set: DIN_BY_IF.into(),
+        elems: vec![Elem::Map(ifk, Verdict::Goto(n.deny_in.clone()))],
     });
     push_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
     push_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
+    // The source addresses last: until they are in, the link fails anti-spoofing.
+    push_elems(&mut b, ADDR4, addr_elems(p, true));
+    push_elems(&mut b, ADDR6, addr_elems(p, false));
     b.ops
 }
 
-/// Remove one ISC: map elements first, then its chains (flushed, so no reference is left) and
-/// its sets, by name.
+/// Remove one ISC: its elements first (the addresses before anything else, so the link is
+/// cut off at once), then its chains, by name. Idempotent: every element and chain is added
+/// (a no-op if present) before it is deleted, so a half-removed ISC can be removed again.
 pub fn isc_remove_ops(p: &IscNetPolicy) -> Vec<Op> {
     let n = IscNames::new(&p.id);
     let mut b = Batch::default();
-    let ifk = vec![s(&p.if_host)];
-    b.push(Op::DeleteElems { set: OUT_BY_IF.into(), elems: vec![Elem::Key(ifk.clone())] });
-    b.push(Op::DeleteElems { set: IN_BY_IF.into(), elems: vec![Elem::Key(ifk)] });
-    for (map, v4) in [(DNAT4, true), (DNAT6, false)] {
-        let keys: Vec<Elem> = dnat_elems(p, &n, v4)
-            .into_iter()
-            .filter_map(|e| match e {
-                Elem::Map(k, _) => Some(Elem::Key(k)),
-                Elem::Key(_) => None,
-            })
-            .collect();
-        if !keys.is_empty() {
-            b.push(Op::DeleteElems { set: map.into(), elems: keys });
-        }
+    for c in n.chains() {
+        b.push(Op::AddChain { name: c.to_string(), base: None });
     }
+    drop_elems(&mut b, ADDR4, addr_elems(p, true));
+    drop_elems(&mut b, ADDR6, addr_elems(p, false));
+    drop_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
+    drop_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
+    let ifk = vec![ifk(p)];
+    drop_elems(&mut b, DOUT_BY_IF, vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_out.clone()))]);
+    drop_elems(&mut b, DIN_BY_IF, vec![Elem::Map(ifk, Verdict::Goto(n.deny_in.clone()))]);
+    drop_elems(&mut b, LISTEN, listen_elems(p));
+    drop_elems(&mut b, EGRESS4, egress_elems(p, &p.egress, true));
+    drop_elems(&mut b, EGRESS6, egress_elems(p, &p.egress, false));
+    drop_elems(&mut b, FROM4, from_elems(p, &p.allow_from, true));
+    drop_elems(&mut b, FROM6, from_elems(p, &p.allow_from, false));
     for c in n.chains() {
         b.push(Op::FlushChain(c.to_string()));
     }
     for c in n.chains() {
         b.push(Op::DeleteChain(c.to_string()));
-    }
-    for set in n.sets() {
-        b.push(Op::DeleteSet(set.to_string()));
     }
     b.ops
 }
@@ -486,7 +505,7 @@ pub fn remove_isc(p: &IscNetPolicy) -> Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{EgressRule, Listen, Publish};
+    use crate::policy::{Listen, Publish};
 
     pub(crate) fn cfg() -> RulesConfig {
         RulesConfig {
@@ -529,19 +548,24 @@ mod tests {
         let text = b.to_text();
         assert!(text.starts_with("add table inet isc\ndelete table inet isc\n"), "{text}");
         assert!(
-            text.contains("add map inet isc isc_out_by_if { type ifname : verdict; }"),
+            text.contains("add map inet isc isc_dout_by_if { type ifname : verdict; }"),
             "{text}"
         );
         assert!(
-            text.contains("add element inet isc isc_out_by_if { \"isca\" : jump isc_a_out }"),
+            text.contains("add element inet isc isc_dout_by_if { \"isca\" : goto isc_a_dout }"),
             "{text}"
         );
         assert!(
-            text.contains("add rule inet isc isc_a_out ip saddr != 10.88.0.1 goto isc_a_dout"),
+            text.contains(
+                "add rule inet isc isc_out iifname . ip saddr != @isc_addr4 goto isc_deny_out"
+            ),
             "{text}"
         );
+        assert!(text.contains("add element inet isc isc_addr4 { \"isca\" . 10.88.0.1 }"), "{text}");
         assert!(
-            text.contains("add element inet isc isc_a_egress4 { 198.51.100.0/24 . tcp . 443 }"),
+            text.contains(
+                "add element inet isc isc_egress4 { \"isca\" . 198.51.100.0/24 . tcp . 443 }"
+            ),
             "{text}"
         );
         assert!(text.contains("log prefix \"isc:b:in\" group 100"), "{text}");
@@ -562,8 +586,10 @@ mod tests {
         let p = policy("a", 0);
         let text = remove_isc(&p).to_text();
         let first_chain_delete = text.find("delete chain").unwrap();
+        let addr_delete = text.find("delete element inet isc isc_addr4 { \"isca\" . 10.88.0.1 }");
+        assert!(addr_delete.unwrap() < first_chain_delete, "{text}");
         assert!(
-            text.find("delete element inet isc isc_out_by_if { \"isca\" }").unwrap()
+            text.find("delete element inet isc isc_dout_by_if { \"isca\" }").unwrap()
                 < first_chain_delete,
             "{text}"
         );
@@ -571,16 +597,43 @@ mod tests {
             text.contains("delete element inet isc isc_dnat4 { 192.0.2.1 . tcp . 18080 }"),
             "{text}"
         );
-        assert!(text.contains("delete set inet isc isc_a_egress6"), "{text}");
+        assert!(text.contains("delete chain inet isc isc_a_dout"), "{text}");
         assert!(!text.contains("handle"), "{text}");
+        assert!(!text.contains("delete set"), "global sets stay: {text}");
     }
 
     #[test]
-    fn per_isc_batch_size_is_constant() {
-        // No rule is linear in the number of ISCs: the batch to add the 1000th ISC is the same
-        // size as the one that adds the first.
-        let one = add_isc(&cfg(), &policy("a", 0)).ops.len();
-        let other = add_isc(&cfg(), &policy("zz", 100)).ops.len();
-        assert_eq!(one, other);
+    fn per_isc_batches_hold_no_set_and_a_constant_number_of_chains() {
+        // Adding the 1000th ISC is the same batch as adding the first: no per-ISC set, three
+        // chains, and no rule that depends on the number of ISCs.
+        let one = add_isc(&cfg(), &policy("a", 0));
+        let other = add_isc(&cfg(), &policy("zz", 100));
+        assert_eq!(one.ops.len(), other.ops.len());
+        let per_isc = isc_add_ops(&cfg(), &policy("a", 0));
+        assert!(!per_isc.iter().any(|o| matches!(o, Op::AddSet { .. } | Op::AddVmap { .. })));
+        let chains = per_isc.iter().filter(|o| matches!(o, Op::AddChain { .. })).count();
+        assert_eq!(chains, 3);
+    }
+
+    #[test]
+    fn refreshes_swap_only_this_iscs_elements() {
+        let mut p = policy("a", 0);
+        let old = p.allow_from.clone();
+        p.allow_from = vec!["10.88.0.7".parse().unwrap()];
+        let text = Batch { ops: peers_refresh_ops(&p, &old) }.to_text();
+        assert!(text.contains("delete element inet isc isc_from4 { \"isca\" . 10.88.0.99 }"));
+        assert!(text.contains("add element inet isc isc_from4 { \"isca\" . 10.88.0.7 }"));
+        assert!(!text.contains("flush"), "{text}");
+        assert!(peers_refresh_ops(&p, &p.allow_from.clone()).is_empty());
+        let old_egress = p.egress.clone();
+        p.egress.pop();
+        let text = Batch { ops: egress_refresh_ops(&p, &old_egress) }.to_text();
+        assert!(
+            text.contains(
+                "delete element inet isc isc_egress6 { \"isca\" . 2001:db8::1 . udp . 53 }"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("isc_egress4"), "{text}");
     }
 }

@@ -64,6 +64,7 @@ fn verdict(v: &Verdict) -> String {
         Verdict::Drop => "drop".into(),
         Verdict::Jump(t) => format!("jump {t}"),
         Verdict::Goto(t) => format!("goto {t}"),
+        Verdict::Return => "return".into(),
     }
 }
 
