@@ -155,10 +155,9 @@ impl IscNetLease {
     /// timer (e.g. every 60 s, or the minimum TTL if the caller has one).
     pub fn refresh_egress(&mut self, egress: &[EgressSpec]) -> Result<(), NetError> {
         let id = self.policy.id.clone();
-        let fresh = policy::resolve_egress(egress)
+        self.policy.egress = policy::resolve_egress(egress)
             .map_err(|source| NetError::Policy { id: id.clone(), source })?;
-        let old = std::mem::replace(&mut self.policy.egress, fresh);
-        nft::Batch { ops: rules::egress_refresh_ops(&self.policy, &old) }
+        nft::Batch { ops: rules::egress_refresh_ops(&self.policy) }
             .apply(&NftCli::default())
             .map_err(|source| NetError::Nft { id, source })
     }
