@@ -6,6 +6,7 @@
 #      behind an unfiltered veth pair (no nft table), same sender (bash + dd), same sink
 #   3. nft apply time for 1/100/1000 ISCs and per-ISC add/remove at that size
 # Usage: bench/net.sh [path/to/isc]   (default target/debug/isc; build it first)
+#   SECTIONS="1 2 3" (default) picks sections; ROUNDS=3 throughput rounds; MB=2000 per round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISC=$(realpath "${1:-target/debug/isc}")
@@ -32,6 +33,9 @@ manifest() { # name exec-json network-body-or-empty
       if [ -n "$3" ]; then printf '[network]\n%b\n' "$3"; fi; } > "$W/$1.toml"
 }
 
+SECTIONS=${SECTIONS:-1 2 3}
+ROUNDS=${ROUNDS:-3}
+if [[ " $SECTIONS " == *" 1 "* ]]; then
 echo "== 1. start latency (isc run of /bin/true; debug build) =="
 manifest nonet '["/bin/true"]' ''
 manifest withnet '["/bin/true"]' 'listen = [{ port = 8080 }]\negress = ["192.0.2.2:443"]'
@@ -45,7 +49,9 @@ a,b=r[0]["mean"]*1e3,r[1]["mean"]*1e3
 print(f"START without network: {a:.1f} ms  (sd {r[0]['stddev']*1e3:.1f})")
 print(f"START with network:    {b:.1f} ms  (sd {r[1]['stddev']*1e3:.1f})  ratio {b/a:.2f}, +{b-a:.1f} ms")
 PY
+fi
 
+if [[ " $SECTIONS " == *" 2 "* ]]; then
 echo "== 2. TCP throughput: ISC -> outside through the policy vs unfiltered veth =="
 MB=${MB:-2000}
 unshare --net -- sleep 600 & OUT=$!; PIDS+=($OUT)
@@ -69,21 +75,24 @@ while True:
 print(f"{n/(time.time()-t)/1e6:.0f}")' "$1"
 }
 SEND="exec 3<>/dev/tcp/192.0.2.2/5201; dd if=/dev/zero bs=1M count=$MB status=none >&3"
-for round in 1 2 3; do
+for round in $(seq 1 "$ROUNDS"); do
     sink 5201 > "$W/plain.$round" & S=$!; PIDS+=($S); sleep 0.3
     nsenter --net=/proc/$PLAIN/ns/net bash -c "$SEND"; wait $S
     manifest "tput$round" "[\"/bin/bash\", \"-c\", \"$SEND\"]" 'egress = ["192.0.2.2:5201"]'
     sink 5201 > "$W/isc.$round" & S=$!; PIDS+=($S); sleep 0.3
     "${I[@]}" run "$W/tput$round.toml"; wait $S
 done
-python3 - "$W" <<'PY'
+python3 - "$W" "$ROUNDS" <<'PY'
 import sys,statistics as st
-w=sys.argv[1]
-p=[float(open(f"{w}/plain.{i}").read()) for i in (1,2,3)]
-q=[float(open(f"{w}/isc.{i}").read()) for i in (1,2,3)]
+w,n=sys.argv[1],int(sys.argv[2])
+p=[float(open(f"{w}/plain.{i}").read()) for i in range(1,n+1)]
+q=[float(open(f"{w}/isc.{i}").read()) for i in range(1,n+1)]
 print(f"TPUT unfiltered veth: {st.median(p):.0f} MB/s  runs {p}")
 print(f"TPUT through policy:  {st.median(q):.0f} MB/s  runs {q}  ratio {st.median(q)/st.median(p):.2f} (target >= 0.95)")
 PY
+fi
 
-echo "== 3. nft apply time =="
+if [[ " $SECTIONS " == *" 3 "* ]]; then
+echo "== 3. nft apply time (ms; add/remove: median of 11) =="
 cargo test -q -p isc-cli --test network bench_ruleset_apply -- --ignored --nocapture 2>/dev/null | grep BENCH || true
+fi

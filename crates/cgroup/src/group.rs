@@ -313,6 +313,10 @@ impl IscCgroup for Group {
         Ok(())
     }
 
+    fn v1_task_files(&self) -> Vec<PathBuf> {
+        self.v1.as_ref().map(V1Part::unique_dirs).unwrap_or_default().into_iter().map(|d| d.join("tasks")).collect()
+    }
+
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {
         self.v2.as_ref().map(|p| p.fd.as_fd())
     }

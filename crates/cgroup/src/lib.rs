@@ -43,6 +43,12 @@ pub trait IscCgroup: Send {
     /// v2 directory with `CLONE_INTO_CGROUP`. Every `cgroup.procs` write takes the kernel's
     /// cgroup_threadgroup_rwsem for writing, which can cost an RCU grace period: skip needless ones.
     fn attach_v1(&self, pid: i32) -> Result<(), CgroupError>;
+    /// The v1 `tasks` files of this cgroup. A *thread* writing "0" (itself) to `tasks` is moved
+    /// without the global `cgroup_threadgroup_rwsem` that every `cgroup.procs` write takes (and
+    /// whose first writer waits for an RCU grace period, 5–15 ms, holding `cgroup_mutex` and so
+    /// stalling every cgroup mkdir on the host meanwhile). The engine lets a still
+    /// single-threaded child join its cgroup this way (see `isc_engine::StartHooks`).
+    fn v1_task_files(&self) -> Vec<PathBuf>;
     /// The v2 directory as an fd for `clone3`'s `cgroup` field with `CLONE_INTO_CGROUP`
     /// (V2 and Hybrid layouts). `None` on pure v1.
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>>;

@@ -442,6 +442,9 @@ impl StartHooks for AuditedHooks<'_> {
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
         self.inner.clone_into_cgroup()
     }
+    fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
+        self.inner.self_attach_files()
+    }
     fn after_start(&mut self, state: &IscState) {
         self.inner.after_start(state);
         self.session.on_started(state);

@@ -311,4 +311,9 @@ impl StartHooks for Both<'_> {
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
         self.0.clone_into_cgroup().or_else(|| self.1.clone_into_cgroup())
     }
+    fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
+        let mut v = self.0.self_attach_files();
+        v.extend(self.1.self_attach_files());
+        v
+    }
 }

@@ -154,6 +154,8 @@ pub struct CgroupHooks {
     _starting: isc_engine::state::StartingLock,
     /// The engine asked for the v2 fd: the child was born in the v2 directory.
     cloned_into_v2: std::cell::Cell<bool>,
+    /// The engine took the v1 `tasks` files: the child joins the v1 hierarchies itself.
+    self_attached: std::cell::Cell<bool>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -205,6 +207,7 @@ impl CgroupHooks {
             limits,
             _starting: starting,
             cloned_into_v2: Default::default(),
+            self_attached: Default::default(),
         })
     }
 }
@@ -216,9 +219,31 @@ fn mib(b: u64) -> String {
 impl StartHooks for CgroupHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         let cg = self.cgroup.as_ref().expect("cgroup present until drop");
-        let r =
-            if self.cloned_into_v2.get() { cg.attach_v1(child_pid) } else { cg.attach(child_pid) };
+        let r = match (self.cloned_into_v2.get(), self.self_attached.get()) {
+            (true, true) => Ok(()),
+            (true, false) => cg.attach_v1(child_pid),
+            // Joined v1 by itself, but not born in v2: a host whose v2 directory could not be
+            // used for CLONE_INTO_CGROUP; attaching again to v1 is harmless.
+            (false, _) => cg.attach(child_pid),
+        };
         r.map_err(|e| ("joining the ISC's cgroup", e.to_string()))
+    }
+
+    fn self_attach_files(&self) -> Vec<PathBuf> {
+        let files = self.cgroup.as_ref().map(|c| c.v1_task_files()).unwrap_or_default();
+        self.self_attached.set(!files.is_empty());
+        files
+    }
+
+    fn after_start(&mut self, _state: &isc_engine::state::IscState) {
+        // The child has joined: the tasks files go back to host root.
+        if let Some(cg) = &self.cgroup {
+            for f in cg.v1_task_files() {
+                if let Err(e) = std::os::unix::fs::chown(&f, Some(0), Some(0)) {
+                    tracing::warn!(file = %f.display(), error = %e, "returning a cgroup tasks file to root");
+                }
+            }
+        }
     }
 
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
@@ -269,54 +294,6 @@ impl Drop for CgroupHooks {
                 Ok(()) => remove_empty_parents(&paths),
                 Err(e) => tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup"),
             }
-        }
-    }
-}
-
-/// Hides most of the RCU grace period that the first cgroup v1 attach of a start waits for.
-///
-/// Every write to a `cgroup.procs` file takes the kernel's `cgroup_threadgroup_rwsem` for
-/// writing; when no writer held it during the last grace period, `rcu_sync_enter()` first waits
-/// for a full RCU grace period (5–15 ms here; cgroup v2's `favordynmods` mount option avoids it,
-/// v1 has no such switch). A writer that arrives while another one is still inside that window
-/// does not wait again. So right at the start of `isc run` a forked helper process writes "0"
-/// (itself) into its own v1 `cgroup.procs`, a no-op move that opens the window, while the
-/// monitor parses the manifest, checks the image and creates the cgroup; the real attach after
-/// `clone3` then mostly finds the window open. A process, not a thread: `clone3` must run in a
-/// single-threaded monitor. Does nothing on pure cgroup v2, where `CLONE_INTO_CGROUP` needs no
-/// write at all.
-pub struct AttachPrewarm(Option<i32>);
-
-impl AttachPrewarm {
-    pub fn start() -> Self {
-        let Ok(layout) = cgroup_layout() else { return Self(None) };
-        let Some(dir) = layout.v1().and_then(|m| m.values().next().cloned()) else {
-            return Self(None);
-        };
-        let bytes = dir.join("cgroup.procs").into_os_string().into_encoded_bytes();
-        let Ok(path) = std::ffi::CString::new(bytes) else { return Self(None) };
-        // SAFETY: fork while single-threaded; the child only makes raw syscalls on memory
-        // prepared before the fork and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: see above.
-            unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, c"0".as_ptr().cast(), 1);
-                }
-                libc::_exit(0);
-            }
-        }
-        Self((pid > 0).then_some(pid))
-    }
-}
-
-impl Drop for AttachPrewarm {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            // SAFETY: reaping our own short-lived child.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         }
     }
 }

@@ -245,13 +245,11 @@ fn weakening(names: &[String]) -> Result<isc_engine::Weakening> {
 }
 
 fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
-    let prewarm = launch::AttachPrewarm::start();
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
     let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
-    drop(prewarm);
     if json {
         let mut v = serde_json::to_value(&record)?;
         v["image_id"] = image_id.into();

@@ -76,6 +76,12 @@ fn limits_are_in_the_cgroup_files_and_invisible_from_inside() {
     };
     assert_eq!(read("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
     assert_eq!(read("pids", "pids.max"), "32");
+    // The child joined v1 through `tasks` (owned by the ISC's root for that moment); once the
+    // service runs, every tasks file belongs to host root again.
+    for ctrl in ["memory", "pids", "cpu", "freezer"] {
+        let f = isc_cgroup_dir(&env, ctrl, "limits").join("tasks");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&fs::metadata(&f).unwrap()), 0, "{}", f.display());
+    }
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
     let stats = env.cmd().args(["stats", "limits", "--json"]).output().unwrap();

@@ -26,6 +26,8 @@ pub struct ChildContext<'a> {
     pub stderr: RawFd,
     pub seccomp: &'a BpfProgram,
     pub seccomp_log: bool,
+    /// cgroup v1 `tasks` files to write "0" into (see `StartHooks::self_attach_files`).
+    pub self_attach: &'a [std::ffi::CString],
 }
 
 /// prctl(2) PR_SET_MDWE and its flag (include/uapi/linux/prctl.h).
@@ -107,6 +109,19 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
     os_step("becoming root of the user namespace", unsafe { libc::setresgid(0, 0, 0) })?;
     // SAFETY: as above.
     os_step("becoming root of the user namespace", unsafe { libc::setresuid(0, 0, 0) })?;
+    for f in ctx.self_attach {
+        // SAFETY: open/write/close of a cgroup file with a NUL-terminated path; "0" = this
+        // thread, the only one of this process.
+        let rc = unsafe {
+            let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let ok = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if ok { 0 } else { -1 }
+        };
+        os_step("joining the ISC's cgroup", rc)?;
+    }
     // The cgroup namespace is created only now, after the monitor placed us in the ISC's
     // cgroup, so its root is that cgroup and the host's tree stays invisible.
     // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.

@@ -88,6 +88,13 @@ pub trait StartHooks {
     /// Called once the service runs and its state is published. `clone3` is done, so unlike
     /// the steps before it this may start threads in the monitor (e.g. an audit reader).
     fn after_start(&mut self, _state: &IscState) {}
+    /// cgroup v1 `tasks` files the child writes itself into right after clone, before any of
+    /// its setup runs. The monitor gives them to the ISC's root (host uid `base`) for that
+    /// moment: a thread moving itself through `tasks` skips the global rwsem (and its RCU
+    /// grace period) that moving another process through `cgroup.procs` costs.
+    fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
     /// A cgroup v2 directory fd to clone straight into (`CLONE_INTO_CGROUP`), so the child is
     /// limited from its first instruction; v1 hierarchies are joined in `before_release`.
     fn clone_into_cgroup(&self) -> Option<RawFd> {
@@ -114,6 +121,9 @@ impl StartHooks for HookChain {
     }
     fn clone_into_cgroup(&self) -> Option<RawFd> {
         self.0.iter().find_map(|h| h.clone_into_cgroup())
+    }
+    fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
+        self.0.iter().flat_map(|h| h.self_attach_files()).collect()
     }
 }
 
@@ -213,6 +223,18 @@ pub fn run(
             .map_err(MonitorError::Uid)?;
     let profile = seccomp::Profile::new(&spec.allow_syscalls, &spec.deny_syscalls)?;
     let bpf = seccomp::load_or_compile(&profile, &opts.state_dir.join("cache"))?;
+    let self_attach = hooks.self_attach_files();
+    for f in &self_attach {
+        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: chown(2) of a cgroup control file to the ISC's root, NUL-terminated path.
+        if unsafe { libc::chown(c.as_ptr(), range.host_base, range.host_base) } != 0 {
+            return Err(MonitorError::Resource { what: "cgroup tasks file", source: io::Error::last_os_error() });
+        }
+    }
+    let self_attach_c: Vec<std::ffi::CString> = self_attach
+        .iter()
+        .map(|f| std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default())
+        .collect();
     let (out_r, out_w) = pipe_cloexec("stdout pipe")?;
     let (err_r, err_w) = pipe_cloexec("stderr pipe")?;
     let (parent_chan, child_chan) = Channel::pair()?;
@@ -241,6 +263,7 @@ pub fn run(
         stderr: err_w.as_raw_fd(),
         seccomp: &bpf,
         seccomp_log: opts.seccomp_log,
+        self_attach: &self_attach_c,
     };
     // PID 1 inherits the heap copy-on-write: trim it first so the start path's free pages are
     // neither shared with PID 1 nor copied when its allocator touches them.
