@@ -314,7 +314,13 @@ impl IscCgroup for Group {
     }
 
     fn v1_task_files(&self) -> Vec<PathBuf> {
-        self.v1.as_ref().map(V1Part::unique_dirs).unwrap_or_default().into_iter().map(|d| d.join("tasks")).collect()
+        self.v1
+            .as_ref()
+            .map(V1Part::unique_dirs)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.join("tasks"))
+            .collect()
     }
 
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -105,6 +105,12 @@ pub fn dispatch(dirs: &Dirs, cmd: ImageCmd) -> Result<ExitCode> {
             finish(sp);
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let summary = store.list()?.into_iter().find(|s| s.id == prepared.id);
+            crate::hooks_audit::record(
+                dirs,
+                None,
+                isc_audit::Kind::ImageBuild,
+                json!({"id": prepared.id, "manifest": file, "cached": prepared.cached}),
+            )?;
             if json {
                 print_json(&json!({
                     "id": prepared.id, "rootfs": prepared.rootfs, "cached": prepared.cached,
@@ -131,6 +137,12 @@ pub fn dispatch(dirs: &Dirs, cmd: ImageCmd) -> Result<ExitCode> {
                 bail!("unknown import source {source:?}; fix: write oci:DIR or docker-archive:TAR")
             };
             finish(sp);
+            crate::hooks_audit::record(
+                dirs,
+                None,
+                isc_audit::Kind::ImageImport,
+                json!({"id": id, "source": source}),
+            )?;
             if json {
                 print_json(&json!({"id": id, "defaults": defaults}))?;
             } else {

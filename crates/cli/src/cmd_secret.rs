@@ -101,6 +101,12 @@ pub fn dispatch(dirs: &Dirs, cmd: SecretCmd) -> Result<ExitCode> {
             let info = vault
                 .set(&isc, &name, value)
                 .with_context(|| format!("sealing secret `{name}` for ISC `{isc}`"))?;
+            crate::hooks_audit::record(
+                dirs,
+                Some(&isc),
+                isc_audit::Kind::SecretSet,
+                json!({"secret": name, "bytes": info.size, "key_id": info.key_id.map(|k| k.to_string())}),
+            )?;
             println!(
                 "sealed secret `{name}` for ISC `{isc}` ({} bytes, key {})",
                 info.size,
@@ -126,6 +132,12 @@ pub fn dispatch(dirs: &Dirs, cmd: SecretCmd) -> Result<ExitCode> {
             vault
                 .remove(&isc, &name)
                 .with_context(|| format!("removing secret `{name}` of `{isc}`"))?;
+            crate::hooks_audit::record(
+                dirs,
+                Some(&isc),
+                isc_audit::Kind::SecretRemove,
+                json!({"secret": name}),
+            )?;
             println!("removed secret `{name}` of ISC `{isc}`");
         }
         SecretCmd::RotateKey { passphrase_file, json } => {
@@ -133,6 +145,12 @@ pub fn dispatch(dirs: &Dirs, cmd: SecretCmd) -> Result<ExitCode> {
             let r = vault.rotate_key().context("rotating the master key")?;
             let unreadable: Vec<String> =
                 r.unreadable.iter().map(|p| p.display().to_string()).collect();
+            crate::hooks_audit::record(
+                dirs,
+                None,
+                isc_audit::Kind::KeyRotate,
+                json!({"old": r.old.to_string(), "new": r.new.to_string(), "resealed": r.resealed, "unreadable": unreadable}),
+            )?;
             if json {
                 let v = json!({"old": r.old.to_string(), "new": r.new.to_string(),
                     "resealed": r.resealed, "unreadable": unreadable});

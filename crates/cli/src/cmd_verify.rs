@@ -137,6 +137,17 @@ pub fn dispatch(dirs: &Dirs, args: VerifyArgs) -> Result<ExitCode> {
         &policy,
         args.threshold,
     );
+    crate::hooks_audit::record(
+        dirs,
+        name.as_deref(),
+        isc_audit::Kind::VerifyResult,
+        serde_json::json!({
+            "target": report.subject, "exposure": report.score.exposure,
+            "label": report.score.label, "pass": report.score.pass,
+            "gates_failed": report.score.gates_failed,
+            "contradictions": report.score.contradictions,
+        }),
+    )?;
     if let Some(out) = &args.sign {
         let key = isc_verify::sign::load_or_create_key(&dirs.root.join("keys"))?;
         let signed = isc_verify::sign::sign(&report.to_json(), &key);

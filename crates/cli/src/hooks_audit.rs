@@ -62,6 +62,21 @@ pub fn caller() -> Actor {
     Actor::Uid(unsafe { libc::getuid() })
 }
 
+/// Appends one record for an operation the CLI performed on behalf of its caller (image
+/// builds, secret changes, key rotation, verify results). Fails closed: an operation whose
+/// record cannot be written reports an error.
+pub fn record(
+    dirs: &Dirs,
+    isc: Option<&str>,
+    kind: isc_audit::Kind,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let log = open_for_monitor(dirs)?;
+    log.append(isc, kind, caller(), detail)
+        .with_context(|| format!("recording {kind:?} on the audit trail"))?;
+    Ok(())
+}
+
 /// Opens the trail for a monitor process: durable, and without the log's ticker thread (the
 /// monitor is single-threaded until clone); checkpoints come from the collector and on close.
 pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
@@ -204,10 +219,18 @@ impl AuditSession {
     /// Records a failed step of the start (with its error) and passes the result through.
     pub fn step<T, E: std::fmt::Display>(&self, step: &str, r: Result<T, E>) -> Result<T, E> {
         if let Err(e) = &r {
+            let error = format!("{e:#}");
+            // The image store's integrity refusals all end in "refusing to start" or name a
+            // tampered integrity record; they get their own record kind for alerting.
+            if step == "preparing the image"
+                && (error.contains("refusing to start") || error.contains("was tampered with"))
+            {
+                self.append(Kind::ImageIntegrityFailure, Actor::Isc, json!({"error": error}));
+            }
             self.append(
                 Kind::IscStart,
                 caller(),
-                json!({"result": "failed", "step": step, "error": format!("{e:#}")}),
+                json!({"result": "failed", "step": step, "error": error}),
             );
         }
         r

@@ -229,6 +229,13 @@ impl VaultHooks {
             Err(e) => return Err(e).context("starting the secrets helper thread"),
         }
         tracing::debug!(isc = %self.isc, count = files.len(), us = t0.elapsed().as_micros() as u64, "secrets delivered");
+        // Names only, never values: which secrets this start decrypted.
+        crate::hooks_audit::record(
+            &self.dirs,
+            Some(&self.isc),
+            isc_audit::Kind::SecretRead,
+            serde_json::json!({"secrets": names, "delivered_to": "/run/secrets"}),
+        )?;
         Ok(())
     }
 }

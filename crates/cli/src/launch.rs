@@ -189,15 +189,14 @@ impl CgroupHooks {
                         .is_some_and(|n| isc_engine::state::is_alive(state_dir, n)))
         };
         // Failing to collect someone else's leftovers must not fail this start.
-        let removed =
-            isc_cgroup::collect_stale(&layout, Some(&parent), alive).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "removing stale ISC cgroups");
-                vec![]
-            });
+        let removed = isc_cgroup::collect_stale(layout, Some(&parent), alive).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "removing stale ISC cgroups");
+            vec![]
+        });
         if !removed.is_empty() {
             tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
         }
-        let cgroup = isc_cgroup::create(&layout, Some(&parent), name, &limits)
+        let cgroup = isc_cgroup::create(layout, Some(&parent), name, &limits)
             .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
         for w in cgroup.warnings() {
             tracing::warn!(isc = name, warning = %w, "resource control weaker than requested");

@@ -80,7 +80,12 @@ fn limits_are_in_the_cgroup_files_and_invisible_from_inside() {
     // service runs, every tasks file belongs to host root again.
     for ctrl in ["memory", "pids", "cpu", "freezer"] {
         let f = isc_cgroup_dir(&env, ctrl, "limits").join("tasks");
-        assert_eq!(std::os::unix::fs::MetadataExt::uid(&fs::metadata(&f).unwrap()), 0, "{}", f.display());
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&fs::metadata(&f).unwrap()),
+            0,
+            "{}",
+            f.display()
+        );
     }
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");

@@ -118,7 +118,11 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
             if fd >= 0 {
                 libc::close(fd);
             }
-            if ok { 0 } else { -1 }
+            if ok {
+                0
+            } else {
+                -1
+            }
         };
         os_step("joining the ISC's cgroup", rc)?;
     }

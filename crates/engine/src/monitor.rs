@@ -228,7 +228,10 @@ pub fn run(
         let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: chown(2) of a cgroup control file to the ISC's root, NUL-terminated path.
         if unsafe { libc::chown(c.as_ptr(), range.host_base, range.host_base) } != 0 {
-            return Err(MonitorError::Resource { what: "cgroup tasks file", source: io::Error::last_os_error() });
+            return Err(MonitorError::Resource {
+                what: "cgroup tasks file",
+                source: io::Error::last_os_error(),
+            });
         }
     }
     let self_attach_c: Vec<std::ffi::CString> = self_attach
