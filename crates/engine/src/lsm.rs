@@ -66,6 +66,10 @@ pub fn restrict(policy: &LandlockPolicy) -> Result<(), LandlockError> {
     for port in &policy.tcp_connect {
         ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
     }
+    // Log the *service's* denials too (it is a new exec of the domain's creator, whose denials
+    // the kernel otherwise leaves out) to the audit subsystem, where `isc run` collects them
+    // when the host's audit is enabled. Best effort: ABI 7+.
+    ruleset = ruleset.set_compatibility(CompatLevel::BestEffort).log_new_exec(true)?;
     let status = ruleset.restrict_self()?;
     if status.ruleset != RulesetStatus::FullyEnforced {
         return Err(LandlockError::NotEnforced(format!("{:?}", status.ruleset)));
