@@ -267,6 +267,14 @@ impl AuditSession {
     }
 
     fn on_started(&mut self, st: &IscState) {
+        // The network policy this start put in place (nftables chains, sets, DNAT, shaping) is a
+        // policy change of the host's boundary: record what was applied.
+        let net = self.state_dir.join("isc").join(&self.name).join(crate::hooks_net::RECORD_FILE);
+        if let Ok(bytes) = std::fs::read(&net) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                self.append(Kind::NetPolicy, Actor::Isc, json!({"applied": v}));
+            }
+        }
         let layout = crate::launch::cgroup_layout().ok().cloned();
         self.cgroup = layout.and_then(|l| {
             isc_cgroup::open(&l, Some(&launch::cgroup_parent(&self.state_dir)), &self.name).ok()

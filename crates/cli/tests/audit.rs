@@ -437,6 +437,11 @@ fn a_dropped_packet_is_on_the_trail_within_a_second_attributed_to_its_isc() {
             env.stop_isc(b);
             let recs = env.show(&["--isc", "audit-net-a"]);
             let start = recs.iter().find(|r| r["kind"] == "isc_start").unwrap();
+            // The network boundary this start applied is on the trail as a policy change.
+            let policy =
+                recs.iter().find(|r| r["kind"] == "net_policy").expect("net_policy record");
+            assert_eq!(policy["actor"], "isc");
+            assert!(policy["detail"]["applied"].is_object(), "{policy}");
             let groups: Vec<Value> = ["audit-net-a", "audit-net-b"]
                 .iter()
                 .map(|n| {
