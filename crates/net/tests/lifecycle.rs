@@ -165,7 +165,7 @@ fn hundred_cycles_leave_nothing_and_reconcile_cleans_a_crash() {
         // Reconcile is idempotent and keeps what it is told to keep.
         let kept = setup_isc(&c, &req, isc.pid()).unwrap();
         reconcile(&c, &[kept.policy().clone()]).unwrap();
-        assert!(nft_table().contains("isc_cyc_dout"));
+        assert!(nft_table().contains("isc_cyc_deny"));
         assert!(isc_links().contains(&"isccyc".to_string()));
         kept.teardown().unwrap();
     });

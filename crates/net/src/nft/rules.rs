@@ -9,8 +9,8 @@
 //!   a few hash lookups whatever the number of ISCs;
 //! - `prerouting` DNATs published ports through `isc_dnat4` / `isc_dnat6`, keyed on
 //!   `daddr . l4proto . dport`; `postrouting` masquerades ISC traffic leaving by a non-ISC link;
-//! - per ISC only the chains `isc_<id>_{din,dout}` (rate-limited NFLOG with the ISC's id in the
-//!   prefix, then drop; reached through the maps `isc_din_by_if` / `isc_dout_by_if`),
+//! - per ISC only the chains `isc_<id>_deny` (rate-limited NFLOG with the ISC's id and the
+//!   direction in the prefix, then drop; reached through the map `isc_deny_by_if`),
 //!   `isc_<id>_egress` (one rule per declared destination, through `isc_egress_by_if`) and
 //!   `isc_<id>_dnat`.
 //!
@@ -36,10 +36,8 @@ use super::{
 };
 use crate::policy::{EgressRule, IscNetPolicy, Proto};
 
-/// Map: host interface name → `goto isc_<id>_dout` (log as that ISC, drop).
-pub const DOUT_BY_IF: &str = "isc_dout_by_if";
-/// Map: host interface name → `goto isc_<id>_din`.
-pub const DIN_BY_IF: &str = "isc_din_by_if";
+/// Map: host interface name → `goto isc_<id>_deny` (log as that ISC, drop).
+pub const DENY_BY_IF: &str = "isc_deny_by_if";
 /// Map: `host v4 . proto . port` → `goto isc_<id>_dnat`.
 pub const DNAT4: &str = "isc_dnat4";
 /// Map: `host v6 . proto . port` → `goto isc_<id>_dnat`.
@@ -85,10 +83,8 @@ pub struct RulesConfig {
 pub struct IscNames {
     /// `isc_<id>_dnat`.
     pub chain_dnat: String,
-    /// `isc_<id>_din` (log + drop inbound).
-    pub deny_in: String,
-    /// `isc_<id>_dout` (log + drop outbound).
-    pub deny_out: String,
+    /// `isc_<id>_deny` (log by direction, then drop).
+    pub deny: String,
     /// `isc_<id>_egress` (one accept rule per declared destination).
     pub egress: String,
 }
@@ -97,16 +93,11 @@ impl IscNames {
     /// The names for ISC `id`.
     pub fn new(id: &str) -> Self {
         let n = |s: &str| format!("isc_{id}_{s}");
-        IscNames {
-            chain_dnat: n("dnat"),
-            deny_in: n("din"),
-            deny_out: n("dout"),
-            egress: n("egress"),
-        }
+        IscNames { chain_dnat: n("dnat"), deny: n("deny"), egress: n("egress") }
     }
 
-    fn chains(&self) -> [&str; 4] {
-        [&self.chain_dnat, &self.deny_in, &self.deny_out, &self.egress]
+    fn chains(&self) -> [&str; 3] {
+        [&self.chain_dnat, &self.deny, &self.egress]
     }
 }
 
@@ -147,8 +138,7 @@ fn global_sets() -> Vec<Op> {
         set(LISTEN, &[Ifname, P, Service], false),
         set(FROM4, &[Ifname, Ipv4], false),
         set(FROM6, &[Ifname, Ipv6], false),
-        Op::AddVmap { name: DOUT_BY_IF.into(), key: vec![Ifname] },
-        Op::AddVmap { name: DIN_BY_IF.into(), key: vec![Ifname] },
+        Op::AddVmap { name: DENY_BY_IF.into(), key: vec![Ifname] },
         Op::AddVmap { name: EGRESS_BY_IF.into(), key: vec![Ifname] },
         Op::AddVmap { name: DNAT4.into(), key: vec![Ipv4, P, Service] },
         Op::AddVmap { name: DNAT6.into(), key: vec![Ipv6, P, Service] },
@@ -176,7 +166,7 @@ fn out_chain(b: &mut Batch) {
     // The ISC's egress chain accepts a declared destination or falls through (jump) to deny.
     b.rule(c, vec![Stmt::Vmap { field: Field::Iifname, map: EGRESS_BY_IF.into() }]);
     b.rule(c, vec![deny()]);
-    b.rule(DENY_OUT, vec![Stmt::Vmap { field: Field::Iifname, map: DOUT_BY_IF.into() }]);
+    b.rule(DENY_OUT, vec![Stmt::Vmap { field: Field::Iifname, map: DENY_BY_IF.into() }]);
     b.rule(DENY_OUT, vec![verdict(Verdict::Drop)]);
 }
 
@@ -202,7 +192,7 @@ fn in_chain(b: &mut Batch) {
     b.rule(c, vec![m(Field::Iifname, s(IF_WILDCARD)), deny()]);
     b.rule(c, vec![m(svc(), Val::SetRef(LISTEN.into())), verdict(Verdict::Accept)]);
     b.rule(c, vec![deny()]);
-    b.rule(DENY_IN, vec![Stmt::Vmap { field: Field::Oifname, map: DIN_BY_IF.into() }]);
+    b.rule(DENY_IN, vec![Stmt::Vmap { field: Field::Oifname, map: DENY_BY_IF.into() }]);
     b.rule(DENY_IN, vec![verdict(Verdict::Drop)]);
 }
 
@@ -285,16 +275,23 @@ pub fn audit_nflog_group(v4_prefix: Ipv4Net, addr_v4: std::net::Ipv4Addr) -> u16
     0x8000 | (slot & 0x7fff) as u16
 }
 
-fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, prefix: String, audit_group: u16) {
+/// One chain per ISC for both directions (fewer chains: `nft` lists every chain before each
+/// batch): traffic from its link is logged as `out`, traffic to it as `in`, each direction
+/// with its own rate limit; then drop.
+fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, p: &IscNetPolicy, audit_group: u16) {
     let burst = cfg.log_per_second.saturating_mul(2).max(1);
-    b.rule(
-        chain,
-        vec![
-            Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
-            Stmt::Log { prefix: prefix.clone(), group: cfg.nflog_group },
-            Stmt::Log { prefix, group: audit_group },
-        ],
-    );
+    for (field, dir) in [(Field::Iifname, "out"), (Field::Oifname, "in")] {
+        let prefix = format!("isc:{}:{dir}", p.id);
+        b.rule(
+            chain,
+            vec![
+                m(field, s(&p.if_host)),
+                Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
+                Stmt::Log { prefix: prefix.clone(), group: cfg.nflog_group },
+                Stmt::Log { prefix, group: audit_group },
+            ],
+        );
+    }
     b.rule(chain, vec![verdict(Verdict::Drop)]);
 }
 
@@ -419,8 +416,7 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
         b.push(Op::FlushChain(c.to_string()));
     }
     let audit_group = audit_nflog_group(cfg.v4_prefix, p.addr_v4);
-    deny_chain(&mut b, cfg, &n.deny_in, format!("isc:{}:in", p.id), audit_group);
-    deny_chain(&mut b, cfg, &n.deny_out, format!("isc:{}:out", p.id), audit_group);
+    deny_chain(&mut b, cfg, &n.deny, p, audit_group);
     for pb in &p.publish {
         let (daddr, to) = match pb.host_addr {
             IpAddr::V4(_) => (Field::IpDaddr, IpAddr::V4(p.addr_v4)),
@@ -442,12 +438,8 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     push_elems(&mut b, FROM6, from_elems(p, &p.allow_from, false));
     let ifk = vec![ifk(p)];
     b.push(Op::AddElems {
-        set: DOUT_BY_IF.into(),
-        elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_out.clone()))],
-    });
-    b.push(Op::AddElems {
-        set: DIN_BY_IF.into(),
-        elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_in.clone()))],
+        set: DENY_BY_IF.into(),
+        elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny.clone()))],
     });
     b.push(Op::AddElems {
         set: EGRESS_BY_IF.into(),
@@ -475,8 +467,7 @@ pub fn isc_remove_ops(p: &IscNetPolicy) -> Vec<Op> {
     drop_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
     drop_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
     let ifk = vec![ifk(p)];
-    drop_elems(&mut b, DOUT_BY_IF, vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_out.clone()))]);
-    drop_elems(&mut b, DIN_BY_IF, vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny_in.clone()))]);
+    drop_elems(&mut b, DENY_BY_IF, vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny.clone()))]);
     drop_elems(&mut b, EGRESS_BY_IF, vec![Elem::Map(ifk, Verdict::Jump(n.egress.clone()))]);
     drop_elems(&mut b, LISTEN, listen_elems(p));
     drop_elems(&mut b, FROM4, from_elems(p, &p.allow_from, true));
@@ -561,11 +552,11 @@ mod tests {
         let text = b.to_text();
         assert!(text.starts_with("add table inet isc\ndelete table inet isc\n"), "{text}");
         assert!(
-            text.contains("add map inet isc isc_dout_by_if { type ifname : verdict; }"),
+            text.contains("add map inet isc isc_deny_by_if { type ifname : verdict; }"),
             "{text}"
         );
         assert!(
-            text.contains("add element inet isc isc_dout_by_if { \"isca\" : goto isc_a_dout }"),
+            text.contains("add element inet isc isc_deny_by_if { \"isca\" : goto isc_a_deny }"),
             "{text}"
         );
         assert!(
@@ -600,7 +591,7 @@ mod tests {
         let addr_delete = text.find("delete element inet isc isc_addr4 { \"isca\" . 10.88.0.1 }");
         assert!(addr_delete.unwrap() < first_chain_delete, "{text}");
         assert!(
-            text.find("delete element inet isc isc_dout_by_if { \"isca\" }").unwrap()
+            text.find("delete element inet isc isc_deny_by_if { \"isca\" }").unwrap()
                 < first_chain_delete,
             "{text}"
         );
@@ -608,14 +599,14 @@ mod tests {
             text.contains("delete element inet isc isc_dnat4 { 192.0.2.1 . tcp . 18080 }"),
             "{text}"
         );
-        assert!(text.contains("delete chain inet isc isc_a_dout"), "{text}");
+        assert!(text.contains("delete chain inet isc isc_a_deny"), "{text}");
         assert!(!text.contains("handle"), "{text}");
         assert!(!text.contains("delete set"), "global sets stay: {text}");
     }
 
     #[test]
     fn per_isc_batches_hold_no_set_and_a_constant_number_of_chains() {
-        // Adding the 1000th ISC is the same batch as adding the first: no per-ISC set, four
+        // Adding the 1000th ISC is the same batch as adding the first: no per-ISC set, three
         // chains, and no rule that depends on the number of ISCs.
         let one = add_isc(&cfg(), &policy("a", 0));
         let other = add_isc(&cfg(), &policy("zz", 100));
@@ -623,7 +614,7 @@ mod tests {
         let per_isc = isc_add_ops(&cfg(), &policy("a", 0));
         assert!(!per_isc.iter().any(|o| matches!(o, Op::AddSet { .. } | Op::AddVmap { .. })));
         let chains = per_isc.iter().filter(|o| matches!(o, Op::AddChain { .. })).count();
-        assert_eq!(chains, 4);
+        assert_eq!(chains, 3);
     }
 
     #[test]
