@@ -55,7 +55,8 @@ fn in_private_netns(test: &str, body: impl FnOnce()) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
-    stdout.lines().filter(|l| l.starts_with("BENCH")).for_each(|l| println!("{l}"));
+    // libtest prints "test NAME ... " without a newline before the body's first line.
+    stdout.lines().filter_map(|l| l.find("BENCH").map(|i| &l[i..])).for_each(|l| println!("{l}"));
 }
 
 /// A network namespace held by a sleeping `unshare --net` child: the "outside".
