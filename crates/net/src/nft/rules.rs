@@ -11,8 +11,8 @@
 //!   `daddr . l4proto . dport`; `postrouting` masquerades ISC traffic leaving by a non-ISC link;
 //! - per ISC only the chains `isc_<id>_deny` (rate-limited NFLOG with the ISC's id and the
 //!   direction in the prefix, then drop; reached through the map `isc_deny_by_if`),
-//!   `isc_<id>_egress` (one rule per declared destination, through `isc_egress_by_if`) and
-//!   `isc_<id>_dnat`.
+//!   `isc_<id>_egress` (one rule per declared destination, through `isc_egress_by_if`) and,
+//!   if it publishes a port, `isc_<id>_dnat`.
 //!
 //! Why global sets and no per-ISC sets: `nft` lists every set and chain of the table before it
 //! applies anything that references one (its cache), and the kernel looks sets up by name in
@@ -411,7 +411,9 @@ pub fn peers_refresh_ops(p: &IscNetPolicy, old: &[IpAddr]) -> Vec<Op> {
 pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let n = IscNames::new(&p.id);
     let mut b = Batch::default();
-    for c in n.chains() {
+    // The DNAT chain only for an ISC that publishes (fewer chains for `nft` to list).
+    let publishes = !p.publish.is_empty();
+    for c in n.chains().into_iter().filter(|c| publishes || *c != n.chain_dnat) {
         b.push(Op::AddChain { name: c.to_string(), base: None });
         b.push(Op::FlushChain(c.to_string()));
     }
@@ -615,6 +617,10 @@ mod tests {
         assert!(!per_isc.iter().any(|o| matches!(o, Op::AddSet { .. } | Op::AddVmap { .. })));
         let chains = per_isc.iter().filter(|o| matches!(o, Op::AddChain { .. })).count();
         assert_eq!(chains, 3);
+        let quiet = IscNetPolicy { publish: vec![], ..policy("b", 1) };
+        let per_isc = isc_add_ops(&cfg(), &quiet);
+        let chains = per_isc.iter().filter(|o| matches!(o, Op::AddChain { .. })).count();
+        assert_eq!(chains, 2, "no DNAT chain without a published port");
     }
 
     #[test]
