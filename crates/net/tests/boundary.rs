@@ -149,6 +149,11 @@ fn egress_only_declared_destinations_and_never_the_host() {
         assert!(has("2001:db8::2", Some(444), None), "v6 denial missing: {seen:?}");
         assert!(has("192.0.2.2", Some(53), None), "DNS denial missing: {seen:?}");
         assert!(has("192.0.2.2", Some(443), Some("10.88.200.1")), "spoof denial missing: {seen:?}");
+        // A refresh swaps the egress rules atomically: 444 in, 443 out.
+        let mut lease = lease;
+        lease.refresh_egress(&[egress("192.0.2.2/32", Proto::Tcp, 444)]).unwrap();
+        assert!(isc.tcp_reach(sa("192.0.2.2:444"), None), "refreshed egress");
+        assert!(!isc.tcp_ok(sa("192.0.2.2:443"), None), "egress dropped by the refresh");
         lease.teardown().unwrap();
     });
 }

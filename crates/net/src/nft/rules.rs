@@ -387,12 +387,18 @@ fn swap_elems(b: &mut Batch, set: &str, old: Vec<Elem>, new: Vec<Elem>) {
 }
 
 /// Ops replacing the egress rules of `p` with its (re-resolved) `egress`: flush and refill
-/// its egress chain in one transaction (used by the DNS refresh).
+/// its egress chain in one transaction (used by the DNS refresh). The chain and its dispatch
+/// entry are (re)added first: an ISC that declared no egress at start has neither.
 pub fn egress_refresh_ops(p: &IscNetPolicy) -> Vec<Op> {
     let n = IscNames::new(&p.id);
     let mut b = Batch::default();
+    b.push(Op::AddChain { name: n.egress.clone(), base: None });
     b.push(Op::FlushChain(n.egress.clone()));
     egress_rules(&mut b, &n.egress, &p.egress);
+    b.push(Op::AddElems {
+        set: EGRESS_BY_IF.into(),
+        elems: vec![Elem::Map(vec![ifk(p)], Verdict::Jump(n.egress.clone()))],
+    });
     b.ops
 }
 
@@ -411,9 +417,12 @@ pub fn peers_refresh_ops(p: &IscNetPolicy, old: &[IpAddr]) -> Vec<Op> {
 pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let n = IscNames::new(&p.id);
     let mut b = Batch::default();
-    // The DNAT chain only for an ISC that publishes (fewer chains for `nft` to list).
+    // The DNAT chain only for an ISC that publishes, the egress chain only for one that
+    // declares egress (fewer chains for `nft` to list and the kernel to validate).
     let publishes = !p.publish.is_empty();
-    for c in n.chains().into_iter().filter(|c| publishes || *c != n.chain_dnat) {
+    let egresses = !p.egress.is_empty();
+    let wanted = |c: &&str| (publishes || *c != n.chain_dnat) && (egresses || *c != n.egress);
+    for c in n.chains().into_iter().filter(wanted) {
         b.push(Op::AddChain { name: c.to_string(), base: None });
         b.push(Op::FlushChain(c.to_string()));
     }
@@ -443,10 +452,12 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
         set: DENY_BY_IF.into(),
         elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny.clone()))],
     });
-    b.push(Op::AddElems {
-        set: EGRESS_BY_IF.into(),
-        elems: vec![Elem::Map(ifk, Verdict::Jump(n.egress.clone()))],
-    });
+    if egresses {
+        b.push(Op::AddElems {
+            set: EGRESS_BY_IF.into(),
+            elems: vec![Elem::Map(ifk, Verdict::Jump(n.egress.clone()))],
+        });
+    }
     push_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
     push_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
     // The source addresses last: until they are in, the link fails anti-spoofing.
@@ -621,6 +632,9 @@ mod tests {
         let per_isc = isc_add_ops(&cfg(), &quiet);
         let chains = per_isc.iter().filter(|o| matches!(o, Op::AddChain { .. })).count();
         assert_eq!(chains, 2, "no DNAT chain without a published port");
+        let silent = IscNetPolicy { egress: vec![], ..quiet };
+        let text = Batch { ops: isc_add_ops(&cfg(), &silent) }.to_text();
+        assert!(!text.contains("isc_b_egress"), "no egress chain without egress: {text}");
     }
 
     #[test]
@@ -635,7 +649,8 @@ mod tests {
         assert!(peers_refresh_ops(&p, &p.allow_from.clone()).is_empty());
         p.egress.pop();
         let text = Batch { ops: egress_refresh_ops(&p) }.to_text();
-        assert!(text.starts_with("flush chain inet isc isc_a_egress\n"), "{text}");
+        assert!(text.contains("flush chain inet isc isc_a_egress\n"), "{text}");
+        assert!(text.ends_with("{ \"isca\" : jump isc_a_egress }\n"), "{text}");
         assert!(text.contains("198.51.100.0/24") && !text.contains("2001:db8::1"), "{text}");
     }
 }
