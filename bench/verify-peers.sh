@@ -103,6 +103,11 @@ verify_pid "$crun_h_pid" > "$T/crun-h.json"
 verify_pid "$bwrap_pid" > "$T/bwrap-r.json"
 verify_pid "$isc_svc" > "$T/isc-pid.json"
 "$ISC" "${ISCA[@]}" verify vp-isc --json > "$T/isc-live.json" 2>/dev/null || true
+# How long one full verify of a live ISC takes (target: <= 250 ms), whole command.
+if command -v hyperfine >/dev/null; then
+  hyperfine -N -i --style none -w 2 -r 15 --export-json "$T/verify-time.json" \
+    "$ISC ${ISCA[*]} verify vp-isc --json" >/dev/null 2>&1 || true
+fi
 
 python3 - "$T" <<'EOF'
 import json, sys, os
@@ -137,6 +142,12 @@ print("|---" + "|---:" * len(cols) + "|")
 for r in rows + [over, verdict, checks]:
     print("| " + " | ".join(r) + " |")
 print()
+try:
+    vt = json.load(open(os.path.join(t, "verify-time.json")))["results"][0]
+    print(f"full `isc verify` of the live ISC: median {vt['median']*1000:.1f} ms over {len(vt['times'])} runs (target <= 250 ms)")
+    print()
+except Exception:
+    pass
 print("--pid runs kernel-state checks only (no probes inside foreign confinement); the live column adds")
 print("active probes forked by the ISC's PID 1. Same host, same run:", os.popen("date -u +%FT%TZ").read().strip())
 EOF
