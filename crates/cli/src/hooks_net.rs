@@ -132,6 +132,38 @@ fn is_running(state: &Path, name: &str) -> bool {
     }
 }
 
+/// Tears down the networks of ISCs whose monitor died (their registry entry is stale but still
+/// holds the network record): nft objects, host link, lease; then peers forget them. Runs at
+/// every start, before the stale registry entries themselves are removed.
+pub fn collect_stale(dirs: &Dirs) -> Result<Vec<String>> {
+    let Ok(rd) = std::fs::read_dir(dirs.state.join("isc")) else { return Ok(vec![]) };
+    let stale: Vec<NetRecord> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_running(&dirs.state, &name) {
+                return None;
+            }
+            let bytes = std::fs::read(e.path().join(RECORD_FILE)).ok()?;
+            serde_json::from_slice::<NetRecord>(&bytes).ok()
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(vec![]);
+    }
+    let cfg = net_config(dirs);
+    let _lock = PeersLock::take(&cfg)?;
+    let mut removed = vec![];
+    for rec in stale {
+        isc_net::teardown_stale(&cfg, &rec.policy)
+            .with_context(|| format!("removing the network left by ISC `{}`", rec.name))?;
+        let _ = std::fs::remove_file(record_path(&dirs.state, &rec.name));
+        sync_peers(&dirs.state, &rec.name, Some(&rec.name))?;
+        removed.push(rec.name);
+    }
+    Ok(removed)
+}
+
 fn record_path(state: &Path, name: &str) -> PathBuf {
     state.join("isc").join(name).join(RECORD_FILE)
 }

@@ -282,6 +282,13 @@ pub(crate) fn run_manifest(
     }
     // Fail closed: nothing is prepared for an ISC the audit trail cannot record.
     let mut audit = hooks_audit::AuditSession::begin(dirs, &manifest.name)?;
+    // Networks of monitors that died (SIGKILL) are torn down before their stale registry
+    // entries go (with the cgroup collection below); a failure here never fails this start.
+    match hooks_net::collect_stale(dirs) {
+        Ok(gone) if !gone.is_empty() => tracing::info!(?gone, "removed networks of dead monitors"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "removing networks of dead monitors"),
+    }
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
     let (mut spec, _image_hold) =
         audit.step("preparing the image", launch::resolve(manifest, dirs))?;

@@ -639,6 +639,50 @@ fn nothing_leaks_after_20_start_stop_cycles() {
     });
 }
 
+#[test]
+fn a_killed_monitors_network_is_removed_by_the_next_start() {
+    in_private_netns("a_killed_monitors_network_is_removed_by_the_next_start", || {
+        let env = Env::new("crash");
+        let net = "listen = [{ port = 8080 }]\negress = [\"192.0.2.2:443\"]";
+        let mut isc = env.spawn("crashy", &["/usr/bin/sleep", "30"], net, &[]);
+        let id = isc.id();
+        let init: i32 = serde_json::from_slice::<Vec<Value>>(
+            &env.cmd().args(["ps", "--json"]).output().unwrap().stdout,
+        )
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "crashy")
+        .unwrap()["init_pid"]
+            .as_i64()
+            .unwrap() as i32;
+        // SIGKILL the monitor: none of its teardown runs; PID 1 and its netns die with it.
+        isc.child.kill().unwrap();
+        isc.child.wait().unwrap();
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{init}")).exists() {
+            assert!(t.elapsed() < Duration::from_secs(5), "PID 1 outlived its monitor");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let table = |id: &str| {
+            let t = Command::new("nft").args(["list", "table", "inet", "isc"]).output().unwrap();
+            String::from_utf8_lossy(&t.stdout).contains(id)
+        };
+        let leases = || fs::read_to_string(env.dir.join("root/net/leases.json")).unwrap();
+        assert!(table(&id), "the killed monitor's nft objects should still be there");
+        assert!(leases().contains(&id), "the killed monitor's lease should still be held");
+        // Any next start in this state directory removes the leftovers.
+        let other = env.manifest("after", &["/bin/true"], None);
+        let out = env.run(&other, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!table(&id), "nft objects of the dead ISC left behind");
+        assert!(!leases().contains(&id), "lease of the dead ISC left behind");
+        let links = Rtnl::open().unwrap().link_names().unwrap();
+        assert_eq!(links, vec!["lo".to_string()], "links left behind");
+        let left: Vec<_> = fs::read_dir(env.state().join("isc")).unwrap().flatten().collect();
+        assert!(left.is_empty(), "registrations left behind: {left:?}");
+    });
+}
+
 /// The id `isc run` gives an ISC (mirrors hooks_net::isc_id: BLAKE3 of state dir and name).
 fn isc_id(state: &Path, name: &str) -> String {
     let mut h = blake3::Hasher::new();

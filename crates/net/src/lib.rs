@@ -265,6 +265,22 @@ pub fn setup_isc(
     Ok(out)
 }
 
+/// Removes the network of an ISC whose monitor died without tearing it down (SIGKILL): its
+/// nftables objects (by name, idempotent), its host link (the peer went with its namespace) and
+/// its address lease. `policy` is the one recorded when it was set up. Safe to call twice.
+pub fn teardown_stale(cfg: &NetConfig, policy: &IscNetPolicy) -> Result<(), NetError> {
+    let id = policy.id.clone();
+    let nft = rules::remove_isc(policy)
+        .apply(&NftCli::default())
+        .map_err(|source| NetError::Nft { id: id.clone(), source });
+    let link = link::delete_host_side(&policy.if_host)
+        .map(|_| ())
+        .map_err(|source| NetError::Link { id: id.clone(), source });
+    let lease = cfg.allocator().and_then(|a| a.release(&id).map(|_| ()).map_err(NetError::from));
+    tracing::warn!(isc = %id, if_host = %policy.if_host, "removed the network of a dead monitor");
+    nft.and(link).and(lease)
+}
+
 /// The full-reconcile batch as nft script text (for `--dry-run` and logs).
 pub fn render_reconcile(cfg: &NetConfig, policies: &[IscNetPolicy]) -> String {
     rules::full_reconcile(&cfg.rules(), policies).to_text()
