@@ -257,6 +257,11 @@ fn apply(c: &Client, dir: &std::path::Path, json: bool) -> Result<ExitCode> {
 fn serve(dirs: &Dirs, config: Option<PathBuf>) -> Result<ExitCode> {
     let path = config.unwrap_or_else(|| dirs.root.join("dock.toml"));
     let cfg = DockConfig::load(&path)?;
+    // The Dock owns the network boundary: rebuild it from the running ISCs before serving
+    // (removes what crashed monitors left and repairs drift).
+    if let Some(msg) = crate::hooks_net::reconcile_all(dirs, false)? {
+        tracing::info!("{msg}");
+    }
     let mut audit_cfg = isc_audit::AuditConfig::new(hooks_audit::keys_dir(dirs));
     audit_cfg.durability = isc_audit::Durability::Durable;
     let audit_dir = hooks_audit::audit_dir(dirs);

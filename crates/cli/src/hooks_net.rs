@@ -164,6 +164,29 @@ pub fn collect_stale(dirs: &Dirs) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Rebuilds the whole `inet isc` table from the records of the ISCs running in this state
+/// directory, in one transaction, after tearing down the networks of dead monitors; leases no
+/// running ISC holds are released and their links deleted. For Dock start-up and operators
+/// (`isc net reconcile`). Returns the number of ISCs whose policy was re-applied; does nothing
+/// (and needs no `nft`) when no ISC here has or had a network.
+pub fn reconcile_all(dirs: &Dirs, dry_run: bool) -> Result<Option<String>> {
+    let cfg = net_config(dirs);
+    let running = running_records(&dirs.state, "");
+    let policies: Vec<IscNetPolicy> = running.iter().map(|r| r.policy.clone()).collect();
+    if dry_run {
+        return Ok(Some(isc_net::render_reconcile(&cfg, &policies)));
+    }
+    collect_stale(dirs)?;
+    let leases = cfg.allocator().and_then(|a| a.leases().map_err(Into::into))?;
+    if policies.is_empty() && leases.is_empty() {
+        return Ok(None);
+    }
+    let _lock = PeersLock::take(&cfg)?;
+    isc_net::reconcile(&cfg, &policies).context("rebuilding the inet isc table")?;
+    tracing::info!(iscs = policies.len(), "network table reconciled");
+    Ok(Some(format!("reconciled the inet isc table for {} running ISC(s)", policies.len())))
+}
+
 fn record_path(state: &Path, name: &str) -> PathBuf {
     state.join("isc").join(name).join(RECORD_FILE)
 }

@@ -4,6 +4,7 @@ mod audit_barrier;
 mod cmd_audit;
 mod cmd_dock;
 mod cmd_image;
+mod cmd_net;
 mod cmd_secret;
 mod cmd_verify;
 mod cmd_volume;
@@ -114,6 +115,11 @@ enum Cmd {
     Up(cmd_dock::UpArgs),
     /// Make the Dock's ISCs match the manifests in a directory (`isc dock apply`).
     Apply(cmd_dock::ApplyArgs),
+    /// The network boundary: `reconcile` rebuilds the nftables table from the running ISCs.
+    Net {
+        #[command(subcommand)]
+        cmd: cmd_net::NetCmd,
+    },
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -162,6 +168,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Dock(args) => cmd_dock::dispatch(&dirs, args),
         Cmd::Up(args) => cmd_dock::up(&dirs, args),
         Cmd::Apply(args) => cmd_dock::apply_dir(&dirs, args),
+        Cmd::Net { cmd } => cmd_net::dispatch(&dirs, cmd),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;

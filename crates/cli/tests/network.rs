@@ -683,6 +683,36 @@ fn a_killed_monitors_network_is_removed_by_the_next_start() {
     });
 }
 
+#[test]
+fn reconcile_rebuilds_the_table_from_the_running_iscs() {
+    in_private_netns("reconcile_rebuilds_the_table_from_the_running_iscs", || {
+        let env = Env::new("recon");
+        let isc = env.spawn("steady", &["/usr/bin/sleep", "30"], "listen = [{ port = 8080 }]", &[]);
+        let id = isc.id();
+        let table = || {
+            let t = Command::new("nft").args(["list", "table", "inet", "isc"]).output().unwrap();
+            t.status.success().then(|| String::from_utf8_lossy(&t.stdout).into_owned())
+        };
+        assert!(table().unwrap().contains(&id));
+        // Drift: someone flushes the table. `isc net reconcile` (and a Dock at start-up) rebuilds
+        // it, in one transaction, from the records of the running ISCs.
+        assert!(Command::new("nft")
+            .args(["delete", "table", "inet", "isc"])
+            .status()
+            .unwrap()
+            .success());
+        assert!(table().is_none());
+        let dry = env.cmd().args(["net", "reconcile", "--dry-run"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&dry.stdout).contains(&id), "dry run names the ISC");
+        assert!(table().is_none(), "a dry run changes nothing");
+        let out = env.cmd().args(["net", "reconcile"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(table().expect("table rebuilt").contains(&id));
+        env.stop(isc);
+        assert!(!table().unwrap_or_default().contains(&id), "stop removes its objects again");
+    });
+}
+
 /// The id `isc run` gives an ISC (mirrors hooks_net::isc_id: BLAKE3 of state dir and name).
 fn isc_id(state: &Path, name: &str) -> String {
     let mut h = blake3::Hasher::new();

@@ -87,7 +87,8 @@ impl NetConfig {
         }
     }
 
-    fn allocator(&self) -> Result<Allocator, NetError> {
+    /// The address allocator of this configuration (its leases say which ISCs hold a network).
+    pub fn allocator(&self) -> Result<Allocator, NetError> {
         Ok(Allocator::new(&self.state_dir, self.v4_prefix, self.v6_prefix)?)
     }
 }
