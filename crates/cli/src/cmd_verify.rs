@@ -60,7 +60,9 @@ struct ControlSocket<'a> {
 impl ProbeTransport for ControlSocket<'_> {
     fn run(&self, names: &[String]) -> Result<Vec<ProbeOutcome>, String> {
         let req = ControlRequest::Probe { names: names.to_vec() };
-        match state::request(&self.dirs.state, self.name, &req, Duration::from_secs(10)) {
+        // Generous: the battery's network probes wait up to 2 s each, and on a loaded host many
+        // probe children compete; a timeout here fails the probe checks (fail closed).
+        match state::request(&self.dirs.state, self.name, &req, Duration::from_secs(30)) {
             Ok(ControlResponse::Probes { outcomes }) => Ok(outcomes),
             Ok(ControlResponse::Error { message }) => Err(message),
             Ok(other) => Err(format!("unexpected answer {other:?}")),

@@ -147,10 +147,17 @@ pub fn no_probes(ev: &Evidence) -> Outcome {
     if !ev.is_isc {
         Outcome::na("active probes need the ISC's PID 1 (foreign process: K checks only)")
     } else {
-        Outcome::na(format!(
-            "probes did not run: {}",
-            ev.probe_error.clone().unwrap_or_else(|| "no answer".into())
-        ))
+        // Fail closed: a live ISC whose probes cannot run gives no evidence that the protection
+        // holds, so the check counts as failed, never as "not applicable".
+        Outcome::scored(
+            1.0,
+            Class::A,
+            false,
+            vec![format!(
+                "probes did not run: {}",
+                ev.probe_error.clone().unwrap_or_else(|| "no answer".into())
+            )],
+        )
     }
 }
 
