@@ -109,7 +109,7 @@ impl Drop for Env {
 }
 
 const HARDENED_SERVICE: &str = r#"[service]
-exec = ["/usr/bin/sleep", "60"]
+exec = ["/usr/bin/sleep", "600"]
 "#;
 const HARDENED_IMAGE: &str = r#"[image]
 source = "host"
@@ -166,11 +166,11 @@ fn mutants() -> Vec<Mutant> {
             res("[resources]\nmemory = \"64M\"\ncpu = 0.5\npids = \"unlimited\"\nswap = \"0\"\n"), &[]),
         m("vm-nocpu", "no CPU limit", "P9", res("[resources]\nmemory = \"64M\"\npids = 32\nswap = \"0\"\n"), &[]),
         m("vm-secret", "a secret in the environment", "P6",
-            format!("[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\nenv = {{ DB_PASSWORD = \"hunter2\" }}\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}"), &[]),
+            format!("[service]\nexec = [\"/usr/bin/sleep\", \"600\"]\nenv = {{ DB_PASSWORD = \"hunter2\" }}\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}"), &[]),
         m("vm-tmpexec", "writable tmpfs without noexec (W^X broken)", "P5",
             format!("{HARDENED_SERVICE}{HARDENED_IMAGE}[filesystem]\ntmpfs = [{{ path = \"/scratch\", size = \"8M\", exec = true }}]\n{HARDENED_RES}"), &[]),
         m("vm-root", "service runs as root", "P7",
-            format!("[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\nuser = 0\ngroup = 0\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}[security]\nallow_root = true\n"), &[]),
+            format!("[service]\nexec = [\"/usr/bin/sleep\", \"600\"]\nuser = 0\ngroup = 0\n{HARDENED_IMAGE}{HARDENED_FS}{HARDENED_RES}[security]\nallow_root = true\n"), &[]),
         m("vm-syscall", "dangerous syscalls allowed (clock_settime, perf_event_open)", "P1",
             format!("{}[security]\nallow_syscalls = [\"clock_settime\", \"perf_event_open\"]\n", hardened()), &[]),
         m("vm-flexible", "configuration writable (profile flexible)", "P5",
