@@ -263,6 +263,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             unsafe { libc::_exit(127) }
         }
     };
+    let mut probes = Probes::default();
     let mut fds = [
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: channel.raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -286,7 +287,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             if r > 0 {
                 let signo = info.ssi_signo as i32;
                 if signo == libc::SIGCHLD {
-                    reap(service, channel);
+                    reap(service, channel, &mut probes);
                 } else {
                     // SAFETY: forwarding a signal to our own child.
                     unsafe { libc::kill(service, signo) };
@@ -299,7 +300,10 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
                     // SAFETY: forwarding a signal to our own child.
                     unsafe { libc::kill(service, signo) };
                 }
-                Ok(Some(ToInit::Probe { id, name })) => fork_probe(channel, id, &name),
+                Ok(Some(ToInit::Probe { id, name })) => {
+                    probes.queue.push_back((id, name));
+                    probes.pump(channel);
+                }
                 Ok(Some(ToInit::Go)) | Err(_) => {}
                 Ok(None) => {
                     // The monitor is gone: nothing may run unsupervised.
@@ -315,14 +319,16 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
 }
 
 /// Reaps every exited child; when the service is among them, reports and exits.
-fn reap(service: i32, channel: &Channel) {
+fn reap(service: i32, channel: &Channel, probes: &mut Probes) {
     loop {
         let mut st = 0;
         // SAFETY: waitpid on any child, non-blocking.
         let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
         if pid <= 0 {
+            probes.pump(channel);
             return;
         }
+        probes.running.remove(&pid);
         if pid == service {
             let (code, signal) = if libc::WIFEXITED(st) {
                 (Some(libc::WEXITSTATUS(st)), None)
@@ -337,14 +343,50 @@ fn reap(service: i32, channel: &Channel) {
     }
 }
 
-fn fork_probe(channel: &Channel, id: u64, name: &str) {
-    // SAFETY: fork of the single-threaded PID 1; the child runs one probe and _exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let outcome = crate::probe::run(name);
-        let _ = channel.send(&FromInit::ProbeResult { id, outcome });
-        // SAFETY: terminating the probe child.
-        unsafe { libc::_exit(0) }
+/// Probe children run at most this many at a time: they count against the ISC's pids limit
+/// like any process, and a verify asks for ~50 probes at once.
+const MAX_PROBES_IN_FLIGHT: usize = 8;
+
+/// Pending probe requests and the probe children running now.
+#[derive(Default)]
+struct Probes {
+    queue: std::collections::VecDeque<(u64, String)>,
+    running: std::collections::HashSet<i32>,
+}
+
+impl Probes {
+    /// Forks queued probes while there is room; a fork refused by the pids limit (EAGAIN) is
+    /// retried when a running probe child exits, so no request is ever dropped.
+    fn pump(&mut self, channel: &Channel) {
+        while self.running.len() < MAX_PROBES_IN_FLIGHT {
+            let Some((id, name)) = self.queue.pop_front() else { return };
+            // SAFETY: fork of the single-threaded PID 1; the child runs one probe and _exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let outcome = crate::probe::run(&name);
+                let _ = channel.send(&FromInit::ProbeResult { id, outcome });
+                // SAFETY: terminating the probe child.
+                unsafe { libc::_exit(0) }
+            }
+            if pid < 0 {
+                self.queue.push_front((id, name));
+                if self.running.is_empty() {
+                    // Nothing of ours will exit to retry on: answer instead of hanging.
+                    let (id, name) = self.queue.pop_front().expect("just pushed");
+                    let errno = io::Error::last_os_error().raw_os_error();
+                    let outcome = crate::probe::ProbeOutcome {
+                        name,
+                        ok: false,
+                        errno,
+                        value: serde_json::json!({"probe_error": "PID 1 could not fork a probe child"}),
+                    };
+                    let _ = channel.send(&FromInit::ProbeResult { id, outcome });
+                    continue;
+                }
+                return;
+            }
+            self.running.insert(pid);
+        }
     }
 }
 
