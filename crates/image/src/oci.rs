@@ -266,7 +266,8 @@ fn read_blob(src: &dyn BlobSource, name: &str, digest: Option<&str>) -> Result<V
     Ok(buf)
 }
 
-fn check_digest(what: &str, expected: &str, actual: &str) -> Result<(), OciError> {
+/// `expected` is `sha256:<actual>`, else a digest error naming `what`.
+pub(crate) fn check_digest(what: &str, expected: &str, actual: &str) -> Result<(), OciError> {
     if expected.strip_prefix("sha256:") == Some(actual) {
         Ok(())
     } else {

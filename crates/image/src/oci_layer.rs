@@ -203,24 +203,12 @@ pub(crate) fn scan_layer(
     std::io::copy(&mut compressed, &mut std::io::sink()).map_err(read_err)?;
     let blob_hex = hex(&compressed.hash.finalize());
     if let Some(d) = digest {
-        check(name, d, &blob_hex)?;
+        crate::oci::check_digest(name, d, &blob_hex)?;
     }
     if let Some(d) = diff_id {
-        check(&format!("{name} (uncompressed, diff_id)"), d, &diff_hex)?;
+        crate::oci::check_digest(&format!("{name} (uncompressed, diff_id)"), d, &diff_hex)?;
     }
     Ok(plan)
-}
-
-fn check(what: &str, expected: &str, actual: &str) -> Result<(), OciError> {
-    if expected.strip_prefix("sha256:") == Some(actual) {
-        Ok(())
-    } else {
-        Err(OciError::Digest {
-            what: what.to_string(),
-            expected: expected.to_string(),
-            actual: actual.to_string(),
-        })
-    }
 }
 
 /// The staging path of `parts`, after checking that no existing parent is a symlink or file,
