@@ -47,6 +47,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
             "open_write:/proc/1/exe",
             "read:/proc/1/environ",
             "read:/sys/kernel/notes",
+            "cat:/proc/self/limits",
             "orphan_reap",
             "mmap_wx",
         ],
@@ -143,6 +144,17 @@ fn hardened_isc_proves_its_confinement_from_inside() {
     let ids = &by_name(&outs, "ids").value;
     assert_eq!((ids["pid"].as_i64(), ids["ppid"].as_i64()), (Some(2), Some(1)));
     assert_eq!(by_name(&outs, "orphan_reap").value, 0, "zombies left in the ISC");
+    // rlimits from the manifest's defaults, set before exec: no core dumps, nofile 1024.
+    let limits = by_name(&outs, "cat:/proc/self/limits").value.as_str().unwrap().to_string();
+    let limit = |what: &str| -> Vec<String> {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("{what}: {limits}"));
+        line[what.len()..].split_whitespace().take(2).map(String::from).collect()
+    };
+    assert_eq!(limit("Max core file size"), ["0", "0"]);
+    assert_eq!(limit("Max open files"), ["1024", "1024"]);
     // Memory-deny-write-execute: a writable and executable mapping is refused.
     let wx = by_name(&outs, "mmap_wx");
     assert_eq!((wx.ok, wx.errno), (false, Some(EACCES)), "{wx:?}");
