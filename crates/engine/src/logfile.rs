@@ -107,9 +107,7 @@ impl LogSink {
         let mut file = RotatingFile::open(dir, max_bytes.max(4096), keep)?;
         let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
         let q = Arc::clone(&queue);
-        let writer = std::thread::Builder::new()
-            .name("isc-log-writer".into())
-            .spawn(move || writer_loop(&q, &mut file))?;
+        let writer = spawn_retrying_eagain(move || writer_loop(&q, &mut file))?;
         Ok(Arc::new(LogSink { queue, writer: Mutex::new(Some(writer)) }))
     }
 
@@ -127,6 +125,37 @@ impl Drop for LogSink {
         cv.notify_one();
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// Starts the writer thread. `clone` fails with EAGAIN when a task limit (`threads-max`, the
+/// pids controller of an ancestor cgroup) is hit for a moment, e.g. while a neighbour's fork bomb
+/// is being killed (pthread_create(3), clone(2)); a log writer is worth waiting up to ~1 s for
+/// rather than failing the ISC's start. Other errors are returned at once.
+fn spawn_retrying_eagain<F>(f: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    // The closure is moved into the thread only on success, so keep it in a slot to retry.
+    let slot = Arc::new(Mutex::new(Some(f)));
+    let mut delay = std::time::Duration::from_millis(5);
+    let mut attempt = 0u32;
+    loop {
+        let s = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new().name("isc-log-writer".into()).spawn(move || {
+            if let Some(f) = s.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                f();
+            }
+        });
+        match spawned {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && attempt < 8 => {
+                tracing::debug!(attempt, error = %e, "log writer thread: EAGAIN, retrying");
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }
