@@ -9,10 +9,12 @@
 //! production) and in the ISC namespace named by a pid; none ever picks a namespace by itself.
 
 pub mod alloc;
+pub mod dns;
 pub mod link;
 pub mod nflog;
 pub mod nft;
 pub mod policy;
+pub mod refresh;
 pub mod tc;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -26,9 +28,10 @@ pub use nflog::{Denial, Direction, NflogError, NflogReader};
 pub use nft::rules::audit_nflog_group;
 pub use nft::{NftCli, NftError, NftRunner};
 pub use policy::{
-    landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, IscNetPolicy,
-    IscNetRequest, LandlockPorts, Listen, PolicyError, Proto, Publish,
+    landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, HostAnswer,
+    IscNetPolicy, IscNetRequest, LandlockPorts, Listen, PolicyError, Proto, Publish,
 };
+pub use refresh::{EgressRefresher, HostChange, RefreshEvent};
 pub use tc::{TcCli, TcError, TcRunner};
 
 use nft::rules::{self, RulesConfig};
@@ -111,6 +114,7 @@ pub fn enable_forwarding() -> Result<(), NetError> {
 pub struct IscNetLease {
     cfg: NetConfig,
     policy: IscNetPolicy,
+    egress_answers: Vec<HostAnswer>,
     lease: Lease,
     live: bool,
 }
@@ -152,15 +156,18 @@ impl IscNetLease {
         &self.policy
     }
 
-    /// Re-resolve the egress declaration and replace the egress sets atomically. Call it on a
-    /// timer (e.g. every 60 s, or the minimum TTL if the caller has one).
+    /// The answer each egress host name had when the network was set up (the refresher's
+    /// starting point, see [`refresh::EgressRefresher`]).
+    pub fn egress_answers(&self) -> &[HostAnswer] {
+        &self.egress_answers
+    }
+
+    /// Re-resolve a (new) egress declaration and replace the egress rules atomically.
     pub fn refresh_egress(&mut self, egress: &[EgressSpec]) -> Result<(), NetError> {
         let id = self.policy.id.clone();
         self.policy.egress = policy::resolve_egress(egress)
             .map_err(|source| NetError::Policy { id: id.clone(), source })?;
-        nft::Batch { ops: rules::egress_refresh_ops(&self.policy) }
-            .apply(&NftCli::default())
-            .map_err(|source| NetError::Nft { id, source })
+        apply_egress(&self.policy)
     }
 
     /// Replace the set of peer ISC addresses allowed to reach this ISC's listen ports (call it
@@ -205,6 +212,15 @@ impl Drop for IscNetLease {
     }
 }
 
+/// Replace the egress rules of the ISC of `policy` (its id, host link and `egress`) in one nft
+/// transaction: its egress chain is flushed and refilled by name, nothing else is touched, and
+/// connections already established stay (replies are accepted before the egress chain).
+pub fn apply_egress(policy: &IscNetPolicy) -> Result<(), NetError> {
+    nft::Batch { ops: rules::egress_refresh_ops(policy) }
+        .apply(&NftCli::default())
+        .map_err(|source| NetError::Nft { id: policy.id.clone(), source })
+}
+
 fn build_policy(req: &IscNetRequest, lease: &Lease, egress: Vec<EgressRule>) -> IscNetPolicy {
     IscNetPolicy {
         id: req.id.clone(),
@@ -236,13 +252,22 @@ pub fn setup_isc(
             return Err(perr(PolicyError::ZeroPort { what: "publish" }));
         }
     }
-    let egress = policy::resolve_egress(&req.egress).map_err(perr)?;
+    // The resolver (and its TTLs) only when a host name is declared.
+    let names = req.egress.iter().any(|e| matches!(e.target, EgressTarget::Host(_)));
+    let resolver = if names {
+        let r = dns::Resolver::system();
+        Some(r.map_err(|e| perr(PolicyError::Resolver { source: Box::new(e) }))?)
+    } else {
+        None
+    };
+    let (egress, egress_answers) =
+        policy::resolve_egress_with(&req.egress, resolver.as_ref()).map_err(perr)?;
     let netns = link::open_netns_of(netns_pid)
         .map_err(|source| NetError::Link { id: id.clone(), source })?;
     let lease = cfg.allocator()?.allocate(&req.id)?;
     let policy = build_policy(req, &lease, egress);
     // From here on, dropping `out` undoes whatever was done.
-    let out = IscNetLease { cfg: cfg.clone(), policy, lease, live: true };
+    let out = IscNetLease { cfg: cfg.clone(), policy, egress_answers, lease, live: true };
     let plan = link::VethPlan {
         if_host: out.lease.if_host.clone(),
         host_v4: out.lease.host_v4,

@@ -5,10 +5,13 @@
 //! leased and host names resolved it becomes an [`IscNetPolicy`], which is all the nftables
 //! builder needs; a full reconcile takes a list of policies only.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::AtomicBool;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::dns::{Answer, DnsError, Resolver};
 
 /// Errors of policy validation and resolution.
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +19,9 @@ pub enum PolicyError {
     #[error("ISC id {id:?} is invalid: use 1-64 characters from [A-Za-z0-9_-]")]
     BadId { id: String },
     #[error("cannot resolve egress host {host}:{port}: {source}; check the name or declare a CIDR instead")]
-    Resolve { host: String, port: u16, source: std::io::Error },
-    #[error("egress host {host} resolved to no address")]
-    NoAddress { host: String },
+    Resolve { host: String, port: u16, source: Box<DnsError> },
+    #[error("egress host names need a resolver: {source}")]
+    Resolver { source: Box<DnsError> },
     #[error("bandwidth {value:?} is not a rate: expected e.g. \"10mbit\", \"512kbit\", \"1gbit\", \"2mbps\"")]
     BadRate { value: String },
     #[error("port 0 is not a valid {what} port")]
@@ -72,7 +75,8 @@ pub struct Publish {
 pub enum EgressTarget {
     /// An address or CIDR.
     Net(IpNet),
-    /// A DNS name, resolved when the rules are applied (and on [`crate::refresh_egress`]).
+    /// A DNS name, resolved when the rules are applied and again when its TTL expires
+    /// ([`crate::refresh`]).
     Host(String),
 }
 
@@ -161,39 +165,74 @@ pub fn validate_id(id: &str) -> Result<(), PolicyError> {
     }
 }
 
-/// Resolve the egress declaration with getaddrinfo(3) (through `ToSocketAddrs`).
-///
-/// Names are resolved once, here. getaddrinfo does not report TTLs, so the caller refreshes on a
-/// timer (see `docs/network.md`): between refreshes a name that moved keeps pointing to the old
-/// address, and a resolver answer is trusted as the policy (the resolver is part of the TCB).
+/// The current answer for one egress host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAnswer {
+    /// The name as declared.
+    pub host: String,
+    /// Its addresses and clamped TTL.
+    pub answer: Answer,
+}
+
+/// Resolve the egress declaration with the host's resolver ([`Resolver::system`], read only
+/// if a host name is declared).
 pub fn resolve_egress(specs: &[EgressSpec]) -> Result<Vec<EgressRule>, PolicyError> {
-    let mut rules = Vec::new();
+    let needs = specs.iter().any(|s| matches!(s.target, EgressTarget::Host(_)));
+    let resolver = if needs {
+        Some(Resolver::system().map_err(|e| PolicyError::Resolver { source: Box::new(e) })?)
+    } else {
+        None
+    };
+    Ok(resolve_egress_with(specs, resolver.as_ref())?.0)
+}
+
+/// Resolve the egress declaration: CIDRs as they are, each host name once through `resolver`
+/// (A and AAAA, with TTL, see [`crate::dns`]). Returns the rules and the answers per name, which
+/// the refresher ([`crate::refresh`]) starts from. A name that does not resolve fails the
+/// whole declaration: an ISC does not start with part of its egress missing.
+pub fn resolve_egress_with(
+    specs: &[EgressSpec],
+    resolver: Option<&Resolver>,
+) -> Result<(Vec<EgressRule>, Vec<HostAnswer>), PolicyError> {
+    let mut answers: Vec<HostAnswer> = Vec::new();
+    let never = AtomicBool::new(false);
     for spec in specs {
         if spec.port == 0 {
             return Err(PolicyError::ZeroPort { what: "egress" });
         }
+        let EgressTarget::Host(host) = &spec.target else { continue };
+        if answers.iter().any(|a| &a.host == host) {
+            continue;
+        }
+        let fail =
+            |e| PolicyError::Resolve { host: host.clone(), port: spec.port, source: Box::new(e) };
+        let resolver = resolver.ok_or_else(|| {
+            fail(DnsError::NoAddress { name: format!("{host} (no resolver given)") })
+        })?;
+        let answer = resolver.lookup(host, &never).map_err(fail)?;
+        answers.push(HostAnswer { host: host.clone(), answer });
+    }
+    Ok((egress_rules_from(specs, &answers), answers))
+}
+
+/// The rules of a declaration given the current answer of each host name (a name without an
+/// answer contributes nothing). Sorted, without duplicates.
+pub fn egress_rules_from(specs: &[EgressSpec], answers: &[HostAnswer]) -> Vec<EgressRule> {
+    let mut rules = Vec::new();
+    for spec in specs {
+        let (proto, port) = (spec.proto, spec.port);
         match &spec.target {
-            EgressTarget::Net(net) => {
-                rules.push(EgressRule { net: net.trunc(), proto: spec.proto, port: spec.port })
-            }
+            EgressTarget::Net(net) => rules.push(EgressRule { net: net.trunc(), proto, port }),
             EgressTarget::Host(host) => {
-                let addrs = (host.as_str(), spec.port).to_socket_addrs().map_err(|source| {
-                    PolicyError::Resolve { host: host.clone(), port: spec.port, source }
-                })?;
-                let before = rules.len();
-                for addr in addrs {
-                    let net = IpNet::from(addr.ip());
-                    rules.push(EgressRule { net, proto: spec.proto, port: spec.port });
-                }
-                if rules.len() == before {
-                    return Err(PolicyError::NoAddress { host: host.clone() });
-                }
+                let addrs =
+                    answers.iter().filter(|a| &a.host == host).flat_map(|a| &a.answer.addrs);
+                rules.extend(addrs.map(|ip| EgressRule { net: IpNet::from(*ip), proto, port }));
             }
         }
     }
     rules.sort();
     rules.dedup();
-    Ok(rules)
+    rules
 }
 
 /// Parse a tc-style rate: `10mbit`, `512kbit`, `1gbit`, `800bit`, `2mbps` (bytes), `1000000`
