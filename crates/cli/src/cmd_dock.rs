@@ -33,10 +33,8 @@ pub struct UpArgs {
     files: Vec<PathBuf>,
     #[arg(long)]
     json: bool,
-    /// Health check: the Dock connects to this TCP port on each ISC's address (needs a
-    /// [network] that listens on it); failing checks end the run as a failure.
-    #[arg(long, value_name = "PORT")]
-    health_tcp: Option<u16>,
+    #[command(flatten)]
+    health: HealthArgs,
     /// The Dock's API socket.
     #[arg(long, env = "ISC_DOCK_SOCKET")]
     socket: Option<PathBuf>,
@@ -55,6 +53,71 @@ pub struct ApplyArgs {
     socket: Option<PathBuf>,
 }
 
+/// The Dock's health check of the ISCs started by `isc up` (see docs/api.md). It needs a
+/// [network] that listens on the port; `retries` failed checks in a row end the run as a
+/// failure (restarted per the manifest's restart policy).
+#[derive(Args, Clone, Default)]
+pub struct HealthArgs {
+    /// TCP check: the Dock connects to this port on each ISC's address.
+    #[arg(long, value_name = "PORT", conflicts_with = "health_http")]
+    health_tcp: Option<u16>,
+    /// HTTP check: the Dock sends `GET --health-path` to this port and wants a 2xx/3xx status.
+    #[arg(long, value_name = "PORT")]
+    health_http: Option<u16>,
+    /// The path of the HTTP check.
+    #[arg(long, value_name = "PATH", default_value = "/", requires = "health_http")]
+    health_path: String,
+    /// Milliseconds between checks [Dock default: 2000].
+    #[arg(long, value_name = "MS")]
+    health_interval_ms: Option<u64>,
+    /// Milliseconds a check may take [Dock default: 1000].
+    #[arg(long, value_name = "MS")]
+    health_timeout_ms: Option<u64>,
+    /// Failed checks in a row that end the run [Dock default: 3].
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+    /// Milliseconds after the start before the first check [Dock default: 1000].
+    #[arg(long, value_name = "MS")]
+    health_start_period_ms: Option<u64>,
+}
+
+impl HealthArgs {
+    /// The check as the API takes it (unset timings take the Dock's defaults).
+    fn to_json(&self) -> Result<Option<serde_json::Value>> {
+        let mut m = serde_json::Map::new();
+        match (self.health_tcp, self.health_http) {
+            (Some(p), _) => {
+                m.insert("tcp".into(), p.into());
+            }
+            (None, Some(p)) => {
+                m.insert("http".into(), p.into());
+                m.insert("path".into(), self.health_path.clone().into());
+            }
+            (None, None) => {
+                if self.health_interval_ms.is_some()
+                    || self.health_timeout_ms.is_some()
+                    || self.health_retries.is_some()
+                    || self.health_start_period_ms.is_some()
+                {
+                    bail!("health check timings without a check; fix: add --health-tcp PORT or --health-http PORT");
+                }
+                return Ok(None);
+            }
+        }
+        for (k, v) in [
+            ("interval_ms", self.health_interval_ms),
+            ("timeout_ms", self.health_timeout_ms),
+            ("retries", self.health_retries.map(u64::from)),
+            ("start_period_ms", self.health_start_period_ms),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
+        }
+        Ok(Some(serde_json::Value::Object(m)))
+    }
+}
+
 #[derive(Subcommand)]
 pub enum DockCmd {
     /// Run the Dock daemon (API on a Unix socket; ISCs outlive it).
@@ -69,9 +132,8 @@ pub enum DockCmd {
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
-        /// Health check on this TCP port of each ISC's address.
-        #[arg(long, value_name = "PORT")]
-        health_tcp: Option<u16>,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Desired state: start, replace or remove ISCs to match the manifests in DIR (same as
     /// `isc apply`).
@@ -120,6 +182,13 @@ pub enum DockCmd {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// Only lines from this time on: a duration back from now (`90s`, `10m`, `1h30m`,
+        /// `2d`), an RFC 3339 time (`2026-11-28T15:00:00Z`) or Unix seconds.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Print the time each line was read from the service (UTC, µs) before it.
+        #[arg(short, long)]
+        timestamps: bool,
     },
     /// Lifecycle events (JSON lines with --json).
     Events {
@@ -151,7 +220,7 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
     match args.cmd {
         DockCmd::Serve { config } => serve(dirs, config),
         DockCmd::Monitor { request } => monitor(dirs, &request),
-        DockCmd::Up { files, json, health_tcp } => up_files(&c(), &files, json, health_tcp),
+        DockCmd::Up { files, json, health } => up_files(&c(), &files, json, &health),
         DockCmd::Apply { dir, json } => apply(&c(), &dir, json),
         DockCmd::Ps { json } => ps(&c(), json),
         DockCmd::Inspect { name } => {
@@ -169,13 +238,19 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
             action(&c(), "POST", &format!("/v1/iscs/{name}/restart"), json)
         }
         DockCmd::Rm { name, json } => action(&c(), "DELETE", &format!("/v1/iscs/{name}"), json),
-        DockCmd::Logs { name, follow, tail } => {
+        DockCmd::Logs { name, follow, tail, since, timestamps } => {
             let mut q = vec![];
             if follow {
                 q.push("follow=true".to_string());
             }
             if let Some(n) = tail {
                 q.push(format!("tail={n}"));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={}", query_escape(&s)));
+            }
+            if timestamps {
+                q.push("timestamps=true".to_string());
             }
             stream_out(&c(), &format!("/v1/iscs/{name}/logs?{}", q.join("&")))
         }
@@ -186,7 +261,7 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
 
 /// Runs `isc up`.
 pub fn up(dirs: &Dirs, args: UpArgs) -> Result<ExitCode> {
-    up_files(&client(dirs, args.socket), &args.files, args.json, args.health_tcp)
+    up_files(&client(dirs, args.socket), &args.files, args.json, &args.health)
 }
 
 /// Runs `isc apply`.
@@ -349,13 +424,8 @@ fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
     Ok(ExitCode::from(info.status.clamp(0, 255) as u8))
 }
 
-fn up_files(
-    c: &Client,
-    files: &[PathBuf],
-    json: bool,
-    health_tcp: Option<u16>,
-) -> Result<ExitCode> {
-    let health = health_tcp.map(|p| json!({ "tcp": p }));
+fn up_files(c: &Client, files: &[PathBuf], json: bool, health: &HealthArgs) -> Result<ExitCode> {
+    let health = health.to_json()?;
     let bodies: Vec<(PathBuf, Result<serde_json::Value>)> = files
         .iter()
         .map(|f| {
@@ -410,6 +480,18 @@ fn up_files(
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986 §2.3) for a query value.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -422,14 +504,15 @@ fn ps(c: &Client, json: bool) -> Result<ExitCode> {
     }
     let recs: Vec<IscRecord> = serde_json::from_value(v)?;
     println!(
-        "{:<24} {:<10} {:>8} {:>8} {:>12} {:>6}  MESSAGE",
-        "NAME", "STATUS", "RESTARTS", "MONITOR", "HOST-UID", "EXIT"
+        "{:<24} {:<10} {:<10} {:>8} {:>8} {:>12} {:>6}  MESSAGE",
+        "NAME", "STATUS", "HEALTH", "RESTARTS", "MONITOR", "HOST-UID", "EXIT"
     );
     for r in recs {
         println!(
-            "{:<24} {:<10} {:>8} {:>8} {:>12} {:>6}  {}",
+            "{:<24} {:<10} {:<10} {:>8} {:>8} {:>12} {:>6}  {}",
             r.name,
             r.status.as_str(),
+            opt(r.health_state.map(|h| h.as_str())),
             r.restarts,
             opt(r.monitor_pid),
             opt(r.host_uid_base),

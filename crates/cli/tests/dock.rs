@@ -581,3 +581,129 @@ memory = "32M"
         common::assert_nothing_left(&d.env);
     });
 }
+
+/// An ISC serving `/scratch/www` with busybox httpd on port 8080; `restart` is its policy.
+fn httpd_manifest(d: &DockProc, name: &str) -> PathBuf {
+    let script = "busybox mkdir -p /scratch/www && echo ok > /scratch/www/healthz && exec busybox httpd -f -p 8080 -h /scratch/www";
+    let text = format!(
+        r#"name = "{name}"
+[service]
+exec = ["{BUSYBOX}", "sh", "-c", {script:?}]
+env = {{ PATH = "/usr/bin" }}
+restart = "on-failure"
+[image]
+source = "host"
+paths = ["{BUSYBOX}"]
+[network]
+listen = [{{ port = 8080 }}]
+[filesystem]
+tmpfs = [{{ path = "/scratch", size = "1M" }}]
+[resources]
+memory = "32M"
+"#
+    );
+    let path = d.env.dir.join(format!("{name}.toml"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+
+#[test]
+fn http_health_checks_mark_healthy_and_end_a_failing_run() {
+    in_private_netns("http_health_checks_mark_healthy_and_end_a_failing_run", || {
+        let d = DockProc::start(
+            "dock-http",
+            "[restart]\ninitial_backoff_ms = 100\nhealthy_after_ms = 60000\n",
+        );
+        let timings = [
+            "--health-interval-ms",
+            "200",
+            "--health-timeout-ms",
+            "2000",
+            "--health-retries",
+            "2",
+            "--health-start-period-ms",
+            "300",
+        ];
+        let good = httpd_manifest(&d, "isc-http-ok");
+        let bad = httpd_manifest(&d, "isc-http-404");
+        for (m, path) in [(&good, "/healthz"), (&bad, "/missing")] {
+            let mut args = vec!["up", m.to_str().unwrap(), "--health-http", "8080"];
+            args.extend(["--health-path", path]);
+            args.extend(timings);
+            d.ok(&args);
+        }
+        // The server answers 200 on /healthz: healthy, in ps, inspect, metrics and events.
+        let t = Instant::now();
+        let r = loop {
+            let r = d.record("isc-http-ok");
+            if r["health_state"] == "healthy" {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "never healthy: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(r["health"]["http"], 8080, "{r}");
+        assert_eq!(r["health"]["path"], "/healthz", "{r}");
+        let table = String::from_utf8_lossy(&d.ok(&["dock", "ps"]).stdout).into_owned();
+        let line = table.lines().find(|l| l.starts_with("isc-http-ok ")).unwrap();
+        assert_eq!(
+            line.split_whitespace().take(3).collect::<Vec<_>>(),
+            ["isc-http-ok", "running", "healthy"],
+            "{table}"
+        );
+        let inspect: Value =
+            serde_json::from_slice(&d.ok(&["dock", "inspect", "isc-http-ok"]).stdout).unwrap();
+        assert_eq!(inspect["record"]["health_state"], "healthy");
+
+        // /missing is a 404: two failed checks in a row end the run as a failure, and the
+        // on-failure policy restarts it.
+        let t = Instant::now();
+        let r = loop {
+            let r = d.record("isc-http-404");
+            if r["restarts"].as_u64() >= Some(1) && r["last_exit"]["run_id"] == 1 {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "never restarted: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(r["health_failures"].as_u64() >= Some(1), "{r}");
+        let reason = r["last_exit"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("health check failed: GET http://")
+                && reason.ends_with(":8080/missing: status 404 (wanted 2xx or 3xx)"),
+            "{r}"
+        );
+        // The healthy one was never touched.
+        let ok = d.record("isc-http-ok");
+        assert_eq!(
+            (ok["restarts"].as_u64(), ok["health_failures"].as_u64()),
+            (Some(0), Some(0)),
+            "{ok}"
+        );
+        let metrics = String::from_utf8_lossy(&d.ok(&["dock", "metrics"]).stdout).into_owned();
+        assert!(metrics.contains("isc_healthy{isc=\"isc-http-ok\"} 1"), "{metrics}");
+        let events =
+            String::from_utf8_lossy(&d.ok(&["dock", "events", "--json"]).stdout).into_owned();
+        let kinds = |isc: &str| -> Vec<String> {
+            events
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|e| e["isc"] == isc)
+                .map(|e| e["kind"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(kinds("isc-http-ok"), ["created", "started", "healthy"], "{events}");
+        let bad_kinds = kinds("isc-http-404");
+        assert_eq!(
+            bad_kinds[..5],
+            ["created", "started", "unhealthy", "exited", "restarting"],
+            "{events}"
+        );
+        for n in ["isc-http-ok", "isc-http-404"] {
+            d.ok(&["dock", "rm", n]);
+        }
+        common::assert_nothing_left(&d.env);
+    });
+}

@@ -184,6 +184,11 @@ struct LogsQuery {
     #[serde(default)]
     follow: bool,
     tail: Option<usize>,
+    /// Only lines from this time on (logs::parse_since: RFC 3339, Unix seconds, or `10m`).
+    since: Option<String>,
+    /// Keep each line's timestamp.
+    #[serde(default)]
+    timestamps: bool,
 }
 
 /// A streaming body fed by a blocking producer.
@@ -203,8 +208,16 @@ async fn logs_of(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, DockError> {
     st.dock.get(&name)?;
+    let since_us = match &q.since {
+        Some(s) => Some(
+            logs::parse_since(s, crate::records::now_ms() * 1000)
+                .map_err(|e| DockError::BadRequest(format!("since: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut filter = logs::LineFilter::new(logs::View { since_us, timestamps: q.timestamps });
     let dir = st.dock.paths.log_dir(&name);
-    let (initial, pos) = logs::read(&dir, q.tail)
+    let (initial, pos) = logs::read(&dir, &mut filter, q.tail, !q.follow)
         .map_err(|e| DockError::Internal(format!("reading the logs of `{name}`: {e}")))?;
     if !q.follow {
         return Ok(([(header::CONTENT_TYPE, "text/plain")], initial).into_response());
@@ -216,12 +229,22 @@ async fn logs_of(
             return;
         }
         let probe = tx.clone();
+        let mut out = vec![];
         logs::follow(
             &dir,
             pos,
-            |b| tx.blocking_send(Ok(Bytes::copy_from_slice(b))).is_ok(),
+            |b| {
+                out.clear();
+                filter.feed(b, &mut out);
+                out.is_empty() || tx.blocking_send(Ok(Bytes::copy_from_slice(&out))).is_ok()
+            },
             || !probe.is_closed() && dock.get(&name).is_ok_and(|r| r.status.is_active()),
         );
+        out.clear();
+        filter.finish(&mut out);
+        if !out.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(out)));
+        }
     });
     Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
 }

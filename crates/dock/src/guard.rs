@@ -95,6 +95,7 @@ mod tests {
             message: None,
             health: None,
             health_failures: 0,
+            health_state: None,
         }
     }
 

@@ -112,6 +112,19 @@ pub fn render(
             r.health_failures
         );
     }
+    family(
+        &mut o,
+        "isc_healthy",
+        "gauge",
+        "1 if the ISC's last health check passed (ISCs with a check).",
+    );
+    for r in recs.iter().filter(|r| r.health.is_some()) {
+        let healthy = u8::from(
+            r.status == crate::records::Status::Running
+                && r.health_state == Some(crate::health::HealthState::Healthy),
+        );
+        let _ = writeln!(o, "isc_healthy{{isc=\"{}\"}} {healthy}", label(&r.name));
+    }
     family(&mut o, "isc_memory_limit_bytes", "gauge", "The ISC's memory limit.");
     for r in recs {
         if let Some(m) = r.memory_limit {

@@ -224,6 +224,9 @@ pub struct IscRecord {
     /// Runs ended because their health check failed.
     #[serde(default)]
     pub health_failures: u32,
+    /// What the health check says of the current (or last) run; none without a check.
+    #[serde(default)]
+    pub health_state: Option<crate::health::HealthState>,
 }
 
 impl IscRecord {
@@ -298,6 +301,7 @@ mod tests {
             message: None,
             health: None,
             health_failures: 0,
+            health_state: None,
         };
         rec.save(&paths).unwrap();
         assert_eq!(IscRecord::load_all(&paths).unwrap(), vec![rec]);

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::config::DockConfig;
 use crate::events::Events;
 use crate::guard;
-use crate::health::HealthCheck;
+use crate::health::{HealthCheck, HealthState};
 use crate::process::{self, Launcher};
 use crate::records::{
     now_ms, Desired, ExitInfo, IscRecord, MonitorRequest, Paths, RecordError, Status,
@@ -250,6 +250,7 @@ impl Dock {
                 message: None,
                 health,
                 health_failures: 0,
+                health_state: None,
             };
             guard::admit(&self.cfg.resources, map.values().map(|s| &s.rec), &rec)
                 .map_err(DockError::OverCommit)?;
@@ -334,6 +335,7 @@ impl Dock {
         rec.status = Status::Starting;
         rec.message = None;
         rec.monitor_pid = None;
+        rec.health_state = rec.health.as_ref().map(|_| HealthState::Starting);
         if supervised {
             rec.restarts += 1;
         }
@@ -438,9 +440,33 @@ impl Dock {
         }
         slot.unhealthy_run = Some(run_id);
         slot.rec.health_failures += 1;
+        slot.rec.health_state = Some(HealthState::Unhealthy);
         slot.rec.message = Some(reason.into());
         self.save(&slot.rec);
         true
+    }
+
+    /// Records that a check of run `run_id` passed; the first pass of a run emits `healthy`
+    /// (there is no way back from `unhealthy` within a run: that verdict ends it).
+    pub(crate) fn mark_healthy(&self, name: &str, run_id: u64) {
+        let changed = {
+            let mut map = self.lock();
+            match map.get_mut(name) {
+                Some(slot)
+                    if slot.rec.run_id == run_id
+                        && slot.rec.status == Status::Running
+                        && slot.rec.health_state != Some(HealthState::Healthy) =>
+                {
+                    slot.rec.health_state = Some(HealthState::Healthy);
+                    self.save(&slot.rec);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.events.emit(name, "healthy", json!({"run_id": run_id}));
+        }
     }
 
     fn mark_failed(&self, name: &str, run_id: u64, message: &str) {

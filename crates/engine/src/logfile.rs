@@ -7,6 +7,12 @@
 //! slower than the service, the queue fills and further output is dropped and counted instead of
 //! back-pressuring the pipe; a marker line in the log says how much was lost. This is the same
 //! trade-off journald makes with its rate limits: losing log lines beats stalling the service.
+//!
+//! Every line in the file starts with the time its first bytes reached the monitor, in UTC
+//! with microseconds and a space ([`LINE_PREFIX_LEN`] bytes, `2026-11-28T15:00:00.123456Z `),
+//! like `docker logs -t`: readers strip it to print the raw output, or use it for `--since`.
+//! The time is taken when the monitor reads the pipe, not when the writer thread catches up. A
+//! line that straddles a rotation continues in the new file without a prefix.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -23,6 +29,47 @@ pub const LOG_FILE: &str = "output.log";
 
 /// Output held in memory while the writer thread is behind; beyond it, output is dropped.
 pub const QUEUE_BYTES: usize = 4 << 20;
+
+/// Length of the timestamp that starts every line, including its trailing space.
+pub const LINE_PREFIX_LEN: usize = 28;
+
+/// Microseconds since the Unix epoch, now.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// `unix_us` as RFC 3339 in UTC with microseconds: `2026-11-28T15:00:00.123456Z` (27 bytes
+/// for years 0000–9999). Hand-written to keep a date crate out of the monitor.
+pub fn format_timestamp(unix_us: u64) -> String {
+    let secs = unix_us / 1_000_000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_us % 1_000_000
+    )
+}
+
+/// (year, month, day) of a day count since 1970-01-01 in the proleptic Gregorian calendar
+/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = (z - era * 146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe as i64 + era * 400;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
 
 /// What the monitor does with the service's stdout and stderr.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,7 +123,8 @@ impl Dest {
 
 #[derive(Default)]
 struct Queue {
-    chunks: VecDeque<Vec<u8>>,
+    /// Output with the time it was read from the pipe (µs since the epoch).
+    chunks: VecDeque<(u64, Vec<u8>)>,
     bytes: usize,
     dropped: u64,
     closed: bool,
@@ -84,12 +132,12 @@ struct Queue {
 
 impl Queue {
     /// Queues `bytes`, or counts them as dropped when the queue is full.
-    fn offer(&mut self, bytes: &[u8]) {
+    fn offer(&mut self, at_us: u64, bytes: &[u8]) {
         if self.bytes + bytes.len() > QUEUE_BYTES {
             self.dropped += bytes.len() as u64;
         } else {
             self.bytes += bytes.len();
-            self.chunks.push_back(bytes.to_vec());
+            self.chunks.push_back((at_us, bytes.to_vec()));
         }
     }
 }
@@ -112,8 +160,9 @@ impl LogSink {
     }
 
     fn push(&self, bytes: &[u8]) {
+        let at = now_us();
         let (lock, cv) = &*self.queue;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).offer(bytes);
+        lock.lock().unwrap_or_else(|e| e.into_inner()).offer(at, bytes);
         cv.notify_one();
     }
 }
@@ -172,14 +221,17 @@ fn writer_loop(queue: &(Mutex<Queue>, Condvar), file: &mut RotatingFile) {
             q.bytes = 0;
             (chunks, std::mem::take(&mut q.dropped), q.closed)
         };
-        for c in &chunks {
-            file.write(c);
+        for (at, c) in &chunks {
+            file.write_lines(*at, c);
         }
         if dropped > 0 {
+            if !file.at_line_start {
+                file.write_lines(now_us(), b"\n");
+            }
             let marker = format!(
-                "\n[isc: {dropped} bytes of output dropped: the log disk was slower than the service]\n"
+                "[isc: {dropped} bytes of output dropped: the log disk was slower than the service]\n"
             );
-            file.write(marker.as_bytes());
+            file.write_lines(now_us(), marker.as_bytes());
         }
         if closed {
             return;
@@ -195,17 +247,56 @@ struct RotatingFile {
     file: Option<File>,
     size: u64,
     failed: bool,
+    /// The next byte starts a line (and gets a timestamp).
+    at_line_start: bool,
 }
 
+/// Whether the last byte of `file` (of length `len` > 0) is a newline.
+fn ends_with_newline(file: &File, len: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+/// Opened for reading too: [`RotatingFile::open`] looks at the last byte.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    OpenOptions::new().create(true).read(true).append(true).mode(0o640).open(path)
 }
 
 impl RotatingFile {
     fn open(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<RotatingFile> {
-        let file = open_append(&dir.join(LOG_FILE))?;
-        let size = file.metadata()?.len();
-        Ok(RotatingFile { dir: dir.into(), max_bytes, keep, file: Some(file), size, failed: false })
+        let mut file = open_append(&dir.join(LOG_FILE))?;
+        let mut size = file.metadata()?.len();
+        // An earlier run that ended mid-line: end that line, so this run's first line gets its
+        // own timestamp.
+        if size > 0 && !ends_with_newline(&file, size)? {
+            file.write_all(b"\n")?;
+            size += 1;
+        }
+        Ok(RotatingFile {
+            dir: dir.into(),
+            max_bytes,
+            keep,
+            file: Some(file),
+            size,
+            failed: false,
+            at_line_start: true,
+        })
+    }
+
+    /// Writes `bytes` read at `at_us`, with a timestamp before every line that starts in them.
+    fn write_lines(&mut self, at_us: u64, bytes: &[u8]) {
+        let stamp = format!("{} ", format_timestamp(at_us));
+        let mut out = Vec::with_capacity(bytes.len() + LINE_PREFIX_LEN);
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if self.at_line_start {
+                out.extend_from_slice(stamp.as_bytes());
+            }
+            out.extend_from_slice(line);
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        self.write(&out);
     }
 
     fn rotated(&self, i: u32) -> PathBuf {
@@ -278,7 +369,8 @@ mod tests {
             keep: 2,
         })
         .unwrap();
-        let line = [b'x'; 1023];
+        // 996 bytes + the 28-byte timestamp: 1024 per line, four lines per file.
+        let line = [b'x'; 995];
         for i in 0..20u8 {
             let mut l = line.to_vec();
             l[0] = b'a' + i;
@@ -296,7 +388,7 @@ mod tests {
         // Newest lines in the current file, in order, nothing lost across the boundary.
         let firsts: Vec<u8> = [two, one, cur]
             .iter()
-            .flat_map(|s| s.lines().map(|l| l.as_bytes()[0]).collect::<Vec<_>>())
+            .flat_map(|s| s.lines().map(|l| l.as_bytes()[LINE_PREFIX_LEN]).collect::<Vec<_>>())
             .collect();
         assert_eq!(firsts, (8..20u8).map(|i| b'a' + i).collect::<Vec<_>>());
     }
@@ -310,8 +402,8 @@ mod tests {
         {
             let (lock, _) = &*sink.queue;
             let mut q = lock.lock().unwrap();
-            q.offer(&vec![b'y'; QUEUE_BYTES]);
-            q.offer(b"lost line\n");
+            q.offer(1, &vec![b'y'; QUEUE_BYTES]);
+            q.offer(2, b"lost line\n");
             assert_eq!((q.bytes, q.dropped), (QUEUE_BYTES, 10));
         }
         drop(sink);
@@ -323,6 +415,37 @@ mod tests {
             ),
             "{}",
             &log[log.len() - 100..]
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_timestamp(1_795_878_000_000_042), "2026-11-28T15:00:00.000042Z");
+        assert_eq!(format_timestamp(1_709_251_199_999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(format_timestamp(951_868_800_000_000), "2000-03-01T00:00:00.000000Z");
+        assert_eq!(format_timestamp(1_795_878_000_000_000).len() + 1, LINE_PREFIX_LEN);
+    }
+
+    #[test]
+    fn every_line_starts_with_the_time_its_first_bytes_arrived() {
+        let d = tempfile::tempdir().unwrap();
+        // A previous run ended mid-line: that line is ended before this run's first one.
+        std::fs::write(d.path().join(LOG_FILE), "old partial").unwrap();
+        let mut f = RotatingFile::open(d.path(), 1 << 20, 1).unwrap();
+        let t0 = 1_795_878_000_000_000;
+        f.write_lines(t0, b"one\ntw");
+        f.write_lines(t0 + 1, b"o\n");
+        f.write_lines(t0 + 2, b"\nthree\nfour");
+        drop(f);
+        assert_eq!(
+            read(d.path(), LOG_FILE),
+            "old partial\n\
+             2026-11-28T15:00:00.000000Z one\n\
+             2026-11-28T15:00:00.000000Z two\n\
+             2026-11-28T15:00:00.000002Z \n\
+             2026-11-28T15:00:00.000002Z three\n\
+             2026-11-28T15:00:00.000002Z four"
         );
     }
 }
