@@ -707,3 +707,92 @@ fn http_health_checks_mark_healthy_and_end_a_failing_run() {
         common::assert_nothing_left(&d.env);
     });
 }
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+#[test]
+fn logs_have_timestamps_and_since_selects_by_them() {
+    let d = DockProc::start("dock-since", "");
+    let m = d.manifest("isc-since", "echo before; sleep 1.2; echo after; exec sleep 1000", "", "");
+    let t_up = now_us();
+    d.ok(&["up", m.to_str().unwrap()]);
+    let logs = |args: &[&str]| -> String {
+        let mut a = vec!["dock", "logs", "isc-since"];
+        a.extend(args);
+        String::from_utf8(d.ok(&a).stdout).unwrap()
+    };
+    let t = Instant::now();
+    while logs(&[]) != "before\nafter\n" {
+        assert!(t.elapsed() < Duration::from_secs(15), "output: {:?}", logs(&[]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t_seen = now_us();
+    // -t: each line behind the time the monitor read it (UTC, µs).
+    let stamped = logs(&["--timestamps"]);
+    let lines: Vec<(u64, &str)> = stamped
+        .lines()
+        .map(|l| {
+            let (ts, text) = l.split_once(' ').unwrap();
+            assert_eq!((ts.len(), &ts[ts.len() - 1..]), (27, "Z"), "{l}");
+            (isc_dock::logs::parse_rfc3339(ts).unwrap(), text)
+        })
+        .collect();
+    assert_eq!(lines.iter().map(|l| l.1).collect::<Vec<_>>(), ["before", "after"]);
+    let (t_before, t_after) = (lines[0].0, lines[1].0);
+    assert!(t_up <= t_before && t_before < t_after && t_after <= t_seen, "{stamped}");
+    assert!(t_after - t_before >= 1_000_000, "the service slept 1.2 s between them: {stamped}");
+
+    // --since between the two lines, as RFC 3339 (also with an offset) and as Unix seconds.
+    let mid = (t_before + t_after) / 2;
+    let mid_utc = isc_engine::logfile::format_timestamp(mid);
+    assert_eq!(logs(&["--since", &mid_utc]), "after\n");
+    let mid_plus_one = {
+        // The same instant written in UTC+01:00.
+        let shifted = isc_engine::logfile::format_timestamp(mid + 3_600_000_000);
+        format!("{}+01:00", &shifted[..26])
+    };
+    assert_eq!(logs(&["--since", &mid_plus_one]), "after\n");
+    assert_eq!(logs(&["--since", &(t_after / 1_000_000).to_string()]), "after\n");
+    assert_eq!(logs(&["--since", "10m"]), "before\nafter\n");
+    assert_eq!(logs(&["--since", "2099-01-01T00:00:00Z"]), "");
+    assert_eq!(logs(&["--since", "10m", "--tail", "1"]), "after\n");
+    assert_eq!(
+        logs(&["--timestamps", "--tail", "1"]),
+        format!("{}\n", stamped.lines().nth(1).unwrap())
+    );
+    let bad = d.cli(&["dock", "logs", "isc-since", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`yesterday` is not a time; fix:"), "{err}");
+
+    // -f with --since: the old line is left out, the following starts at once.
+    let mut follower = d
+        .env
+        .cmd()
+        .args(["dock", "logs", "-f", "isc-since", "--since", &mid_utc])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        while !all.ends_with(b"\n") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        all
+    });
+    let t = Instant::now();
+    while !reader.is_finished() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert_eq!(String::from_utf8(reader.join().unwrap()).unwrap(), "after\n");
+    d.ok(&["dock", "rm", "isc-since"]);
+}
