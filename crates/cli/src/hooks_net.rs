@@ -9,6 +9,11 @@
 //! ISCs running now; when an ISC starts or stops, the peer sets of every running ISC that
 //! names it are recomputed, under `<root>/net/peers.lock`, so a released address never stays
 //! allowed into another ISC.
+//!
+//! Egress host names: once the service runs, an `isc-egress-dns` thread in the monitor
+//! re-resolves each name when its TTL expires (`isc_net::refresh`) and replaces the ISC's
+//! egress rules (and the `egress` of its record) under the same lock; every change, and the
+//! start and end of a failure streak, is a `net_policy` record on the audit trail.
 
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
@@ -19,10 +24,11 @@ use anyhow::{bail, Context, Result};
 use isc_engine::StartHooks;
 use isc_manifest::{EgressRule, Manifest, Proto};
 use isc_net::{
-    Bandwidth, EgressSpec, EgressTarget, IscNetLease, IscNetPolicy, IscNetRequest, Listen,
-    NetConfig, Publish,
+    Bandwidth, EgressRefresher, EgressRule as NetEgressRule, EgressSpec, EgressTarget, IscNetLease,
+    IscNetPolicy, IscNetRequest, Listen, NetConfig, Publish, RefreshEvent,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::launch::Dirs;
 
@@ -270,11 +276,13 @@ impl PeersLock {
 /// (or drop, on every error path) tears it down.
 pub struct NetHooks {
     cfg: NetConfig,
+    dirs: Dirs,
     state: PathBuf,
     name: String,
     allow_from: Vec<String>,
     request: Option<IscNetRequest>,
     lease: Option<IscNetLease>,
+    refresher: Option<EgressRefresher>,
 }
 
 impl NetHooks {
@@ -286,11 +294,13 @@ impl NetHooks {
         }
         Ok(Self {
             cfg: net_config(dirs),
+            dirs: dirs.clone(),
             state: dirs.state.clone(),
             name: m.name.clone(),
             allow_from: m.network.as_ref().map(|n| n.allow_from.clone()).unwrap_or_default(),
             request,
             lease: None,
+            refresher: None,
         })
     }
 
@@ -314,6 +324,10 @@ impl NetHooks {
     /// Tears the network down: peers forget this ISC's addresses first, then its firewall
     /// objects, veth and lease go. Idempotent.
     pub fn finish(&mut self) -> Result<()> {
+        // First: once stopped, no refresh can re-create the egress chain being removed.
+        if let Some(r) = self.refresher.take() {
+            r.stop();
+        }
         let Some(lease) = self.lease.take() else { return Ok(()) };
         let lock = PeersLock::take(&self.cfg);
         let _ = std::fs::remove_file(record_path(&self.state, &self.name));
@@ -334,6 +348,80 @@ impl StartHooks for NetHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.setup(child_pid).map_err(|e| ("setting up the ISC's network", format!("{e:#}")))
     }
+
+    /// Starts the egress DNS refresher (threads are allowed once the service runs).
+    fn after_start(&mut self, _state: &isc_engine::state::IscState) {
+        let (Some(req), Some(lease)) = (&self.request, &self.lease) else { return };
+        let apply = egress_applier(self.dirs.clone(), self.name.clone(), lease.policy().clone());
+        let started = EgressRefresher::start(
+            &self.name,
+            req.egress.clone(),
+            lease.egress_answers().to_vec(),
+            Box::new(isc_net::dns::Resolver::system),
+            apply,
+        );
+        match started {
+            Ok(r) => self.refresher = r,
+            Err(e) => {
+                tracing::error!(isc = %self.name, error = %e, "cannot start the egress DNS refresher; egress host names keep their start-time addresses")
+            }
+        }
+    }
+}
+
+/// What the refresher thread does with its events: a change replaces the ISC's egress rules
+/// and the `egress` of its record under the peers lock (a reconcile then rebuilds the table
+/// with the current answers); every event becomes a `net_policy` audit record.
+fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::refresh::Apply {
+    let cfg = net_config(&dirs);
+    let mut audit: Option<isc_audit::AuditLog> = None;
+    Box::new(move |ev| {
+        let detail = match ev {
+            RefreshEvent::Changed { rules, changes } => {
+                let _lock = PeersLock::take(&cfg).map_err(|e| format!("{e:#}"))?;
+                let next = IscNetPolicy { egress: rules.to_vec(), ..policy.clone() };
+                isc_net::apply_egress(&next).map_err(|e| e.to_string())?;
+                update_record_egress(&dirs.state, &name, rules).map_err(|e| format!("{e:#}"))?;
+                let changes: Vec<serde_json::Value> = changes
+                    .iter()
+                    .map(|c| {
+                        json!({"host": c.host, "added": c.added, "removed": c.removed, "ttl_s": c.ttl.as_secs()})
+                    })
+                    .collect();
+                json!({"egress_refreshed": changes, "egress": rules})
+            }
+            RefreshEvent::Failing { host, error } => {
+                json!({"egress_lookup_failed": {"host": host, "error": error, "kept": "last good answer"}})
+            }
+            RefreshEvent::Recovered { host } => json!({"egress_lookup_recovered": {"host": host}}),
+        };
+        if audit.is_none() {
+            match crate::hooks_audit::open_for_monitor(&dirs) {
+                Ok(log) => audit = Some(log),
+                Err(e) => {
+                    tracing::error!(isc = %name, error = format!("{e:#}"), "cannot open the audit trail for an egress refresh record")
+                }
+            }
+        }
+        if let Some(log) = &audit {
+            let kind = isc_audit::Kind::NetPolicy;
+            if let Err(e) = log.append(Some(&name), kind, isc_audit::Actor::Isc, detail) {
+                tracing::error!(isc = %name, error = %e, "cannot record an egress refresh");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Replaces the `egress` of `name`'s record (missing record: the ISC is stopping; nothing to
+/// do). Call under the peers lock, like every writer of records.
+fn update_record_egress(state: &Path, name: &str, rules: &[NetEgressRule]) -> Result<()> {
+    let path = record_path(state, name);
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
+    let mut rec: NetRecord = serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading the network record {}", path.display()))?;
+    rec.policy.egress = rules.to_vec();
+    write_record(state, &rec)
 }
 
 impl Drop for NetHooks {

@@ -1,0 +1,321 @@
+//! Issue 5: egress host names follow DNS for the ISC's lifetime (TTL expiry, fail static).
+//!
+//! Like `network.rs`, the test re-executes itself under `unshare --net --mount`: that fresh
+//! namespace stands in for the host; the "outside" (a TCP greeter on 192.0.2.2 and .3, and a
+//! DNS server written here, on 192.0.2.2:53) lives in a further namespace behind a veth the
+//! test creates. `isc run` gets `ISC_RESOLV_CONF` pointing at that server.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isc_engine::probe::ProbeOutcome;
+use isc_net::link::{in_netns, Rtnl};
+use serde_json::Value;
+
+const ISC: &str = env!("CARGO_BIN_EXE_isc");
+const INNER: &str = "ISC_CLI_NET_DNS_TEST_INNER";
+const OUTER_NS: &str = "ISC_CLI_NET_DNS_TEST_OUTER_NS";
+const EACCES: i32 = 13;
+const X: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const Y: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+/// The answer is "server failure" (rcode 2) while the test DNS server holds this address.
+const SERVFAIL: u32 = 0;
+
+fn netns_inode(path: &str) -> u64 {
+    fs::metadata(path).unwrap().ino()
+}
+
+/// Run `body` inside a private network + mount namespace by re-executing this test.
+fn in_private_netns(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(INNER).is_some() {
+        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
+        assert_ne!(
+            netns_inode("/proc/thread-self/ns/net"),
+            outer,
+            "refusing to run network tests in the original namespace"
+        );
+        Rtnl::open().unwrap().set_up("lo").unwrap();
+        isc_net::enable_forwarding().unwrap();
+        body();
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
+        .env(INNER, "1")
+        .env(OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
+        .output()
+        .expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
+}
+
+/// The "outside": a namespace held by a sleeping `unshare --net` child, behind `up-iscdns0`
+/// (host 192.0.2.1/24, outside .2 and .3 with a default route back).
+struct Outside {
+    child: Child,
+    file: File,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let me = netns_inode("/proc/thread-self/ns/net");
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn unshare --net");
+        let path = format!("/proc/{}/ns/net", child.id());
+        let t = Instant::now();
+        while netns_inode(&path) == me {
+            assert!(t.elapsed() < Duration::from_secs(5), "child never entered its namespace");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let out = Outside { file: File::open(&path).unwrap(), child };
+        let mut r = Rtnl::open().unwrap();
+        r.create_veth("up-iscdns0", "eth0", &out.file).unwrap();
+        r.add_address("up-iscdns0", "192.0.2.1".parse().unwrap(), 24).unwrap();
+        r.set_up("up-iscdns0").unwrap();
+        in_netns(&out.file, || {
+            let mut r = Rtnl::open()?;
+            r.set_up("lo")?;
+            for a in [X, Y] {
+                r.add_address("eth0", a.into(), 24)?;
+            }
+            r.set_up("eth0")?;
+            r.add_default_route("eth0", "192.0.2.1".parse().unwrap())
+        })
+        .unwrap();
+        out
+    }
+
+    /// A TCP greeter ("ok\n") on `0.0.0.0:port` (both outside addresses).
+    fn tcp_server(&self, port: u16) {
+        let l = in_netns(&self.file, move || Ok(TcpListener::bind(("0.0.0.0", port)).unwrap()));
+        let l = l.unwrap();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let _ = s.write_all(b"ok\n");
+            }
+        });
+    }
+
+    /// A DNS server on X:53 answering `svc.test` A with the address in `addr` (TTL 1 s; or
+    /// SERVFAIL when it holds [`SERVFAIL`]), AAAA with no record. Counts the A questions.
+    fn dns_server(&self, addr: Arc<AtomicU32>, asked: Arc<AtomicUsize>) {
+        let s = in_netns(&self.file, || Ok(UdpSocket::bind((X, 53)).unwrap())).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let q = &buf[..n];
+                // Header (12) + "\x03svc\x04test\x00" (10) + type + class.
+                if n != 26 || &q[12..22] != b"\x03svc\x04test\x00" {
+                    continue;
+                }
+                let qtype = u16::from_be_bytes([q[22], q[23]]);
+                let mut m = q.to_vec();
+                m[2] |= 0x80; // QR
+                let now = addr.load(Ordering::SeqCst);
+                if qtype == 1 {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    if now == SERVFAIL {
+                        m[3] |= 2;
+                    } else {
+                        m[7] = 1; // ANCOUNT
+                        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                        m.extend_from_slice(&now.to_be_bytes());
+                    }
+                }
+                let _ = s.send_to(&m, from);
+            }
+        });
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private --root/--state pair under /tmp, removed (image store included) on drop.
+struct Env {
+    dir: PathBuf,
+}
+
+struct Isc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Isc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = isc_image::immutable::remove_tree(&self.dir);
+    }
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = PathBuf::from(format!("/tmp/isc-test-netdns-{tag}-{}", std::process::id()));
+        let _ = isc_image::immutable::remove_tree(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("resolv.conf"), format!("nameserver {X}\noptions timeout:1\n")).unwrap();
+        Env { dir }
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(ISC);
+        c.arg("--root").arg(self.dir.join("root")).arg("--state").arg(self.dir.join("state"));
+        c.env("ISC_RESOLV_CONF", self.dir.join("resolv.conf"));
+        c
+    }
+    fn record(&self, name: &str) -> Value {
+        let path = self.dir.join("state").join("isc").join(name).join("net.json");
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+    fn spawn(&self, name: &str, network: &str) -> Isc {
+        let text = format!(
+            "name = \"{name}\"\n[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\n[image]\nsource = \"host\"\npaths = [\"{ISC}\", \"/usr/bin/sleep\"]\n[network]\n{network}\n"
+        );
+        let m = self.dir.join(format!("{name}.toml"));
+        fs::write(&m, text).unwrap();
+        let child =
+            self.cmd().arg("run").arg(&m).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn();
+        let isc = Isc { name: name.into(), child: child.unwrap() };
+        let t = Instant::now();
+        loop {
+            let out = self.cmd().args(["ps", "--json"]).output().unwrap();
+            let listed = serde_json::from_slice::<Vec<Value>>(&out.stdout)
+                .map(|v| v.iter().any(|s| s["name"] == name))
+                .unwrap_or(false);
+            if listed {
+                return isc;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "ISC {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// `tcp_reach` from inside the running ISC.
+    fn reach(&self, isc: &Isc, to: Ipv4Addr, port: u16, ms: u32) -> ProbeOutcome {
+        let probe = format!("tcp_reach:{}:{ms}", SocketAddr::from((to, port)));
+        let out = self.cmd().args(["probe", "--isc", &isc.name, &probe]).output().unwrap();
+        assert!(out.status.success(), "isc probe: {}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Vec<ProbeOutcome> = serde_json::from_slice(&out.stdout).unwrap();
+        v.pop().unwrap()
+    }
+    /// The `net_policy` records of `name` on the audit trail.
+    fn net_policy(&self, name: &str) -> Vec<Value> {
+        let args = ["audit", "show", "--json", "--isc", name, "--kind", "net_policy"];
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "audit show: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+    fn stop(&self, mut isc: Isc) {
+        assert!(self.cmd().args(["stop", &isc.name]).status().unwrap().success());
+        let t = Instant::now();
+        while isc.child.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(15), "ISC {} did not stop", isc.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The egress addresses (`net`) of the record for port 7000.
+fn egress_nets(record: &Value) -> Vec<String> {
+    let rules = record["policy"]["egress"].as_array().unwrap();
+    let port = |r: &&Value| r["port"] == 7000;
+    rules.iter().filter(port).map(|r| r["net"].as_str().unwrap().to_string()).collect()
+}
+
+/// Polls `f` every 100 ms for up to `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn has_key(records: &[Value], key: &str) -> bool {
+    records.iter().any(|r| !r["detail"][key].is_null())
+}
+
+#[test]
+fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
+    in_private_netns("an_egress_host_name_follows_its_dns_answer_and_fails_static", || {
+        let env = Env::new("ttl");
+        let out = Outside::new();
+        out.tcp_server(7000);
+        let addr = Arc::new(AtomicU32::new(u32::from(X)));
+        let asked = Arc::new(AtomicUsize::new(0));
+        out.dns_server(addr.clone(), asked.clone());
+
+        let app = env.spawn("dnsapp", "egress = [\"svc.test:7000\"]");
+        assert_eq!(egress_nets(&env.record("dnsapp")), vec!["192.0.2.2/32"]);
+        let o = env.reach(&app, X, 7000, 3000);
+        assert!(o.ok && o.value == "ok\n", "svc.test (X) is reachable: {o:?}");
+        let o = env.reach(&app, Y, 7000, 400);
+        assert!(!o.ok && o.errno != Some(EACCES), "Y is not declared yet: {o:?}");
+
+        // svc.test moves to Y: within the clamped TTL (5 s) plus slack, the ISC follows.
+        addr.store(u32::from(Y), Ordering::SeqCst);
+        let moved = eventually(Duration::from_secs(10), || env.reach(&app, Y, 7000, 500).ok);
+        assert!(moved, "the ISC never reached svc.test's new address Y");
+        let o = env.reach(&app, X, 7000, 500);
+        assert!(!o.ok, "the old address X still answers: {o:?}");
+        assert_ne!(o.errno, Some(EACCES), "must be the firewall, not Landlock: {o:?}");
+        assert_eq!(egress_nets(&env.record("dnsapp")), vec!["192.0.2.3/32"]);
+        let recs = env.net_policy("dnsapp");
+        let change = recs.iter().find(|r| !r["detail"]["egress_refreshed"].is_null());
+        let change = &change.expect("the change is on the audit trail")["detail"];
+        assert_eq!(change["egress_refreshed"][0]["host"], "svc.test", "{change}");
+        assert_eq!(change["egress_refreshed"][0]["added"][0], "192.0.2.3", "{change}");
+        assert_eq!(change["egress_refreshed"][0]["removed"][0], "192.0.2.2", "{change}");
+
+        // The server fails: the last good answer (Y) stays in force, and the failure is
+        // recorded once.
+        addr.store(SERVFAIL, Ordering::SeqCst);
+        let failed = eventually(Duration::from_secs(10), || {
+            has_key(&env.net_policy("dnsapp"), "egress_lookup_failed")
+        });
+        assert!(failed, "the failed lookup is on the audit trail");
+        let o = env.reach(&app, Y, 7000, 3000);
+        assert!(o.ok, "fail static: Y stays reachable while DNS fails: {o:?}");
+        assert_eq!(egress_nets(&env.record("dnsapp")), vec!["192.0.2.3/32"]);
+        let fails = env.net_policy("dnsapp");
+        let n = fails.iter().filter(|r| !r["detail"]["egress_lookup_failed"].is_null()).count();
+        assert_eq!(n, 1, "one record per failure streak: {fails:?}");
+        assert!(asked.load(Ordering::SeqCst) >= 3, "start, change and failure were asked");
+
+        env.stop(app);
+        // Everything the ISC had in `inet isc` is gone: no refresh re-created its chain.
+        let chains = Command::new("nft").args(["list", "chains", "inet", "isc"]).output().unwrap();
+        let chains = String::from_utf8_lossy(&chains.stdout).into_owned();
+        assert!(!chains.contains("_egress"), "{chains}");
+        drop(out);
+    });
+}
