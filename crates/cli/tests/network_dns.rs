@@ -316,6 +316,13 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
         let chains = Command::new("nft").args(["list", "chains", "inet", "isc"]).output().unwrap();
         let chains = String::from_utf8_lossy(&chains.stdout).into_owned();
         assert!(!chains.contains("_egress"), "{chains}");
+        // The refresher's records (a second writer in the monitor) keep the trail verifiable.
+        let verify = env.cmd().args(["audit", "verify"]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "audit verify: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
         drop(out);
     });
 }
