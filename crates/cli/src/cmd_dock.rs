@@ -190,10 +190,21 @@ pub enum DockCmd {
         #[arg(short, long)]
         timestamps: bool,
     },
-    /// Lifecycle events (JSON lines with --json).
+    /// Lifecycle events: created, started, healthy, unhealthy, oom, exited, restarting,
+    /// crash-loop, stopping, removed… (JSON lines with --json).
     Events {
+        /// Keep printing events as they happen.
         #[arg(short, long)]
         follow: bool,
+        /// Only the events of this ISC.
+        #[arg(long, value_name = "NAME")]
+        isc: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live CPU, memory, pids, block IO, network bytes and OOM kills of the Dock's ISCs (or one).
+    Stats {
+        name: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -254,7 +265,8 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
             }
             stream_out(&c(), &format!("/v1/iscs/{name}/logs?{}", q.join("&")))
         }
-        DockCmd::Events { follow, json } => events(&c(), follow, json),
+        DockCmd::Events { follow, isc, json } => events(&c(), follow, isc.as_deref(), json),
+        DockCmd::Stats { name, json } => stats(&c(), name.as_deref(), json),
         DockCmd::Metrics => stream_out(&c(), "/metrics"),
     }
 }
@@ -541,8 +553,16 @@ fn stream_out(c: &Client, path: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn events(c: &Client, follow: bool, json: bool) -> Result<ExitCode> {
-    let path = if follow { "/v1/events?follow=true" } else { "/v1/events" };
+fn events(c: &Client, follow: bool, isc: Option<&str>, json: bool) -> Result<ExitCode> {
+    let mut q = vec![];
+    if follow {
+        q.push("follow=true".to_string());
+    }
+    if let Some(n) = isc {
+        q.push(format!("isc={}", query_escape(n)));
+    }
+    let path = format!("/v1/events?{}", q.join("&"));
+    let path = path.as_str();
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<u8> = vec![];
     c.stream("GET", path, None, |b| {
@@ -563,5 +583,76 @@ fn events(c: &Client, follow: bool, json: bool) -> Result<ExitCode> {
         }
         true
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1.5 GiB`-style sizes for the stats table.
+fn human_bytes(v: Option<u64>) -> String {
+    let Some(b) = v else { return "-".into() };
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", units[u])
+    }
+}
+
+fn stats(c: &Client, name: Option<&str>, json: bool) -> Result<ExitCode> {
+    let v = match name {
+        Some(n) => serde_json::Value::Array(vec![c
+            .call("GET", &format!("/v1/iscs/{n}/stats"), None)?
+            .json()?]),
+        None => c.call("GET", "/v1/stats", None)?.json()?,
+    };
+    if json {
+        let out = if name.is_some() { &v[0] } else { &v };
+        println!("{}", serde_json::to_string_pretty(out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<10} {:>9} {:>21} {:>9} {:>10} {:>10} {:>10} {:>10} {:>4}",
+        "NAME",
+        "STATUS",
+        "CPU-S",
+        "MEMORY / LIMIT",
+        "PIDS",
+        "IO-READ",
+        "IO-WRITE",
+        "NET-RX",
+        "NET-TX",
+        "OOM"
+    );
+    for s in v.as_array().into_iter().flatten() {
+        let u = &s["usage"];
+        let n = |v: &serde_json::Value| v.as_u64();
+        let pids = match (n(&u["pids_current"]), n(&u["pids_limit"])) {
+            (Some(p), Some(l)) => format!("{p}/{l}"),
+            (Some(p), None) => p.to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<24} {:<10} {:>9} {:>21} {:>9} {:>10} {:>10} {:>10} {:>10} {:>4}",
+            s["name"].as_str().unwrap_or_default(),
+            s["status"].as_str().unwrap_or_default(),
+            n(&u["cpu_usage_usec"]).map_or("-".into(), |c| format!("{:.2}", c as f64 / 1e6)),
+            format!(
+                "{} / {}",
+                human_bytes(n(&u["memory_current"])),
+                human_bytes(n(&u["memory_limit"]))
+            ),
+            pids,
+            human_bytes(n(&u["io_read_bytes"])),
+            human_bytes(n(&u["io_write_bytes"])),
+            human_bytes(n(&s["net"]["rx_bytes"])),
+            human_bytes(n(&s["net"]["tx_bytes"])),
+            opt(n(&s["limit_events"]["oom_kills"])),
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

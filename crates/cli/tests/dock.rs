@@ -796,3 +796,163 @@ fn logs_have_timestamps_and_since_selects_by_them() {
     assert_eq!(String::from_utf8(reader.join().unwrap()).unwrap(), "after\n");
     d.ok(&["dock", "rm", "isc-since"]);
 }
+
+/// `isc dock events --json [--isc NAME]`, parsed.
+fn events_of(d: &DockProc, isc: &str) -> Vec<Value> {
+    let out = d.ok(&["dock", "events", "--json", "--isc", isc]);
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn stats_of(d: &DockProc, isc: &str) -> Value {
+    serde_json::from_slice(&d.ok(&["dock", "stats", isc, "--json"]).stdout).unwrap()
+}
+
+#[test]
+fn stats_and_events_through_the_dock() {
+    in_private_netns("stats_and_events_through_the_dock", || {
+        let d = DockProc::start("dock-stats", "");
+        let web = httpd_manifest(&d, "isc-stats-web");
+        // A child of the service allocates past the limit: the kernel kills it, the service lives.
+        let oom = d.manifest(
+            "isc-oom",
+            &format!("{ISC} probe alloc:256 >/dev/null; echo survived; exec sleep 1000"),
+            "",
+            "",
+        );
+        let text = fs::read_to_string(&oom)
+            .unwrap()
+            .replace("paths = [", &format!("paths = [\"{ISC}\", "))
+            .replace("memory = \"16M\"", "memory = \"32M\"");
+        fs::write(&oom, text).unwrap();
+        d.ok(&["up", web.to_str().unwrap(), oom.to_str().unwrap()]);
+
+        // Traffic to the web ISC shows in its network counters (from the ISC's side).
+        let ip = isc_dock::health::isc_address(&d.state(), "isc-stats-web").unwrap();
+        let t = Instant::now();
+        let answer = loop {
+            use std::io::Write;
+            let got = std::net::TcpStream::connect((ip, 8080)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+                let mut a = String::new();
+                s.read_to_string(&mut a)?;
+                Ok(a)
+            });
+            match got {
+                Ok(a) => break a,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(10), "httpd never answered: {e}")
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
+        let s = stats_of(&d, "isc-stats-web");
+        assert_eq!(
+            (s["name"].as_str(), s["status"].as_str()),
+            (Some("isc-stats-web"), Some("running")),
+            "{s}"
+        );
+        let u = &s["usage"];
+        assert_eq!(u["memory_limit"], 32 << 20, "{s}");
+        assert!(
+            u["memory_current"].as_u64() > Some(0) && u["pids_current"].as_u64() >= Some(1),
+            "{s}"
+        );
+        assert!(u["cpu_usage_usec"].as_u64() > Some(0), "{s}");
+        let net = &s["net"];
+        assert!(net["rx_bytes"].as_u64() >= Some(24) && net["tx_bytes"].as_u64() > Some(0), "{s}");
+        assert!(net["rx_packets"].as_u64() >= Some(1), "{s}");
+
+        // The OOM kill inside isc-oom is an event; the ISC keeps running.
+        let t = Instant::now();
+        let oom_event = loop {
+            if let Some(e) = events_of(&d, "isc-oom").into_iter().find(|e| e["kind"] == "oom") {
+                break e;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "no oom event: {:?}",
+                events_of(&d, "isc-oom")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(oom_event["detail"]["oom_kills"], 1, "{oom_event}");
+        assert_eq!(oom_event["detail"]["new"], 1, "{oom_event}");
+        let kinds: Vec<Value> =
+            events_of(&d, "isc-oom").iter().map(|e| e["kind"].clone()).collect();
+        assert_eq!(kinds, ["created", "started", "oom"], "only isc-oom's events");
+        assert_eq!(d.record("isc-oom")["status"], "running");
+        assert_eq!(stats_of(&d, "isc-oom")["limit_events"]["oom_kills"], 1);
+        let t = Instant::now();
+        while !String::from_utf8_lossy(&d.ok(&["dock", "logs", "isc-oom"]).stdout)
+            .contains("survived")
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "the service did not go on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // All ISCs at once, as JSON and as a table; the same figures in the metrics.
+        let all: Vec<Value> =
+            serde_json::from_slice(&d.ok(&["dock", "stats", "--json"]).stdout).unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["isc-oom", "isc-stats-web"]);
+        assert!(all[0]["net"].is_null(), "isc-oom has no network: {}", all[0]);
+        let table = String::from_utf8_lossy(&d.ok(&["dock", "stats"]).stdout).into_owned();
+        assert!(
+            table.starts_with("NAME ")
+                && table.contains("isc-stats-web")
+                && table.contains("32.0 MiB"),
+            "{table}"
+        );
+        let metrics = String::from_utf8_lossy(&d.ok(&["dock", "metrics"]).stdout).into_owned();
+        assert!(metrics.contains("isc_oom_kills{isc=\"isc-oom\"} 1"), "{metrics}");
+        assert!(
+            metrics.contains("isc_network_transmit_bytes_total{isc=\"isc-stats-web\"} "),
+            "{metrics}"
+        );
+
+        // events -f streams what happens from now on.
+        let mut follower = d
+            .env
+            .cmd()
+            .args(["dock", "events", "-f", "--json", "--isc", "isc-stats-web"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = follower.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            let mut buf = [0u8; 1024];
+            while !all.contains("\"kind\":\"exited\"") {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            all
+        });
+        // The follower has its head (created, started) once it is subscribed.
+        std::thread::sleep(Duration::from_millis(300));
+        d.ok(&["dock", "stop", "isc-stats-web"]);
+        let t = Instant::now();
+        while !reader.is_finished() && t.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        follower.kill().unwrap();
+        follower.wait().unwrap();
+        let streamed: Vec<Value> =
+            reader.join().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let kinds: Vec<&str> = streamed.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["created", "started", "stopping", "exited"]);
+        let stopped = stats_of(&d, "isc-stats-web");
+        assert_eq!(stopped["status"], "exited");
+        assert!(stopped["usage"].is_null() && stopped["net"].is_null(), "{stopped}");
+        let missing = d.cli(&["dock", "stats", "isc-nope"]);
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("no ISC named `isc-nope`"));
+        for n in ["isc-oom", "isc-stats-web"] {
+            d.ok(&["dock", "rm", n]);
+        }
+        common::assert_nothing_left(&d.env);
+    });
+}

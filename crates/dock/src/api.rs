@@ -22,6 +22,7 @@ use crate::auth::PeerInfo;
 use crate::health::HealthCheck;
 use crate::logs;
 use crate::metrics::{self, ApiCounters};
+use crate::stats;
 use crate::supervisor::{Dock, DockError};
 
 /// What the handlers share.
@@ -53,6 +54,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/iscs/{name}/start", post(start))
         .route("/v1/iscs/{name}/restart", post(restart))
         .route("/v1/iscs/{name}/logs", get(logs_of))
+        .route("/v1/iscs/{name}/stats", get(stats_of))
+        .route("/v1/stats", get(stats_all))
         .route("/v1/apply", post(apply))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
@@ -253,6 +256,8 @@ async fn logs_of(
 struct EventsQuery {
     #[serde(default)]
     follow: bool,
+    /// Only the events of this ISC.
+    isc: Option<String>,
 }
 
 fn json_line(v: &impl serde::Serialize) -> Bytes {
@@ -263,8 +268,10 @@ fn json_line(v: &impl serde::Serialize) -> Bytes {
 
 async fn events(State(st): St, Query(q): Query<EventsQuery>) -> Response {
     let mut live = st.dock.events.subscribe();
+    let wanted = move |e: &crate::events::Event| q.isc.as_ref().is_none_or(|n| *n == e.isc);
     let recent = st.dock.events.recent();
     let last = recent.last().map_or(0, |e| e.seq);
+    let recent: Vec<_> = recent.into_iter().filter(|e| wanted(e)).collect();
     let head: Vec<u8> = recent.iter().flat_map(|e| json_line(e).to_vec()).collect();
     if !q.follow {
         return ([(header::CONTENT_TYPE, "application/x-ndjson")], head).into_response();
@@ -276,7 +283,7 @@ async fn events(State(st): St, Query(q): Query<EventsQuery>) -> Response {
         }
         loop {
             match live.recv().await {
-                Ok(e) if e.seq <= last => {}
+                Ok(e) if e.seq <= last || !wanted(&e) => {}
                 Ok(e) => {
                     if tx.send(Ok(json_line(&e))).await.is_err() {
                         return;
@@ -295,12 +302,30 @@ async fn events(State(st): St, Query(q): Query<EventsQuery>) -> Response {
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+async fn stats_of(State(st): St, Path(name): Path<String>) -> Result<Response, DockError> {
+    let rec = st.dock.get(&name)?;
+    let dock = Arc::clone(&st.dock);
+    let mut all = tokio::task::spawn_blocking(move || stats::collect(&dock, &[rec]))
+        .await
+        .map_err(|e| DockError::Internal(format!("reading the stats of `{name}`: {e}")))?;
+    Ok(Json(all.pop()).into_response())
+}
+
+async fn stats_all(State(st): St) -> Result<Response, DockError> {
+    let recs = st.dock.list();
+    let dock = Arc::clone(&st.dock);
+    let all = tokio::task::spawn_blocking(move || stats::collect(&dock, &recs))
+        .await
+        .map_err(|e| DockError::Internal(format!("reading the stats: {e}")))?;
+    Ok(Json(all).into_response())
+}
+
 async fn metrics_text(State(st): St) -> Response {
     let recs = st.dock.list();
     let dock = Arc::clone(&st.dock);
     let r2 = recs.clone();
     let usage =
-        tokio::task::spawn_blocking(move || metrics::usage(&dock, &r2)).await.unwrap_or_default();
+        tokio::task::spawn_blocking(move || stats::collect(&dock, &r2)).await.unwrap_or_default();
     let text = metrics::render(&st.dock, &recs, &usage, &st.api);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -3,7 +3,8 @@
 //! * [`serve`] runs the Dock: state under `<root>/dock` ([`records`]), the API on a Unix socket
 //!   with peer-credential authorization and auditing ([`api`], [`auth`]), supervision with
 //!   restart back-off and crash-loop detection ([`supervisor`]), the resource guard
-//!   ([`guard`]), per-ISC logs ([`logs`]) and Prometheus metrics ([`metrics`]).
+//!   ([`guard`]), per-ISC logs ([`logs`]), live usage and OOM events ([`stats`]) and
+//!   Prometheus metrics ([`metrics`]).
 //! * Each ISC runs under its own detached monitor process ([`process`]), so ISCs outlive the
 //!   Dock; a restarted Dock re-adopts them.
 //! * [`client::Client`] is what the CLI's `isc dock …` verbs use.
@@ -20,6 +21,7 @@ pub mod logs;
 pub mod metrics;
 pub mod process;
 pub mod records;
+pub mod stats;
 pub mod supervisor;
 
 use std::fs::{File, OpenOptions};
@@ -102,6 +104,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
     dock.adopt();
+    dock.watch_oom();
     let state = Arc::new(api::ApiState {
         dock: Arc::clone(&dock),
         group,

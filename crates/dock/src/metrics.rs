@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::records::IscRecord;
+use crate::stats::IscStats;
 use crate::supervisor::Dock;
 
 /// API request counters by verb and HTTP status.
@@ -40,41 +41,8 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Live cgroup numbers of one ISC (absent when it does not run).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Usage {
-    pub cpu_usec: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    pub pids: Option<u64>,
-}
-
-/// Reads the cgroup usage of the running ISCs (blocking file reads).
-pub fn usage(dock: &Dock, recs: &[IscRecord]) -> BTreeMap<String, Usage> {
-    let Ok(layout) = isc_cgroup::Layout::detect() else { return BTreeMap::new() };
-    recs.iter()
-        .filter(|r| r.monitor_pid.is_some())
-        .filter_map(|r| {
-            let cg = isc_cgroup::open(&layout, Some(&dock.cgroup_parent), &r.name).ok()?;
-            let s = cg.stats().ok()?;
-            Some((
-                r.name.clone(),
-                Usage {
-                    cpu_usec: s.cpu_usage_usec,
-                    memory_bytes: s.memory_current,
-                    pids: s.pids_current,
-                },
-            ))
-        })
-        .collect()
-}
-
 /// Renders the exposition text.
-pub fn render(
-    dock: &Dock,
-    recs: &[IscRecord],
-    usage: &BTreeMap<String, Usage>,
-    api: &ApiCounters,
-) -> String {
+pub fn render(dock: &Dock, recs: &[IscRecord], usage: &[IscStats], api: &ApiCounters) -> String {
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -137,22 +105,62 @@ pub fn render(
             let _ = writeln!(o, "isc_last_exit_status{{isc=\"{}\"}} {}", label(&r.name), e.status);
         }
     }
+    let cg = |f: fn(&isc_cgroup::Stats) -> Option<u64>| {
+        usage.iter().filter_map(move |u| Some((label(&u.name), f(u.usage.as_ref()?)?)))
+    };
     family(&mut o, "isc_cpu_seconds_total", "counter", "CPU time used by the ISC's cgroup.");
-    for (n, u) in usage {
-        if let Some(c) = u.cpu_usec {
-            let _ = writeln!(o, "isc_cpu_seconds_total{{isc=\"{}\"}} {}", label(n), c as f64 / 1e6);
-        }
+    for (n, c) in cg(|s| s.cpu_usage_usec) {
+        let _ = writeln!(o, "isc_cpu_seconds_total{{isc=\"{n}\"}} {}", c as f64 / 1e6);
     }
     family(&mut o, "isc_memory_bytes", "gauge", "Memory charged to the ISC's cgroup.");
-    for (n, u) in usage {
-        if let Some(m) = u.memory_bytes {
-            let _ = writeln!(o, "isc_memory_bytes{{isc=\"{}\"}} {m}", label(n));
-        }
+    for (n, m) in cg(|s| s.memory_current) {
+        let _ = writeln!(o, "isc_memory_bytes{{isc=\"{n}\"}} {m}");
     }
     family(&mut o, "isc_pids", "gauge", "Tasks in the ISC's cgroup.");
-    for (n, u) in usage {
-        if let Some(p) = u.pids {
-            let _ = writeln!(o, "isc_pids{{isc=\"{}\"}} {p}", label(n));
+    for (n, p) in cg(|s| s.pids_current) {
+        let _ = writeln!(o, "isc_pids{{isc=\"{n}\"}} {p}");
+    }
+    family(
+        &mut o,
+        "isc_oom_kills",
+        "gauge",
+        "Processes of the current run killed by the OOM killer.",
+    );
+    for u in usage {
+        if let Some(e) = &u.limit_events {
+            let _ = writeln!(o, "isc_oom_kills{{isc=\"{}\"}} {}", label(&u.name), e.oom_kills);
+        }
+    }
+    family(
+        &mut o,
+        "isc_network_receive_bytes_total",
+        "counter",
+        "Bytes the ISC received on its network link (this run).",
+    );
+    for u in usage {
+        if let Some(n) = &u.net {
+            let _ = writeln!(
+                o,
+                "isc_network_receive_bytes_total{{isc=\"{}\"}} {}",
+                label(&u.name),
+                n.rx_bytes
+            );
+        }
+    }
+    family(
+        &mut o,
+        "isc_network_transmit_bytes_total",
+        "counter",
+        "Bytes the ISC sent on its network link (this run).",
+    );
+    for u in usage {
+        if let Some(n) = &u.net {
+            let _ = writeln!(
+                o,
+                "isc_network_transmit_bytes_total{{isc=\"{}\"}} {}",
+                label(&u.name),
+                n.tx_bytes
+            );
         }
     }
     family(&mut o, "isc_dock_api_requests_total", "counter", "API requests by verb and status.");

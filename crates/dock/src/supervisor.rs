@@ -23,6 +23,7 @@ use crate::process::{self, Launcher};
 use crate::records::{
     now_ms, Desired, ExitInfo, IscRecord, MonitorRequest, Paths, RecordError, Status,
 };
+use crate::stats::is_oom_reason;
 
 /// Errors of Dock operations; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ struct Slot {
     op: u64,
     /// The run its health check ended: its exit is a failure whatever its status.
     unhealthy_run: Option<u64>,
+    /// OOM kills already reported by `oom` events: (run, count).
+    oom_kills: Option<(u64, u64)>,
 }
 
 /// Settings the CLI passes in.
@@ -114,7 +117,9 @@ impl Dock {
         paths.create()?;
         let slots = IscRecord::load_all(&paths)?
             .into_iter()
-            .map(|rec| (rec.name.clone(), Slot { rec, op: 0, unhealthy_run: None }))
+            .map(|rec| {
+                (rec.name.clone(), Slot { rec, op: 0, unhealthy_run: None, oom_kills: None })
+            })
             .collect();
         Ok(Arc::new(Dock {
             cfg: opts.config,
@@ -258,7 +263,7 @@ impl Dock {
                 &self.paths.manifest(&name),
                 manifest.to_toml_string().as_bytes(),
             )?;
-            let mut slot = Slot { rec, op: 0, unhealthy_run: None };
+            let mut slot = Slot { rec, op: 0, unhealthy_run: None, oom_kills: None };
             let req = self.begin_run(&mut slot, false);
             map.insert(name.clone(), slot);
             req
@@ -498,8 +503,28 @@ impl Dock {
         });
     }
 
+    /// Stores the OOM-kill count of run `run_id` of `name` read now; returns the count
+    /// reported before (0 for a run not read yet), or `None` if that run is not current.
+    pub(crate) fn note_oom_kills(&self, name: &str, run_id: u64, count: u64) -> Option<u64> {
+        let mut map = self.lock();
+        let slot = map.get_mut(name).filter(|s| s.rec.run_id == run_id)?;
+        let before = slot.oom_kills.filter(|(r, _)| *r == run_id).map_or(0, |(_, c)| c);
+        slot.oom_kills = Some((run_id, count.max(before)));
+        Some(before)
+    }
+
     /// Records how a run ended and applies the restart policy.
     fn on_exit(self: &Arc<Self>, name: &str, exit: ExitInfo) {
+        // An OOM kill that ended the run before the watcher saw it.
+        let oom_unreported =
+            self.lock().get_mut(name).filter(|s| s.rec.run_id == exit.run_id).is_some_and(|s| {
+                let seen =
+                    s.oom_kills.take().filter(|(r, _)| *r == exit.run_id).map_or(0, |(_, c)| c);
+                seen == 0 && is_oom_reason(exit.reason.as_deref())
+            });
+        if oom_unreported {
+            self.events.emit(name, "oom", json!({"run_id": exit.run_id, "at_exit": true}));
+        }
         let mut map = self.lock();
         let Some(slot) = map.get_mut(name) else { return };
         if slot.rec.run_id != exit.run_id {
