@@ -573,7 +573,13 @@ fn events(c: &Client, follow: bool, isc: Option<&str>, json: bool) -> Result<Exi
                 String::from_utf8_lossy(&line).into_owned()
             } else {
                 match serde_json::from_slice::<isc_dock::events::Event>(&line) {
-                    Ok(e) => format!("{} {:<20} {:<12} {}\n", e.time_ms, e.isc, e.kind, e.detail),
+                    Ok(e) => format!(
+                        "{} {:<20} {:<12} {}\n",
+                        isc_engine::logfile::format_timestamp(e.time_ms * 1000),
+                        e.isc,
+                        e.kind,
+                        e.detail
+                    ),
                     Err(_) => String::from_utf8_lossy(&line).into_owned(),
                 }
             };
