@@ -15,6 +15,14 @@ pub enum AuditError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The background sync/checkpoint thread could not be started.
+    #[error(
+        "cannot start the audit log's sync thread: {source}; the host is out of threads or memory"
+    )]
+    Thread {
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A log, lock or export file could not be opened.
     #[error("cannot open audit file {path}: {source}")]
     Open {

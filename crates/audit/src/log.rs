@@ -47,6 +47,11 @@ pub struct AuditConfig {
     pub min_free_bytes: u64,
     /// Largest accepted encoded record.
     pub max_record_bytes: usize,
+    /// Start the background thread (interval syncs, timed checkpoints) in `open`. A process
+    /// that must stay single-threaded for a while (the engine's monitor until `clone3`) sets
+    /// this false and calls [`AuditLog::start_ticker`] later; until then `Interval` records
+    /// are synced only by `sync`, by a durable append, and on close.
+    pub ticker_at_open: bool,
 }
 
 impl AuditConfig {
@@ -61,6 +66,7 @@ impl AuditConfig {
             max_file_bytes: 64 << 20,
             min_free_bytes: 1 << 20,
             max_record_bytes: 256 << 10,
+            ticker_at_open: true,
         }
     }
 }
@@ -106,7 +112,7 @@ struct Inner {
 /// `audit.lock`, after re-reading what the others appended.
 pub struct AuditLog {
     inner: Arc<Inner>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl AuditLog {
@@ -168,14 +174,28 @@ impl AuditLog {
             pipeline: Pipeline::new(durable),
             tick: Condvar::new(),
         });
-        let ticker = ticker_period(&inner.cfg).map(|period| {
-            let inner = Arc::clone(&inner);
-            std::thread::Builder::new()
-                .name("isc-audit-tick".into())
-                .spawn(move || ticker_loop(&inner, period))
-                .expect("spawning the audit ticker thread")
-        });
-        Ok((AuditLog { inner, ticker }, report))
+        let log = AuditLog { inner, ticker: Mutex::new(None) };
+        if log.inner.cfg.ticker_at_open {
+            log.start_ticker()?;
+        }
+        Ok((log, report))
+    }
+
+    /// Starts the background thread that syncs `Interval` records and signs timed
+    /// checkpoints, if the configuration needs one and it is not running yet.
+    pub fn start_ticker(&self) -> Result<(), AuditError> {
+        let mut slot = lock(&self.ticker);
+        if slot.is_some() {
+            return Ok(());
+        }
+        let Some(period) = ticker_period(&self.inner.cfg) else { return Ok(()) };
+        let inner = Arc::clone(&self.inner);
+        let ticker = std::thread::Builder::new()
+            .name("isc-audit-tick".into())
+            .spawn(move || ticker_loop(&inner, period))
+            .map_err(|source| AuditError::Thread { source })?;
+        *slot = Some(ticker);
+        Ok(())
     }
 
     /// Appends one record and returns its seq once it is written (and synced, if durable).
@@ -330,7 +350,20 @@ impl AuditLog {
 
 impl Inner {
     fn submit(&self, reqs: Vec<Request>, recovering: bool) -> Result<Vec<u64>, AuditError> {
-        self.pipeline.submit(&self.io, reqs, recovering).map_err(Failure::into_error)
+        let seqs = self.pipeline.submit(&self.io, reqs, recovering).map_err(Failure::into_error)?;
+        if ticker_period(&self.cfg).is_some() {
+            lock(&self.pipeline.queue).kicked = true;
+            self.tick.notify_all();
+        }
+        Ok(seqs)
+    }
+
+    /// How long until uncovered records are due a timed checkpoint (`None`: nothing due).
+    fn checkpoint_wait(&self) -> Option<Duration> {
+        let t = self.cfg.checkpoint_interval?;
+        let io = lock(&self.io);
+        let (_, uncovered) = io.head();
+        (uncovered > 0).then(|| t.saturating_sub(io.last_checkpoint_at.elapsed()))
     }
 }
 
@@ -348,7 +381,25 @@ fn ticker_period(cfg: &AuditConfig) -> Option<Duration> {
 
 fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
     loop {
-        {
+        // Idle (no wake-ups) until an append kicks us, or until uncovered records are due a
+        // timed checkpoint: hundreds of quiet monitors must not each tick several times a second.
+        let checkpoint_wait = inner.checkpoint_wait();
+        let kicked = {
+            let q = lock(&inner.pipeline.queue);
+            let idle = |q: &mut crate::pipeline::Queue| !q.stop && !q.kicked;
+            let mut q = match checkpoint_wait {
+                Some(d) => {
+                    inner.tick.wait_timeout_while(q, d, idle).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => inner.tick.wait_while(q, idle).unwrap_or_else(|p| p.into_inner()),
+            };
+            if q.stop {
+                return;
+            }
+            std::mem::take(&mut q.kicked)
+        };
+        // Records appended during one period share one sync.
+        if kicked {
             let q = lock(&inner.pipeline.queue);
             let (q, _) = inner
                 .tick
@@ -360,7 +411,8 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
         }
         let checkpoint_due = {
             let mut io = lock(&inner.io);
-            if let Err(f) = io.sync(false) {
+            // Forced: the period has passed since the kick, whenever the last sync was.
+            if let Err(f) = io.sync(true) {
                 tracing::error!(path = %f.path.display(), reason = %f.reason,
                     "audit log sync failed; refusing appends until it is writable");
                 // Records acknowledged under `Interval` may not be on disk: fail closed.
@@ -389,7 +441,7 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
-        if let Some(ticker) = self.ticker.take() {
+        if let Some(ticker) = lock(&self.ticker).take() {
             lock(&self.inner.pipeline.queue).stop = true;
             self.inner.tick.notify_all();
             let _ = ticker.join();

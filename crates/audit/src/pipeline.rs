@@ -100,6 +100,8 @@ pub(crate) struct Queue {
     pub failed: Option<FailedState>,
     /// Tells the ticker thread to exit.
     pub stop: bool,
+    /// Set by an append: the ticker has something to sync or checkpoint.
+    pub kicked: bool,
 }
 
 /// Why and since when the log refuses appends.
@@ -201,6 +203,7 @@ impl Pipeline {
                 syncs: 0,
                 failed: None,
                 stop: false,
+                kicked: false,
             }),
             durable,
         }

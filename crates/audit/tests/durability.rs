@@ -200,6 +200,33 @@ fn periodic_checkpoint_by_time_and_interval_sync() {
     assert!(log.stats().syncs >= 1, "interval sync ran");
 }
 
+#[test]
+fn deferred_ticker_syncs_only_once_started_and_then_within_the_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut c = cfg(tmp.path());
+    c.durability = Durability::Interval(Duration::from_millis(20));
+    c.ticker_at_open = false;
+    let (log, _) = AuditLog::open(&dir, c).unwrap();
+    log.append(Some("web"), Kind::IscCreate, Actor::Uid(0), json!({})).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // A single-threaded monitor: written, not synced, no thread anywhere.
+    assert_eq!(log.stats().syncs, 0, "no ticker yet, nothing may sync");
+    assert_eq!(data_seqs(&dir).len(), 1, "the record is written at once");
+    log.start_ticker().unwrap();
+    log.start_ticker().unwrap(); // idempotent
+    log.append(Some("web"), Kind::IscStart, Actor::Uid(0), json!({})).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.stats().syncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "the started ticker never synced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Both records were covered by that one sync; an idle ticker syncs nothing more.
+    let after = log.stats().syncs;
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(log.stats().syncs, after, "an idle ticker must not sync again");
+}
+
 const CHILD_ENV: &str = "ISC_AUDIT_TEST_APPENDER_DIR";
 
 /// Not a test on its own: the body of the child process the crash test kills.

@@ -2,14 +2,21 @@
 //!
 //! kauditd delivers records to the multicast group asynchronously, in queue order. To know that
 //! every denial an ISC caused before it ended has been delivered, we put a record of our own
-//! at the end of that queue and read until it comes out: a short-lived child installs a filter
-//! that denies `getppid` with SECCOMP_RET_ERRNO and SECCOMP_FILTER_FLAG_LOG, calls it once and
-//! exits. That costs one fork (~0.2 ms) instead of waiting for the socket to stay quiet.
+//! at the end of that queue and read until it comes out: a short-lived thread of the monitor
+//! installs a filter that denies `getppid` with SECCOMP_RET_ERRNO and
+//! SECCOMP_FILTER_FLAG_LOG, calls it once and exits.
+//!
+//! A thread, not a child: without SECCOMP_FILTER_FLAG_TSYNC a filter binds only the thread
+//! that installs it (seccomp(2)), and so does `no_new_privs` (prctl(2): a per-thread
+//! attribute), so the rest of the monitor is untouched; and a thread costs a few tens of
+//! microseconds where forking the monitor copied its page tables. The kernel's record names
+//! the thread group (`pid=` is the tgid, kernel/auditsc.c `audit_log_task`), so the record to
+//! wait for is the one whose pid is this process's.
 
 use std::io;
 
 /// BPF: allow everything except getppid, which fails with EPERM and is logged.
-fn program() -> [libc::sock_filter; 6] {
+fn program() -> [libc::sock_filter; 7] {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
     let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
@@ -20,68 +27,54 @@ fn program() -> [libc::sock_filter; 6] {
         stmt(0x20, 0),                                // ld [nr]
         jump(0x15, libc::SYS_getppid as u32, 0, 1),   // jeq getppid
         stmt(0x06, 0x0005_0000 | libc::EPERM as u32), // ret ERRNO(EPERM)
+        stmt(0x06, 0x7fff_0000),                      // ret ALLOW
     ]
 }
 
-/// A forked barrier child, parked until [`Barrier::release`] so its pid is known before its
-/// record can exist.
-pub struct Barrier {
-    pub pid: i32,
-    go: libc::c_int,
+/// The pid the barrier record carries: this process's (the thread group's).
+pub fn record_pid() -> u32 {
+    std::process::id()
 }
 
-impl Barrier {
-    /// Lets the child make its denied call, then reaps it.
-    pub fn release(self) {
-        // SAFETY: closing our end of the pipe wakes the child's read with EOF; then we reap it.
+/// Emits the barrier record and returns once the call that logs it has been made. Set the
+/// reader's expectation ([`record_pid`]) before calling, so the record cannot be missed.
+pub fn emit() -> io::Result<()> {
+    let thread = std::thread::Builder::new().name("isc-audit-barrier".into()).spawn(|| {
+        let mut prog = program();
+        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+        // SAFETY: prctl and seccomp act on this thread only (no TSYNC); `fprog` points at a
+        // live local program; getppid has no arguments. The thread exits right after.
         unsafe {
-            libc::close(self.go);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-/// Forks the barrier child (parked). Its AUDIT_SECCOMP record, once released, marks the end
-/// of everything the kernel queued before it.
-pub fn prepare() -> io::Result<Barrier> {
-    let mut pipe = [0; 2];
-    // SAFETY: pipe2 writes two fds.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut prog = program().to_vec();
-    prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 }); // ret ALLOW
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY: the child only makes raw syscalls on memory prepared before the fork and exits
-    // with _exit, so the monitor's other threads (and their locks) do not matter to it.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        // SAFETY: closing the pipe we just made.
-        unsafe {
-            libc::close(pipe[0]);
-            libc::close(pipe[1]);
-        }
-        return Err(e);
-    }
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe {
-            libc::close(pipe[1]);
-            let mut b = 0u8;
-            libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            libc::syscall(
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
                 libc::SECCOMP_FILTER_FLAG_LOG,
                 &fprog as *const libc::sock_fprog,
-            );
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             libc::syscall(libc::SYS_getppid);
-            libc::_exit(0);
         }
+        Ok(())
+    })?;
+    thread.join().map_err(|_| io::Error::other("the audit barrier thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_binds_only_the_barrier_thread() {
+        emit().unwrap();
+        // SAFETY: getppid cannot fail; this thread has no filter.
+        let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+        assert!(ppid > 0, "getppid outside the barrier thread must still work: {ppid}");
+        // SAFETY: reading this thread's no_new_privs bit.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }, 0);
     }
-    // SAFETY: the parent keeps only the write end.
-    unsafe { libc::close(pipe[0]) };
-    Ok(Barrier { pid, go: pipe[1] })
 }

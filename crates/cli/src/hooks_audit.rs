@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use isc_audit::kernel::{KernelAuditReader, KernelEvent};
 use isc_audit::{Actor, AuditConfig, AuditLog, Durability, Kind};
-use isc_cgroup::{IscCgroup, Limits};
+use isc_cgroup::Limits;
 use isc_engine::state::IscState;
 use isc_engine::{ExitRecord, IscSpec, MonitorError, StartHooks};
 use isc_net::{Denial, Direction, NflogReader};
 use serde_json::json;
 
-use crate::launch::{self, Dirs};
+use crate::launch::Dirs;
 
 /// Denials recorded one by one per ISC and second; beyond that they are counted and summarised
 /// once a second, so a service looping on a denied syscall cannot flood the trail or the disk.
@@ -36,7 +36,7 @@ const DENIALS_PER_SECOND: u32 = 100;
 /// `clone3` is answered with ENOSYS by design (libc then falls back to `clone`, whose flags the
 /// filter can inspect), so it is counted, not recorded as a denial. Same number on every arch.
 const SYS_CLONE3: i64 = 435;
-/// How often the collector signs a checkpoint over records the monitor appended.
+/// How often the log's ticker signs a checkpoint over uncovered records of a running ISC.
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
 /// After the service ended, read until our barrier record arrives (see `audit_barrier`); if it
 /// never does (audit backlog full, `actions_logged` without errno), stop once the socket has
@@ -86,6 +86,32 @@ pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
     let dir = audit_dir(dirs);
     let (log, report) = AuditLog::open(&dir, cfg)
         .with_context(|| format!("opening the audit log {}", dir.display()))?;
+    warn_torn(&report);
+    Ok(log)
+}
+
+/// How long a monitor's records may sit written but unsynced. The start path writes its
+/// records (so a full or read-only disk still refuses the start) but does not wait for the
+/// disk: one `fdatasync` at exit covers a short run, and the ticker started once the service
+/// runs covers a long one. A host crash can lose at most this much of the trail — and the ISC
+/// dies with the host. auditd's default (`flush = INCREMENTAL_ASYNC`) makes the same trade.
+pub const SESSION_SYNC: Duration = Duration::from_millis(50);
+
+/// Opens the trail for one `isc run`: see [`SESSION_SYNC`]. No thread until
+/// [`AuditLog::start_ticker`] (the monitor is single-threaded until clone).
+fn open_for_session(dirs: &Dirs) -> Result<AuditLog> {
+    let mut cfg = AuditConfig::new(keys_dir(dirs));
+    cfg.durability = Durability::Interval(SESSION_SYNC);
+    cfg.checkpoint_interval = Some(CHECKPOINT_PERIOD);
+    cfg.ticker_at_open = false;
+    let dir = audit_dir(dirs);
+    let (log, report) = AuditLog::open(&dir, cfg)
+        .with_context(|| format!("opening the audit log {}", dir.display()))?;
+    warn_torn(&report);
+    Ok(log)
+}
+
+fn warn_torn(report: &isc_audit::OpenReport) {
     if let Some(t) = &report.torn_tail {
         eprintln!(
             "isc: warning: the audit log {} ends in a torn line at byte {} ({} bytes, a crash or truncation); it is kept and acknowledged, see `isc audit verify`",
@@ -94,7 +120,6 @@ pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
             t.len
         );
     }
-    Ok(log)
 }
 
 /// Which processes belong to the ISC: its host UID range (robust even after the process
@@ -149,7 +174,7 @@ struct NetSource {
 
 struct Collector {
     stop: Arc<AtomicBool>,
-    /// Pid of the barrier child (see `audit_barrier`), set just before `stop`.
+    /// Pid the barrier record carries (see `audit_barrier`), set just before `stop`.
     barrier: Arc<std::sync::atomic::AtomicI32>,
     thread: JoinHandle<DenialCounts>,
 }
@@ -169,7 +194,6 @@ pub struct AuditSession {
     net: Option<NetSource>,
     net_status: serde_json::Value,
     net_collector: Option<NetCollector>,
-    cgroup: Option<Box<dyn IscCgroup>>,
     memory_limit: Option<u64>,
 }
 
@@ -181,7 +205,7 @@ impl AuditSession {
                 "refusing to start ISC `{name}`: the audit trail cannot record it (fail closed)"
             ))
         };
-        let log = open_for_monitor(dirs).map_err(refuse)?;
+        let log = open_for_session(dirs).map_err(refuse)?;
         log.ensure_writable().map_err(|e| refuse(e.into()))?;
         // Opened now, before clone, so denials of a service that fails fast are still queued.
         let (reader, reader_error) = match KernelAuditReader::open() {
@@ -205,7 +229,6 @@ impl AuditSession {
             net: None,
             net_status: json!({"collected": false, "reason": "no [network] section"}),
             net_collector: None,
-            cgroup: None,
             memory_limit: None,
         })
     }
@@ -267,6 +290,10 @@ impl AuditSession {
     }
 
     fn on_started(&mut self, st: &IscState) {
+        if let Err(e) = self.log.start_ticker() {
+            // Records still reach the disk at exit (close syncs); only the bound is lost.
+            tracing::error!(isc = %self.name, error = %e, "audit records of this run are synced only at its end");
+        }
         // The network policy this start put in place (nftables chains, sets, DNAT, shaping) is a
         // policy change of the host's boundary: record what was applied.
         let net = self.state_dir.join("isc").join(&self.name).join(crate::hooks_net::RECORD_FILE);
@@ -275,10 +302,6 @@ impl AuditSession {
                 self.append(Kind::NetPolicy, Actor::Isc, json!({"applied": v}));
             }
         }
-        let layout = crate::launch::cgroup_layout().ok().cloned();
-        self.cgroup = layout.and_then(|l| {
-            isc_cgroup::open(&l, Some(&launch::cgroup_parent(&self.state_dir)), &self.name).ok()
-        });
         let kernel = match (&self.reader, &self.reader_error) {
             (Some(_), _) => json!({"collected": true}),
             (None, e) => json!({"collected": false, "error": e}),
@@ -370,22 +393,19 @@ impl AuditSession {
 
     fn stop_collector(&mut self) -> Option<DenialCounts> {
         let c = self.collector.take()?;
-        match crate::audit_barrier::prepare() {
-            Ok(barrier) => {
-                c.barrier.store(barrier.pid, Ordering::SeqCst);
-                c.stop.store(true, Ordering::SeqCst);
-                barrier.release();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
-                c.stop.store(true, Ordering::SeqCst);
-            }
+        // Expect the barrier first, then emit it: its record cannot come out before this.
+        c.barrier.store(crate::audit_barrier::record_pid() as i32, Ordering::SeqCst);
+        c.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = crate::audit_barrier::emit() {
+            tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
+            c.barrier.store(0, Ordering::SeqCst);
         }
         c.thread.join().ok()
     }
 
     /// Records how the run ended (`isc_exit`, plus `isc_oom` after an OOM kill, or the failed
-    /// start) and passes the result through. Call before the cgroup is removed.
+    /// start) and passes the result through. The cgroup's counters come from the record (the
+    /// engine read them before returning), so the cgroup may already be on its way out.
     pub fn finish(
         &mut self,
         result: Result<ExitRecord, MonitorError>,
@@ -403,8 +423,9 @@ impl AuditSession {
                 return Err(e);
             }
         };
-        let events = self.cgroup.as_ref().and_then(|c| c.events().ok());
-        let oom_kills = events.as_ref().map(|e| e.oom_kills);
+        // The cgroup's counters as the engine read them once at the end (`limit_events`).
+        let event = |key: &str| record.limit_events.as_ref().and_then(|e| e[key].as_u64());
+        let oom_kills = event("oom_kills");
         if oom_kills.is_some_and(|n| n > 0) {
             self.append(
                 Kind::IscOom,
@@ -421,8 +442,8 @@ impl AuditSession {
                 "status": record.status,
                 "reason": record.reason,
                 "oom_kills": oom_kills,
-                "pids_max_hits": events.as_ref().map(|e| e.pids_max_hits),
-                "cpu_throttled_periods": events.as_ref().map(|e| e.throttled_periods),
+                "pids_max_hits": event("pids_max_hits"),
+                "cpu_throttled_periods": event("cpu_throttled_periods"),
                 "run_ms": record.run_ms,
                 "host_uid_base": record.host_uid_base,
                 "kernel_denials": counts,
@@ -494,7 +515,6 @@ fn collect(
 ) -> DenialCounts {
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
-    let mut last_checkpoint = Instant::now();
     let mut stopping_since: Option<Instant> = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -554,12 +574,6 @@ fn collect(
         }
         if stopping_since.is_some_and(|t| t.elapsed() >= DRAIN_MAX) {
             break;
-        }
-        if last_checkpoint.elapsed() >= CHECKPOINT_PERIOD {
-            last_checkpoint = Instant::now();
-            if let Err(e) = log.checkpoint() {
-                tracing::error!(error = %e, "periodic audit checkpoint failed");
-            }
         }
     }
     if let Some(n) = limiter.flush() {

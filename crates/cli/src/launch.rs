@@ -156,6 +156,8 @@ pub struct CgroupHooks {
     cloned_into_v2: std::cell::Cell<bool>,
     /// The engine took the v1 `tasks` files: the child joins the v1 hierarchies itself.
     self_attached: std::cell::Cell<bool>,
+    /// The cgroup's event counters, read once after the ISC ended (reason and record share them).
+    final_events: Option<isc_cgroup::Events>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -169,13 +171,39 @@ fn remove_empty_parents(paths: &[PathBuf]) {
 }
 
 impl CgroupHooks {
+    /// The event counters once the ISC has ended, read on first use.
+    fn final_events(&mut self) -> Option<isc_cgroup::Events> {
+        if self.final_events.is_none() {
+            self.final_events = self.cgroup.as_ref()?.events().ok();
+        }
+        self.final_events.clone()
+    }
+
+    /// Removes the ISC's cgroup on a thread of its own, so the exit path's other work (the
+    /// audit drain and records) overlaps it. Join the handle before the process exits.
+    pub fn remove_in_background(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        let cg = self.cgroup.take()?;
+        let spawned =
+            std::thread::Builder::new().name("isc-cgroup-rm".into()).spawn(move || destroy(cg));
+        match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the cgroup removal; removing it inline");
+                None
+            }
+        }
+    }
+
     /// Removes stale cgroups of dead monitors, checks capacity, creates the ISC's cgroup.
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
         isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
+        isc_engine::timing::mark("capacity checked");
         let layout = cgroup_layout().context("detecting the cgroup layout")?;
+        isc_engine::timing::mark("cgroup layout detected");
         let starting = isc_engine::state::StartingLock::take(state_dir, name)
             .with_context(|| format!("ISC `{name}` is being started by another process"))?;
         isc_engine::state::collect_stale(state_dir);
+        isc_engine::timing::mark("start lock taken, stale registry entries collected");
         let parent = cgroup_parent(state_dir);
         // A cgroup directory `isc-X` belongs to ISC `isc-X` or `X` (see cgroup_dir_name); it is
         // stale only when no live process holds either name's lock.
@@ -196,6 +224,7 @@ impl CgroupHooks {
         if !removed.is_empty() {
             tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
         }
+        isc_engine::timing::mark("stale cgroups collected");
         let cgroup = isc_cgroup::create(layout, Some(&parent), name, &limits)
             .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
         for w in cgroup.warnings() {
@@ -207,6 +236,7 @@ impl CgroupHooks {
             _starting: starting,
             cloned_into_v2: Default::default(),
             self_attached: Default::default(),
+            final_events: None,
         })
     }
 }
@@ -253,7 +283,7 @@ impl StartHooks for CgroupHooks {
     }
 
     fn limit_events(&mut self) -> Option<serde_json::Value> {
-        let ev = self.cgroup.as_ref()?.events().ok()?;
+        let ev = self.final_events()?;
         let cpu = self.limits.cpu_quota;
         Some(serde_json::json!({
             "oom_kills": ev.oom_kills,
@@ -266,7 +296,7 @@ impl StartHooks for CgroupHooks {
     }
 
     fn exit_reason(&mut self) -> Option<String> {
-        let ev = self.cgroup.as_ref()?.events().ok()?;
+        let ev = self.final_events()?;
         if ev.oom_kills > 0 {
             return Some(format!(
                 "killed by the kernel OOM killer: memory limit {}",
@@ -284,15 +314,19 @@ impl StartHooks for CgroupHooks {
     }
 }
 
+fn destroy(cg: Box<dyn isc_cgroup::IscCgroup>) {
+    let name = cg.name().to_string();
+    let paths = cg.paths();
+    match cg.destroy() {
+        Ok(()) => remove_empty_parents(&paths),
+        Err(e) => tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup"),
+    }
+}
+
 impl Drop for CgroupHooks {
     fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
-            let name = cg.name().to_string();
-            let paths = cg.paths();
-            match cg.destroy() {
-                Ok(()) => remove_empty_parents(&paths),
-                Err(e) => tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup"),
-            }
+            destroy(cg);
         }
     }
 }

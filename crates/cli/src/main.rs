@@ -140,13 +140,17 @@ fn main() -> ExitCode {
     // for itself, so a closed pipe never kills a running ISC.
     // SAFETY: resetting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    isc_engine::timing::mark("main entered");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = fast_run_args(&args).unwrap_or_else(|| Cli::parse_from(&args));
+    isc_engine::timing::mark("arguments parsed");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    isc_engine::timing::mark("logging set up");
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -251,12 +255,57 @@ fn weakening(names: &[String]) -> Result<isc_engine::Weakening> {
     Ok(w)
 }
 
+/// The start path's own command line, `isc [--root D] [--state D] [--log F] run [FILE]
+/// [--json]` (globals before or after `run`, `--opt VALUE` or `--opt=VALUE`), parsed without
+/// clap: building clap's tree of every verb costs ~0.3 ms, a tenth of a start. Anything else —
+/// help, other verbs, unknown or hidden flags, a value that looks like a flag — returns `None`
+/// and goes through clap, which also produces every error message.
+fn fast_run_args(args: &[std::ffi::OsString]) -> Option<Cli> {
+    let env_or = |var: &str, default: &str| {
+        std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| default.into())
+    };
+    let mut root = PathBuf::from(env_or("ISC_ROOT", "/var/lib/isc"));
+    let mut state = PathBuf::from(env_or("ISC_STATE", "/run/isc"));
+    let mut log = env_or("ISC_LOG", "warn").into_string().ok()?;
+    let (mut saw_run, mut file, mut json) = (false, None, false);
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_str()?;
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a, None),
+        };
+        let mut value = || match inline.clone() {
+            Some(v) => Some(v),
+            None => it.next()?.to_str().filter(|v| !v.starts_with('-')).map(str::to_owned),
+        };
+        match flag {
+            "--root" => root = value()?.into(),
+            "--state" => state = value()?.into(),
+            "--log" => log = value()?,
+            "--json" if saw_run && inline.is_none() => json = true,
+            "run" if !saw_run => saw_run = true,
+            f if saw_run && file.is_none() && !f.starts_with('-') && inline.is_none() => {
+                file = Some(PathBuf::from(f))
+            }
+            _ => return None,
+        }
+    }
+    saw_run.then_some(Cli {
+        root,
+        state,
+        log,
+        cmd: Cmd::Run { file, json, unsafe_weaken: Vec::new() },
+    })
+}
+
 fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
     let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
+    isc_engine::timing::mark("audit trail closed");
     if json {
         let mut v = serde_json::to_value(&record)?;
         v["image_id"] = image_id.into();
@@ -288,7 +337,9 @@ pub(crate) fn run_manifest(
         );
     }
     // Fail closed: nothing is prepared for an ISC the audit trail cannot record.
+    isc_engine::timing::mark("manifest loaded");
     let mut audit = hooks_audit::AuditSession::begin(dirs, &manifest.name)?;
+    isc_engine::timing::mark("audit trail opened");
     // Networks of monitors that died (SIGKILL) are torn down before their stale registry
     // entries go (with the cgroup collection below); a failure here never fails this start.
     match hooks_net::collect_stale(dirs) {
@@ -296,20 +347,25 @@ pub(crate) fn run_manifest(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = format!("{e:#}"), "removing networks of dead monitors"),
     }
+    isc_engine::timing::mark("stale networks collected");
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
     let (mut spec, _image_hold) =
         audit.step("preparing the image", launch::resolve(manifest, dirs))?;
+    isc_engine::timing::mark("image resolved");
     spec.weakening = weakening(weaken)?;
     let vault = audit.step(
         "opening secrets and volumes",
         hooks_vault::VaultHooks::prepare(manifest, dirs, &mut spec),
     )?;
+    isc_engine::timing::mark("secrets and volumes prepared");
     audit.created(&spec, &launch::limits(manifest))?;
-    let hooks = audit.step(
+    isc_engine::timing::mark("isc_create recorded");
+    let mut cgroup = audit.step(
         "creating the cgroup",
         CgroupHooks::create(&manifest.name, launch::limits(manifest), &dirs.state),
     )?;
-    let mut hooks = isc_engine::HookChain(vec![Box::new(hooks), Box::new(vault)]);
+    isc_engine::timing::mark("cgroup created");
+    let mut vault = vault;
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
     tweak(&mut opts);
@@ -317,14 +373,28 @@ pub(crate) fn run_manifest(
     opts.manifest = serde_json::to_value(manifest).ok();
     let mut net =
         audit.step("planning the network", hooks_net::NetHooks::prepare(manifest, dirs))?;
-    let result =
-        isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut hooks, &mut net)));
+    isc_engine::timing::mark("network planned");
+    let result = {
+        let mut local = hooks_net::Both(&mut cgroup, &mut vault);
+        isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut local, &mut net)))
+    };
+    isc_engine::timing::mark("monitor returned");
+    // The ISC's processes are gone and its counters are in the record: the cgroup is removed
+    // while the network goes and the audit trail drains and records the exit.
+    let cgroup_removal = cgroup.remove_in_background();
     if let Err(e) = net.finish() {
         tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
     }
-    let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name))?;
-    drop(hooks);
-    Ok((record, spec.image_id.clone()))
+    isc_engine::timing::mark("network removed");
+    let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name));
+    isc_engine::timing::mark("exit recorded");
+    drop(vault);
+    if let Some(h) = cgroup_removal {
+        let _ = h.join();
+    }
+    drop(cgroup);
+    isc_engine::timing::mark("cgroup removed");
+    Ok((record?, spec.image_id.clone()))
 }
 
 fn ps(dirs: &Dirs, json: bool) -> Result<ExitCode> {
@@ -368,4 +438,59 @@ fn stats(dirs: &Dirs, name: &str, json: bool) -> Result<ExitCode> {
             opt(s.io_read_bytes), opt(s.io_write_bytes), ev.oom_kills, ev.pids_max_hits, ev.throttled_periods);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type RunArgs = (PathBuf, PathBuf, String, Option<PathBuf>, bool);
+
+    fn fields(cli: Cli) -> RunArgs {
+        match cli.cmd {
+            Cmd::Run { file, json, unsafe_weaken } => {
+                assert!(unsafe_weaken.is_empty());
+                (cli.root, cli.state, cli.log, file, json)
+            }
+            _ => panic!("not a run"),
+        }
+    }
+
+    fn argv(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_clap_on_every_run_line_it_takes() {
+        for line in [
+            "isc run",
+            "isc run a.toml",
+            "isc run a.toml --json",
+            "isc --root /r --state /s --log debug run x=y.toml",
+            "isc --root=/r run --json a.toml",
+            "isc run a.toml --log=info --state /s",
+        ] {
+            let fast = fast_run_args(&argv(line)).unwrap_or_else(|| panic!("not taken: {line}"));
+            let slow = Cli::try_parse_from(argv(line)).unwrap();
+            assert_eq!(fields(fast), fields(slow), "{line}");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_left_to_clap() {
+        for line in [
+            "isc",
+            "isc ps",
+            "isc run --help",
+            "isc run a.toml b.toml",
+            "isc run a.toml --unsafe-weaken no-seccomp",
+            "isc --root run a.toml",
+            "isc --root --state /s run",
+            "isc run -j",
+            "isc run --json=1",
+            "isc manifest check run",
+        ] {
+            assert!(fast_run_args(&argv(line)).is_none(), "{line}");
+        }
+    }
 }

@@ -103,6 +103,7 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         Some(ToInit::Go) => {}
         other => return Err(("waiting for the monitor", format!("unexpected message {other:?}"))),
     }
+    crate::timing::mark("child: released by the monitor");
     // Become root of the new user namespace: until now our ids were the host's (unmapped
     // inside), and files we create (the /dev mount targets) would get EOVERFLOW.
     // SAFETY: id syscalls; we hold CAP_SETUID/CAP_SETGID in our user namespace.
@@ -126,12 +127,15 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         };
         os_step("joining the ISC's cgroup", rc)?;
     }
+    crate::timing::mark("child: joined the v1 cgroups");
     // The cgroup namespace is created only now, after the monitor placed us in the ISC's
     // cgroup, so its root is that cgroup and the host's tree stays invisible.
     // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.
     os_step("creating the cgroup namespace", unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
     step("bringing up the loopback interface", bring_up_loopback())?;
+    crate::timing::mark("child: cgroup namespace, loopback up");
     step("preparing the root filesystem", rootfs::prepare_rootfs(&LinuxSyscall, spec))?;
+    crate::timing::mark("child: root filesystem prepared");
     let workdir = CString::new(spec.workdir.as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: NUL-terminated path.
     if unsafe { libc::chdir(workdir.as_ptr()) } != 0 {
@@ -157,6 +161,7 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         keep.insert(caps::Capability::CAP_SYS_ADMIN);
     }
     step("dropping to the service user", creds::drop_to_service(spec.uid, spec.gid, &keep))?;
+    crate::timing::mark("child: rlimits, MDWE, dropped to the service user");
     if !spec.weakening.no_new_privs_off {
         step("setting no_new_privs", creds::set_no_new_privs())?;
     }
@@ -168,9 +173,11 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         };
         step("applying Landlock", lsm::restrict(&policy))?;
     }
+    crate::timing::mark("child: Landlock applied");
     if !spec.weakening.no_seccomp {
         step("loading the seccomp filter", seccomp::install(ctx.seccomp, ctx.seccomp_log))?;
     }
+    crate::timing::mark("child: seccomp loaded");
     Ok(())
 }
 
@@ -254,6 +261,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
     };
     let service = match spawn_service(spec) {
         Ok(pid) => {
+            crate::timing::mark("child: service forked and exec'd");
             let _ = channel.send(&FromInit::ServiceStarted { pid });
             pid
         }

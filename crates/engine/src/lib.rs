@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod syscall;
+pub mod timing;
 
 pub use logfile::Output;
 pub use monitor::{run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};

@@ -238,6 +238,7 @@ pub fn run(
         .iter()
         .map(|f| std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default())
         .collect();
+    crate::timing::mark("registered, UID range held, seccomp loaded");
     let (out_r, out_w) = pipe_cloexec("stdout pipe")?;
     let (err_r, err_w) = pipe_cloexec("stderr pipe")?;
     let (parent_chan, child_chan) = Channel::pair()?;
@@ -271,7 +272,9 @@ pub fn run(
     // PID 1 inherits the heap copy-on-write: trim it first so the start path's free pages are
     // neither shared with PID 1 nor copied when its allocator touches them.
     release_start_heap();
+    crate::timing::mark("pipes and signals ready");
     let child = clone_child(ctx, hooks.clone_into_cgroup())?;
+    crate::timing::mark("cloned");
     drop(child_chan);
     drop(out_w);
     drop(err_w);
@@ -284,6 +287,7 @@ pub fn run(
     hooks
         .before_release(child.pid)
         .map_err(|(step, message)| MonitorError::Hook { step, message })?;
+    crate::timing::mark("id maps written, start hooks run");
     parent_chan.send(&ToInit::Go)?;
     let service_pid = match parent_chan.recv::<FromInit>()? {
         Some(FromInit::ServiceStarted { pid }) => pid,
@@ -301,6 +305,7 @@ pub fn run(
         }
         None => return Err(MonitorError::ChildVanished(wait_pidfd(&child.pidfd))),
     };
+    crate::timing::mark("service started");
     let state = IscState {
         name: spec.name.clone(),
         monitor_pid: std::process::id() as i32,
@@ -315,6 +320,7 @@ pub fn run(
     };
     registration.publish(&state)?;
     hooks.after_start(&state);
+    crate::timing::mark("state published, after-start hooks run");
     release_start_heap();
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
@@ -330,6 +336,7 @@ pub fn run(
     };
     let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
     guard.pidfd = None;
+    crate::timing::mark("service exited");
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
     Ok(ExitRecord {
         name: spec.name.clone(),
