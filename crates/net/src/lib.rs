@@ -277,8 +277,7 @@ pub fn setup_isc(
     };
     link::create_isc_side(&plan, &netns)
         .map_err(|source| NetError::Link { id: id.clone(), source })?;
-    rules::add_isc(&cfg.rules(), &out.policy)
-        .apply(&NftCli::default())
+    rules::apply_add_isc(&cfg.rules(), &out.policy, &NftCli::default())
         .map_err(|source| NetError::Nft { id: id.clone(), source })?;
     link::configure_host_side(&plan).map_err(|source| NetError::Link { id: id.clone(), source })?;
     if req.bandwidth.from_isc.is_some() {

@@ -170,3 +170,53 @@ fn hundred_cycles_leave_nothing_and_reconcile_cleans_a_crash() {
         kept.teardown().unwrap();
     });
 }
+
+#[test]
+fn a_start_restates_the_base_only_when_this_version_of_it_is_missing() {
+    in_private_netns("a_start_restates_the_base_only_when_this_version_of_it_is_missing", || {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let isc = Netns::new();
+        let req = IscNetRequest {
+            id: "fast".into(),
+            listen: vec![Listen { proto: Proto::Tcp, port: 80 }],
+            ..Default::default()
+        };
+        let nft = |args: &[&str]| {
+            let ok = std::process::Command::new("nft").args(args).status().unwrap().success();
+            assert!(ok, "nft {args:?}");
+        };
+        let rc = isc_net::nft::rules::RulesConfig {
+            v4_prefix: c.v4_prefix,
+            v6_prefix: c.v6_prefix,
+            nflog_group: c.nflog_group,
+            log_per_second: c.log_per_second,
+        };
+        let marker = isc_net::nft::rules::base_marker(&rc);
+        // The base chain `forward` sends ISC traffic to the shared chains.
+        let forward = || {
+            let out = std::process::Command::new("nft")
+                .args(["list", "chain", "inet", "isc", "forward"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("jump isc_out")
+        };
+        // No table: the fast batch is refused and the base is stated with the ISC.
+        let lease = setup_isc(&c, &req, isc.pid()).unwrap();
+        assert!(forward() && nft_table().contains(&marker), "{}", nft_table());
+        lease.teardown().unwrap();
+        // The base in place: a start adds only the ISC (a base chain flushed by hand stays
+        // flushed until a reconcile; that is the price of the fast path).
+        nft(&["flush", "chain", "inet", "isc", "forward"]);
+        let lease = setup_isc(&c, &req, isc.pid()).unwrap();
+        assert!(!forward(), "the fast path re-stated the base");
+        assert!(nft_table().contains("isc_fast_deny"));
+        lease.teardown().unwrap();
+        // Another version's base (its marker is missing): re-stated with the next start.
+        nft(&["delete", "set", "inet", "isc", &marker]);
+        let lease = setup_isc(&c, &req, isc.pid()).unwrap();
+        assert!(forward() && nft_table().contains(&marker), "{}", nft_table());
+        lease.teardown().unwrap();
+        reconcile(&c, &[]).unwrap();
+    });
+}

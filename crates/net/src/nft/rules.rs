@@ -196,10 +196,37 @@ fn in_chain(b: &mut Batch) {
     b.rule(DENY_IN, vec![verdict(Verdict::Drop)]);
 }
 
-/// Base chains, shared chains, global sets and maps. Idempotent: chains and sets are added (a
-/// no-op if present) and the base and shared chains are flushed and re-filled in the same
-/// transaction. Sets and maps are never flushed here: they hold the running ISCs.
+/// The one element of the base marker set.
+const MARKER_ELEM: &str = "isc_base";
+
+/// FNV-1a (64 bit): a hash that, unlike std's `DefaultHasher`, is the same in every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Name of the set whose existence says "the base ruleset of exactly this configuration and
+/// isc version is in place": `isc_base_<hash of the base batch>`. It is created in the same
+/// transaction as the base chains and their rules, and only a full reconcile (which deletes
+/// the table) removes it.
+pub fn base_marker(cfg: &RulesConfig) -> String {
+    format!("isc_base_{:016x}", fnv1a(Batch { ops: base_ops_unmarked(cfg) }.to_text().as_bytes()))
+}
+
+/// Base chains, shared chains, global sets and maps, and the base marker set. Idempotent:
+/// chains and sets are added (a no-op if present) and the base and shared chains are flushed
+/// and re-filled in the same transaction. Sets and maps are never flushed here: they hold the
+/// running ISCs.
 pub fn base_ops(cfg: &RulesConfig) -> Vec<Op> {
+    let mut ops = base_ops_unmarked(cfg);
+    let marker = base_marker(cfg);
+    ops.push(Op::AddSet { name: marker.clone(), key: vec![KeyType::Ifname], interval: false });
+    ops.push(Op::AddElems { set: marker, elems: vec![Elem::Key(vec![s(MARKER_ELEM)])] });
+    ops
+}
+
+fn base_ops_unmarked(cfg: &RulesConfig) -> Vec<Op> {
     let mut b = Batch::default();
     b.push(Op::AddTable);
     let chains = [
@@ -507,11 +534,44 @@ pub fn full_reconcile(cfg: &RulesConfig, policies: &[IscNetPolicy]) -> Batch {
     b
 }
 
-/// The batch that adds one ISC on top of an existing (or missing) table.
+/// The batch that adds one ISC on top of an existing (or missing) table, re-stating the base.
 pub fn add_isc(cfg: &RulesConfig, p: &IscNetPolicy) -> Batch {
     let mut ops = base_ops(cfg);
     ops.extend(isc_add_ops(cfg, p));
     Batch { ops }
+}
+
+/// The batch that adds one ISC when the base of this configuration is in place: its first
+/// command adds the (existing) element of the base marker set, so the whole transaction is
+/// refused when the table, or this version of its base, is missing.
+pub fn add_isc_fast(cfg: &RulesConfig, p: &IscNetPolicy) -> Batch {
+    let mut ops =
+        vec![Op::AddElems { set: base_marker(cfg), elems: vec![Elem::Key(vec![s(MARKER_ELEM)])] }];
+    ops.extend(isc_add_ops(cfg, p));
+    Batch { ops }
+}
+
+/// Adds one ISC: [`add_isc_fast`], and if `nft` refuses it (no table, or a base of another
+/// configuration or version), [`add_isc`].
+///
+/// Why not always [`add_isc`]: re-stating the base flushes the rules of the base chains, and a
+/// batch that deletes anything makes `nft` wait for an RCU grace period when it closes its
+/// netlink socket (the kernel flushes its transaction destroy work on `NETLINK_URELEASE`):
+/// 11-12 ms of every ISC start on the test machine (docs/network.md). The cost is that a base
+/// chain flushed by hand behind isc's back is no longer repaired by the next start, only by a
+/// reconcile (`isc net reconcile`, Dock start-up).
+pub fn apply_add_isc(
+    cfg: &RulesConfig,
+    p: &IscNetPolicy,
+    runner: &dyn super::NftRunner,
+) -> Result<(), super::NftError> {
+    match add_isc_fast(cfg, p).apply(runner) {
+        Err(super::NftError::Rejected { stderr, .. }) => {
+            tracing::debug!(isc = %p.id, stderr = %stderr.trim(), "base of inet isc missing or of another version: re-stating it");
+            add_isc(cfg, p).apply(runner)
+        }
+        other => other,
+    }
 }
 
 /// The batch that removes one ISC.
@@ -635,6 +695,30 @@ mod tests {
         let silent = IscNetPolicy { egress: vec![], ..quiet };
         let text = Batch { ops: isc_add_ops(&cfg(), &silent) }.to_text();
         assert!(!text.contains("isc_b_egress"), "no egress chain without egress: {text}");
+    }
+
+    #[test]
+    fn the_fast_add_needs_the_base_marker_of_this_configuration() {
+        let marker = base_marker(&cfg());
+        assert!(marker.starts_with("isc_base_") && marker.len() == 25, "{marker}");
+        let other = RulesConfig { log_per_second: 11, ..cfg() };
+        assert_eq!(marker, base_marker(&cfg()), "stable");
+        let v6 = RulesConfig { v6_prefix: "fd00:1::/48".parse().unwrap(), ..cfg() };
+        assert_ne!(marker, base_marker(&v6), "the masquerade prefix is part of the base");
+        // (the log rate is per-ISC, not base)
+        assert_eq!(marker, base_marker(&other));
+        let full = add_isc(&cfg(), &policy("a", 0)).to_text();
+        assert!(full.contains(&format!("add set inet isc {marker} {{ type ifname; }}")), "{full}");
+        let fast = add_isc_fast(&cfg(), &policy("a", 0)).to_text();
+        assert!(
+            fast.starts_with(&format!("add element inet isc {marker} {{ \"isc_base\" }}\n")),
+            "{fast}"
+        );
+        assert!(
+            !fast.contains("flush chain inet isc forward"),
+            "no base in the fast batch: {fast}"
+        );
+        assert!(!fast.contains("delete"), "{fast}");
     }
 
     #[test]
