@@ -4,7 +4,8 @@
 #   1. start latency of an ISC (/bin/true) without and with a [network] (hyperfine)
 #   2. TCP throughput ISC -> outside through the policy vs the same path from a plain netns
 #      behind an unfiltered veth pair (no nft table), same sender (bash + dd), same sink
-#   3. nft apply time for 1/100/1000 ISCs and per-ISC add/remove at that size
+#   3. nft apply time for 1/100/1000 ISCs and per-ISC add/remove at that size (add_one: the
+#      start path, base already in place; add_base_ms: the same behind a re-stated base)
 # Usage: bench/net.sh [path/to/isc]   (default target/debug/isc; build it first)
 #   SECTIONS="1 2 3" (default) picks sections; ROUNDS=3 throughput rounds; MB=2000 per round.
 set -euo pipefail
@@ -94,5 +95,6 @@ fi
 
 if [[ " $SECTIONS " == *" 3 "* ]]; then
 echo "== 3. nft apply time (ms; add/remove: median of 11) =="
+echo "            ISCs      full_ms   add_one_ms remove_one_ms  add_base_ms"
 cargo test -q -p isc-cli --test network bench_ruleset_apply -- --ignored --nocapture 2>/dev/null | grep BENCH || true
 fi
