@@ -28,6 +28,8 @@ pub(crate) struct Group {
     v1: Option<V1Part>,
     v2: Option<V2Part>,
     warnings: Vec<String>,
+    /// v1 directories still to create (split creation only).
+    pending_v1: Option<PendingV1>,
 }
 
 /// Which hierarchy holds which controller for a new cgroup.
@@ -132,8 +134,36 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CgroupError> {
         .map_err(|source| CgroupError::OpenDir { path: dir.to_path_buf(), source })
 }
 
+/// The v1 half of a cgroup whose creation was split (see [`Group::create_v2_first`]).
+#[derive(Debug)]
+struct PendingV1 {
+    bases: BTreeMap<Controller, PathBuf>,
+    parent: Option<PathBuf>,
+    limits: Limits,
+}
+
 impl Group {
     pub(crate) fn create(
+        fs: Arc<dyn CgroupFs>,
+        layout: &Layout,
+        parent: Option<&Path>,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Group, CgroupError> {
+        let mut g = Self::create_v2_first(fs, layout, parent, name, limits)?;
+        if let Err(e) = g.complete_v1() {
+            for failure in fsops::remove_dirs(g.fs.as_ref(), &g.paths()) {
+                tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
+            }
+            return Err(e);
+        }
+        Ok(g)
+    }
+
+    /// Creates the v2 directory (with its limits) now and leaves the v1 hierarchies to
+    /// [`Group::complete_v1`]: the engine needs the v2 directory before `clone3`
+    /// (CLONE_INTO_CGROUP) but can build the v1 ones while the child prepares its root.
+    pub(crate) fn create_v2_first(
         fs: Arc<dyn CgroupFs>,
         layout: &Layout,
         parent: Option<&Path>,
@@ -145,13 +175,61 @@ impl Group {
         limits.validate()?;
         let plan = Plan::new(fs.as_ref(), layout, limits)?;
         let mut created = Vec::new();
-        match Self::build(fs.clone(), &plan, parent, &dirname, limits, &mut created) {
-            Ok(g) => {
-                tracing::info!(cgroup = %dirname, paths = ?g.paths(), "created ISC cgroup");
-                Ok(g)
-            }
+        let mut warnings = Vec::new();
+        let v2 =
+            Self::build_v2(fs.as_ref(), &plan, parent, &dirname, &mut created).and_then(|v2| {
+                if let Some(p) = &v2 {
+                    p.apply_limits(fs.as_ref(), limits, &mut warnings)?;
+                }
+                Ok(v2)
+            });
+        let v2 = match v2 {
+            Ok(v2) => v2,
             Err(e) => {
                 for failure in fsops::remove_dirs(fs.as_ref(), &created) {
+                    tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
+                }
+                return Err(e);
+            }
+        };
+        if limits.swap == 0 && !plan.holds(Controller::Memory) {
+            warnings.push("swap not restricted: no memory controller on this host".into());
+        }
+        let pending = PendingV1 {
+            bases: plan.v1,
+            parent: parent.map(Path::to_path_buf),
+            limits: limits.clone(),
+        };
+        Ok(Group {
+            fs,
+            name: dirname,
+            v1: None,
+            v2,
+            warnings,
+            pending_v1: (!pending.bases.is_empty()).then_some(pending),
+        })
+    }
+
+    /// Creates the v1 directories left by [`Group::create_v2_first`] and applies their limits;
+    /// on failure removes the v1 directories it made (the v2 one stays for `destroy`).
+    pub(crate) fn complete_v1(&mut self) -> Result<(), CgroupError> {
+        let Some(p) = self.pending_v1.take() else { return Ok(()) };
+        let f = self.fs.as_ref();
+        let mut created = Vec::new();
+        let built = Self::build_v1(f, &p.bases, p.parent.as_deref(), &self.name, &mut created)
+            .and_then(|dirs| {
+                let part = V1Part { dirs };
+                part.apply_limits(f, &p.limits, &mut self.warnings)?;
+                Ok(part)
+            });
+        match built {
+            Ok(part) => {
+                self.v1 = (!part.dirs.is_empty()).then_some(part);
+                tracing::info!(cgroup = %self.name, paths = ?self.paths(), "created ISC cgroup");
+                Ok(())
+            }
+            Err(e) => {
+                for failure in fsops::remove_dirs(f, &created) {
                     tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
                 }
                 Err(e)
@@ -159,18 +237,16 @@ impl Group {
         }
     }
 
-    fn build(
-        fs: Arc<dyn CgroupFs>,
-        plan: &Plan,
+    fn build_v1(
+        f: &dyn CgroupFs,
+        bases: &BTreeMap<Controller, PathBuf>,
         parent: Option<&Path>,
         dirname: &str,
-        limits: &Limits,
         created: &mut Vec<PathBuf>,
-    ) -> Result<Group, CgroupError> {
-        let f = fs.as_ref();
+    ) -> Result<BTreeMap<Controller, PathBuf>, CgroupError> {
         let mut leaf_by_base: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
         let mut v1_dirs = BTreeMap::new();
-        for (c, base) in &plan.v1 {
+        for (c, base) in bases {
             if let Some(leaf) = leaf_by_base.get(base) {
                 v1_dirs.insert(*c, leaf.clone());
                 continue;
@@ -190,44 +266,31 @@ impl Group {
             leaf_by_base.insert(base.clone(), leaf.clone());
             v1_dirs.insert(*c, leaf);
         }
-        let v2 = match &plan.v2 {
-            Some((base, enabled)) => {
-                let mut dir = base.clone();
-                v2::enable(f, &dir, enabled)?;
-                for comp in parent.iter().flat_map(|p| p.components()) {
-                    dir.push(comp);
-                    ensure_dir(f, &dir)?;
-                    v2::enable(f, &dir, enabled)?;
-                }
-                let leaf = dir.join(dirname);
-                create_leaf(f, &leaf, created)?;
-                Some(V2Part {
-                    fd: open_dir(&leaf)?,
-                    enabled: v2::offered(f, &leaf)?.intersection(enabled).copied().collect(),
-                    dir: leaf,
-                })
-            }
-            None => None,
-        };
-        let mut g = Group {
-            fs: fs.clone(),
-            name: dirname.to_string(),
-            v1: (!v1_dirs.is_empty()).then_some(V1Part { dirs: v1_dirs }),
-            v2,
-            warnings: Vec::new(),
-        };
-        let mut warnings = Vec::new();
-        if let Some(p) = &g.v1 {
-            p.apply_limits(f, limits, &mut warnings)?;
+        Ok(v1_dirs)
+    }
+
+    fn build_v2(
+        f: &dyn CgroupFs,
+        plan: &Plan,
+        parent: Option<&Path>,
+        dirname: &str,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<Option<V2Part>, CgroupError> {
+        let Some((base, enabled)) = &plan.v2 else { return Ok(None) };
+        let mut dir = base.clone();
+        v2::enable(f, &dir, enabled)?;
+        for comp in parent.iter().flat_map(|p| p.components()) {
+            dir.push(comp);
+            ensure_dir(f, &dir)?;
+            v2::enable(f, &dir, enabled)?;
         }
-        if let Some(p) = &g.v2 {
-            p.apply_limits(f, limits, &mut warnings)?;
-        }
-        if limits.swap == 0 && !plan.holds(Controller::Memory) {
-            warnings.push("swap not restricted: no memory controller on this host".into());
-        }
-        g.warnings = warnings;
-        Ok(g)
+        let leaf = dir.join(dirname);
+        create_leaf(f, &leaf, created)?;
+        Ok(Some(V2Part {
+            fd: open_dir(&leaf)?,
+            enabled: v2::offered(f, &leaf)?.intersection(enabled).copied().collect(),
+            dir: leaf,
+        }))
     }
 
     pub(crate) fn open(
@@ -266,6 +329,7 @@ impl Group {
             v1: (!v1_dirs.is_empty()).then_some(V1Part { dirs: v1_dirs }),
             v2,
             warnings: Vec::new(),
+            pending_v1: None,
         })
     }
 
@@ -311,6 +375,10 @@ impl IscCgroup for Group {
             p.attach(self.fs.as_ref(), pid)?;
         }
         Ok(())
+    }
+
+    fn complete(&mut self) -> Result<(), CgroupError> {
+        self.complete_v1()
     }
 
     fn v1_task_files(&self) -> Vec<PathBuf> {

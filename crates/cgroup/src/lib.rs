@@ -49,6 +49,9 @@ pub trait IscCgroup: Send {
     /// stalling every cgroup mkdir on the host meanwhile). The engine lets a still
     /// single-threaded child join its cgroup this way (see `isc_engine::StartHooks`).
     fn v1_task_files(&self) -> Vec<PathBuf>;
+    /// Creates what [`create_v2_first`] left for later (the v1 hierarchies and their limits).
+    /// A no-op for a cgroup made by [`create`] or [`open`].
+    fn complete(&mut self) -> Result<(), CgroupError>;
     /// The v2 directory as an fd for `clone3`'s `cgroup` field with `CLONE_INTO_CGROUP`
     /// (V2 and Hybrid layouts). `None` on pure v1.
     fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>>;
@@ -127,6 +130,19 @@ pub fn create(
     limits: &Limits,
 ) -> Result<Box<dyn IscCgroup>, CgroupError> {
     let g = group::Group::create(Arc::new(RealFs), layout, parent, name, limits)?;
+    Ok(Box::new(g))
+}
+
+/// Like [`create`], split in two: the v2 directory (needed before `clone3` for
+/// CLONE_INTO_CGROUP) now, the v1 directories at [`IscCgroup::complete`], which the engine calls
+/// while the child builds its root. Until then the cgroup has no v1 directories.
+pub fn create_v2_first(
+    layout: &Layout,
+    parent: Option<&Path>,
+    name: &str,
+    limits: &Limits,
+) -> Result<Box<dyn IscCgroup>, CgroupError> {
+    let g = group::Group::create_v2_first(Arc::new(RealFs), layout, parent, name, limits)?;
     Ok(Box::new(g))
 }
 

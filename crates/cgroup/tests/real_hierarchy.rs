@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isc_cgroup::{collect_stale, create, Controller, IscCgroup, Layout, Limits};
+use isc_cgroup::{collect_stale, create, create_v2_first, Controller, IscCgroup, Layout, Limits};
 
 const HELPER_ENV: &str = "ISC_CGROUP_TEST_HELPER";
 
@@ -280,6 +280,35 @@ fn failed_limit_write_leaves_nothing_behind() {
     assert!(err.to_string().contains("cpuset.cpus"), "{err}");
     for d in g.parent_dirs() {
         assert!(!d.join("isc-test-rollback").exists(), "{} left behind", d.display());
+    }
+}
+
+#[test]
+fn split_creation_makes_v2_first_and_v1_at_complete() {
+    let mut g = Guard::new("split");
+    let limits = Limits { memory: Some(32 << 20), pids: Some(8), ..Default::default() };
+    let name = "isc-test-split";
+    let mut cg = create_v2_first(&g.layout, Some(&g.parent), name, &limits).expect("v2 first");
+    let v2 = g.layout.unified().map(|u| u.join(&g.parent).join(name));
+    assert_eq!(cg.paths(), v2.clone().into_iter().collect::<Vec<_>>(), "only the v2 dir so far");
+    assert_eq!(cg.v2_dir_fd().is_some(), v2.is_some());
+    if let Some(pids) = g.v1_dir(Controller::Pids, name) {
+        assert!(!pids.exists(), "v1 must wait for complete()");
+        assert!(cg.v1_task_files().is_empty());
+    }
+    cg.complete().expect("complete");
+    cg.complete().expect("a second complete is a no-op");
+    if let Some(pids) = g.v1_dir(Controller::Pids, name) {
+        assert_eq!(read(&pids.join("pids.max")), "8");
+        let mem = g.v1_dir(Controller::Memory, name).unwrap();
+        assert_eq!(read(&mem.join("memory.limit_in_bytes")), "33554432");
+        assert!(cg.v1_task_files().contains(&pids.join("tasks")));
+    }
+    let paths = cg.paths();
+    g.cgroups.push(cg);
+    drop(g);
+    for p in paths {
+        assert!(!p.exists(), "{} left behind", p.display());
     }
 }
 

@@ -206,6 +206,7 @@ impl AuditSession {
             ))
         };
         let log = open_for_session(dirs).map_err(refuse)?;
+        isc_engine::timing::mark("audit log opened");
         log.ensure_writable().map_err(|e| refuse(e.into()))?;
         // Opened now, before clone, so denials of a service that fails fast are still queued.
         let (reader, reader_error) = match KernelAuditReader::open() {

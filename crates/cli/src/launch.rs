@@ -154,8 +154,6 @@ pub struct CgroupHooks {
     _starting: isc_engine::state::StartingLock,
     /// The engine asked for the v2 fd: the child was born in the v2 directory.
     cloned_into_v2: std::cell::Cell<bool>,
-    /// The engine took the v1 `tasks` files: the child joins the v1 hierarchies itself.
-    self_attached: std::cell::Cell<bool>,
     /// The cgroup's event counters, read once after the ISC ended (reason and record share them).
     final_events: Option<isc_cgroup::Events>,
 }
@@ -225,17 +223,14 @@ impl CgroupHooks {
             tracing::info!(?removed, "removed cgroups of ISCs whose monitor died");
         }
         isc_engine::timing::mark("stale cgroups collected");
-        let cgroup = isc_cgroup::create(layout, Some(&parent), name, &limits)
+        // The v1 directories follow in `before_release`, while the child builds its root.
+        let cgroup = isc_cgroup::create_v2_first(layout, Some(&parent), name, &limits)
             .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
-        for w in cgroup.warnings() {
-            tracing::warn!(isc = name, warning = %w, "resource control weaker than requested");
-        }
         Ok(Self {
             cgroup: Some(cgroup),
             limits,
             _starting: starting,
             cloned_into_v2: Default::default(),
-            self_attached: Default::default(),
             final_events: None,
         })
     }
@@ -247,32 +242,22 @@ fn mib(b: u64) -> String {
 
 impl StartHooks for CgroupHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
-        let cg = self.cgroup.as_ref().expect("cgroup present until drop");
-        let r = match (self.cloned_into_v2.get(), self.self_attached.get()) {
-            (true, true) => Ok(()),
-            (true, false) => cg.attach_v1(child_pid),
-            // Joined v1 by itself, but not born in v2: a host whose v2 directory could not be
-            // used for CLONE_INTO_CGROUP; attaching again to v1 is harmless.
-            (false, _) => cg.attach(child_pid),
-        };
-        r.map_err(|e| ("joining the ISC's cgroup", e.to_string()))
+        let cg = self.cgroup.as_mut().expect("cgroup present until drop");
+        cg.complete().map_err(|e| ("creating the ISC's cgroup", e.to_string()))?;
+        for w in cg.warnings() {
+            tracing::warn!(cgroup = cg.name(), warning = %w, "resource control weaker than requested");
+        }
+        // The child joins the v1 hierarchies itself (`self_attach_files`). It was born in the
+        // v2 directory unless this host's could not be used for CLONE_INTO_CGROUP; then it is
+        // moved there now (attaching it to v1 as well is harmless).
+        if !self.cloned_into_v2.get() && cg.v2_dir_fd().is_some() {
+            cg.attach(child_pid).map_err(|e| ("joining the ISC's cgroup", e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn self_attach_files(&self) -> Vec<PathBuf> {
-        let files = self.cgroup.as_ref().map(|c| c.v1_task_files()).unwrap_or_default();
-        self.self_attached.set(!files.is_empty());
-        files
-    }
-
-    fn after_start(&mut self, _state: &isc_engine::state::IscState) {
-        // The child has joined: the tasks files go back to host root.
-        if let Some(cg) = &self.cgroup {
-            for f in cg.v1_task_files() {
-                if let Err(e) = std::os::unix::fs::chown(&f, Some(0), Some(0)) {
-                    tracing::warn!(file = %f.display(), error = %e, "returning a cgroup tasks file to root");
-                }
-            }
-        }
+        self.cgroup.as_ref().map(|c| c.v1_task_files()).unwrap_or_default()
     }
 
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {

@@ -26,8 +26,11 @@ pub enum ChannelError {
 /// Monitor → child during setup, then → PID 1 while running.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ToInit {
-    /// uid/gid maps written and cgroup joined: continue the setup.
+    /// uid/gid maps written: become root of the user namespace and build the root.
     Go,
+    /// The cgroup and network are ready: join the v1 cgroups through the `tasks` descriptors
+    /// attached to this message (SCM_RIGHTS), then finish the hardening and start the service.
+    Proceed,
     /// Fork a probe child inside the confinement and run one probe.
     Probe { id: u64, name: String },
     /// Forward a signal to the service.

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -26,8 +26,6 @@ pub struct ChildContext<'a> {
     pub stderr: RawFd,
     pub seccomp: &'a BpfProgram,
     pub seccomp_log: bool,
-    /// cgroup v1 `tasks` files to write "0" into (see `StartHooks::self_attach_files`).
-    pub self_attach: &'a [std::ffi::CString],
 }
 
 /// prctl(2) PR_SET_MDWE and its flag (include/uapi/linux/prctl.h).
@@ -110,32 +108,16 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
     os_step("becoming root of the user namespace", unsafe { libc::setresgid(0, 0, 0) })?;
     // SAFETY: as above.
     os_step("becoming root of the user namespace", unsafe { libc::setresuid(0, 0, 0) })?;
-    for f in ctx.self_attach {
-        // SAFETY: open/write/close of a cgroup file with a NUL-terminated path; "0" = this
-        // thread, the only one of this process.
-        let rc = unsafe {
-            let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            let ok = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            if ok {
-                0
-            } else {
-                -1
-            }
-        };
-        os_step("joining the ISC's cgroup", rc)?;
-    }
-    crate::timing::mark("child: joined the v1 cgroups");
-    // The cgroup namespace is created only now, after the monitor placed us in the ISC's
-    // cgroup, so its root is that cgroup and the host's tree stays invisible.
-    // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.
-    os_step("creating the cgroup namespace", unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
     step("bringing up the loopback interface", bring_up_loopback())?;
-    crate::timing::mark("child: cgroup namespace, loopback up");
+    crate::timing::mark("child: loopback up");
     step("preparing the root filesystem", rootfs::prepare_rootfs(&LinuxSyscall, spec))?;
     crate::timing::mark("child: root filesystem prepared");
+    join_cgroups(channel)?;
+    crate::timing::mark("child: joined the v1 cgroups");
+    // The cgroup namespace is created only now, after we joined the ISC's cgroup, so its root
+    // is that cgroup and the host's tree stays invisible.
+    // SAFETY: unshare with a namespace flag; we hold CAP_SYS_ADMIN in our user namespace.
+    os_step("creating the cgroup namespace", unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
     let workdir = CString::new(spec.workdir.as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: NUL-terminated path.
     if unsafe { libc::chdir(workdir.as_ptr()) } != 0 {
@@ -178,6 +160,23 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
         step("loading the seccomp filter", seccomp::install(ctx.seccomp, ctx.seccomp_log))?;
     }
     crate::timing::mark("child: seccomp loaded");
+    Ok(())
+}
+
+/// Waits for the monitor's `Proceed` and writes "0" (this thread, the only one of this
+/// process) into each cgroup v1 `tasks` file it attached. Before `Proceed` the monitor was
+/// creating those cgroups while we built our root.
+fn join_cgroups(channel: &Channel) -> Result<(), StepError> {
+    let (msg, fds) = step("waiting for the cgroup", crate::fdpass::recv_with_fds(channel))?;
+    match msg {
+        Some(ToInit::Proceed) => {}
+        other => return Err(("waiting for the cgroup", format!("unexpected message {other:?}"))),
+    }
+    for fd in fds {
+        // SAFETY: write of a 1-byte literal to a descriptor we own; closed when `fd` drops.
+        let rc = unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) };
+        os_step("joining the ISC's cgroup", if rc == 1 { 0 } else { -1 })?;
+    }
     Ok(())
 }
 
@@ -312,7 +311,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
                     probes.queue.push_back((id, name));
                     probes.pump(channel);
                 }
-                Ok(Some(ToInit::Go)) | Err(_) => {}
+                Ok(Some(ToInit::Go | ToInit::Proceed)) | Err(_) => {}
                 Ok(None) => {
                     // The monitor is gone: nothing may run unsupervised.
                     // SAFETY: terminating PID 1 kills every process in the namespace.

@@ -8,6 +8,7 @@
 
 pub mod channel;
 pub mod creds;
+pub mod fdpass;
 pub mod init;
 pub mod logfile;
 pub mod lsm;

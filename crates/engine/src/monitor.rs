@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::channel::{Channel, ChannelError, FromInit, ToInit};
 use crate::creds::{self, CredsError, UidRange};
+use crate::fdpass;
 use crate::init::{self, ChildContext};
 use crate::logfile::{Dest, Output};
 use crate::probe::ProbeOutcome;
@@ -74,7 +75,9 @@ impl RunOptions {
     }
 }
 
-/// Called between clone and release, with the child's pid (cgroup attach, network setup).
+/// Called between clone and release, with the child's pid (cgroup creation and attach,
+/// network setup). `before_release` runs while the child, already told to go on, builds its
+/// root: the child waits for `ToInit::Proceed` before it joins its cgroups and drops privileges.
 pub trait StartHooks {
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
@@ -88,10 +91,13 @@ pub trait StartHooks {
     /// Called once the service runs and its state is published. `clone3` is done, so unlike
     /// the steps before it this may start threads in the monitor (e.g. an audit reader).
     fn after_start(&mut self, _state: &IscState) {}
-    /// cgroup v1 `tasks` files the child writes itself into right after clone, before any of
-    /// its setup runs. The monitor gives them to the ISC's root (host uid `base`) for that
-    /// moment: a thread moving itself through `tasks` skips the global rwsem (and its RCU
-    /// grace period) that moving another process through `cgroup.procs` costs.
+    /// cgroup v1 `tasks` files the child writes itself into, asked for after `before_release`
+    /// (which may create them). The monitor opens them and passes the descriptors with
+    /// `ToInit::Proceed`: the child has pivoted into the image by then, and a write is checked
+    /// against the opener's credentials (Linux 5.16, commit 1756d7994ad8), or, before that,
+    /// allowed because a task moves itself. A thread moving itself through `tasks` skips the
+    /// global rwsem (and its RCU grace period) that moving another process through
+    /// `cgroup.procs` costs.
     fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
@@ -223,21 +229,6 @@ pub fn run(
             .map_err(MonitorError::Uid)?;
     let profile = seccomp::Profile::new(&spec.allow_syscalls, &spec.deny_syscalls)?;
     let bpf = seccomp::load_or_compile(&profile, &opts.state_dir.join("cache"))?;
-    let self_attach = hooks.self_attach_files();
-    for f in &self_attach {
-        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: chown(2) of a cgroup control file to the ISC's root, NUL-terminated path.
-        if unsafe { libc::chown(c.as_ptr(), range.host_base, range.host_base) } != 0 {
-            return Err(MonitorError::Resource {
-                what: "cgroup tasks file",
-                source: io::Error::last_os_error(),
-            });
-        }
-    }
-    let self_attach_c: Vec<std::ffi::CString> = self_attach
-        .iter()
-        .map(|f| std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap_or_default())
-        .collect();
     crate::timing::mark("registered, UID range held, seccomp loaded");
     let (out_r, out_w) = pipe_cloexec("stdout pipe")?;
     let (err_r, err_w) = pipe_cloexec("stderr pipe")?;
@@ -267,7 +258,6 @@ pub fn run(
         stderr: err_w.as_raw_fd(),
         seccomp: &bpf,
         seccomp_log: opts.seccomp_log,
-        self_attach: &self_attach_c,
     };
     // PID 1 inherits the heap copy-on-write: trim it first so the start path's free pages are
     // neither shared with PID 1 nor copied when its allocator touches them.
@@ -284,11 +274,22 @@ pub fn run(
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
+    // The child builds its root (mounts, pivot_root) while the hooks create its cgroup and
+    // network: on two or more CPUs the slowest of the two is the cost, not their sum.
+    parent_chan.send(&ToInit::Go)?;
     hooks
         .before_release(child.pid)
         .map_err(|(step, message)| MonitorError::Hook { step, message })?;
-    crate::timing::mark("id maps written, start hooks run");
-    parent_chan.send(&ToInit::Go)?;
+    let joins = open_tasks_files(&hooks.self_attach_files())?;
+    if let Err(e) = fdpass::send_with_fds(&parent_chan, &ToInit::Proceed, &fdpass::raw(&joins)) {
+        // A child that failed its setup meanwhile has said why before it exited.
+        return Err(match parent_chan.recv::<FromInit>() {
+            Ok(Some(FromInit::SetupFailed { step, error })) => MonitorError::Setup { step, error },
+            _ => e.into(),
+        });
+    }
+    drop(joins);
+    crate::timing::mark("cgroup and network ready, child told to proceed");
     let service_pid = match parent_chan.recv::<FromInit>()? {
         Some(FromInit::ServiceStarted { pid }) => pid,
         Some(FromInit::SetupFailed { step, error }) => {
@@ -349,6 +350,20 @@ pub fn run(
         reason: hooks.exit_reason(),
         limit_events: hooks.limit_events(),
     })
+}
+
+/// Opens the v1 `tasks` files the child joins through (see `StartHooks::self_attach_files`).
+fn open_tasks_files(paths: &[std::path::PathBuf]) -> Result<Vec<OwnedFd>, MonitorError> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|source| MonitorError::Resource { what: "cgroup tasks file", source })
+        })
+        .collect()
 }
 
 /// BLAKE3 of the serialized spec, to bind reports to what was started.
