@@ -478,6 +478,9 @@ pub struct AuditedHooks<'a> {
 }
 
 impl StartHooks for AuditedHooks<'_> {
+    fn before_go(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.inner.before_go(child_pid)
+    }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.inner.before_release(child_pid)?;
         // The clone made the child PID 1 of a new PID namespace: every ISC process is in it.

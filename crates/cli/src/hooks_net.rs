@@ -437,6 +437,10 @@ impl Drop for NetHooks {
 pub struct Both<'a>(pub &'a mut dyn StartHooks, pub &'a mut dyn StartHooks);
 
 impl StartHooks for Both<'_> {
+    fn before_go(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.0.before_go(child_pid)?;
+        self.1.before_go(child_pid)
+    }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.0.before_release(child_pid)?;
         self.1.before_release(child_pid)

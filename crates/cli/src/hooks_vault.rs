@@ -258,7 +258,13 @@ fn host_id(pid: i32, file: &str, inner: u32) -> Result<u32> {
 }
 
 impl StartHooks for VaultHooks {
-    fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+    fn before_release(&mut self, _child_pid: i32) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+
+    /// Before `Go`: the secrets tmpfs is mounted at a host path in the child's mount
+    /// namespace, which the child's root setup then binds into the image.
+    fn before_go(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         if self.volumes.is_empty() && self.secrets_dir.is_none() {
             return Ok(());
         }

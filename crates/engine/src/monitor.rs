@@ -79,6 +79,13 @@ impl RunOptions {
 /// network setup). `before_release` runs while the child, already told to go on, builds its
 /// root: the child waits for `ToInit::Proceed` before it joins its cgroups and drops privileges.
 pub trait StartHooks {
+    /// Called after the id maps are written and **before** `Go`, while the child has not
+    /// touched its mount namespace yet: for work that needs the host's view of it (e.g. a
+    /// tmpfs mounted at a host path that the child's root setup binds into the image).
+    /// Forwarders (chains, wrappers) must forward it.
+    fn before_go(&mut self, _child_pid: i32) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
     fn exit_reason(&mut self) -> Option<String> {
@@ -113,6 +120,9 @@ pub trait StartHooks {
 pub struct HookChain(pub Vec<Box<dyn StartHooks>>);
 
 impl StartHooks for HookChain {
+    fn before_go(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
+        self.0.iter_mut().try_for_each(|h| h.before_go(child_pid))
+    }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.0.iter_mut().try_for_each(|h| h.before_release(child_pid))
     }
@@ -274,6 +284,7 @@ pub fn run(
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
+    hooks.before_go(child.pid).map_err(|(step, message)| MonitorError::Hook { step, message })?;
     // The child builds its root (mounts, pivot_root) while the hooks create its cgroup and
     // network: on two or more CPUs the slowest of the two is the cost, not their sum.
     parent_chan.send(&ToInit::Go)?;
