@@ -116,7 +116,10 @@ impl Channel {
 
     /// Blocks for the next message; `None` when the peer closed its end.
     pub fn recv<T: DeserializeOwned>(&self) -> Result<Option<T>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        // A buffer of the message's own size, not MAX_MESSAGE: PID 1 never trims its heap, so
+        // every page a receive dirties stays resident for the life of the ISC.
+        let Some(len) = self.next_len()? else { return Ok(None) };
+        let mut buf = vec![0u8; len.clamp(1, MAX_MESSAGE)];
         loop {
             // SAFETY: the buffer is valid and writable for its length.
             let rc =
@@ -128,6 +131,34 @@ impl Channel {
                 let msg =
                     serde_json::from_slice(&buf[..rc as usize]).map_err(ChannelError::Decode)?;
                 return Ok(Some(msg));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(ChannelError::Recv(e));
+            }
+        }
+    }
+
+    /// Waits for the next message and returns its length without consuming it; `None` on EOF.
+    /// MSG_PEEK|MSG_TRUNC reports the real length of the pending record on AF_UNIX datagram
+    /// and seqpacket sockets (recv(2), "since Linux 3.4"); messages are JSON, never empty, so
+    /// 0 means the peer closed its end.
+    fn next_len(&self) -> Result<Option<usize>, ChannelError> {
+        loop {
+            // SAFETY: a zero-length peek writes nothing; the null buffer is never dereferenced.
+            let rc = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                )
+            };
+            if rc == 0 {
+                return Ok(None);
+            }
+            if rc > 0 {
+                return Ok(Some(rc as usize));
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
