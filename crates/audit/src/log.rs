@@ -105,6 +105,8 @@ struct Inner {
     io: Mutex<Io>,
     pipeline: Pipeline,
     tick: Condvar,
+    /// When [`AuditLog::tick`] first saw the current kick (it then syncs `period` later).
+    kicked_at: Mutex<Option<Instant>>,
 }
 
 /// A tamper-evident audit log. `Sync`: share it by reference or `Arc` between threads. Several
@@ -173,6 +175,7 @@ impl AuditLog {
             io: Mutex::new(io),
             pipeline: Pipeline::new(durable),
             tick: Condvar::new(),
+            kicked_at: Mutex::new(None),
         });
         let log = AuditLog { inner, ticker: Mutex::new(None) };
         if log.inner.cfg.ticker_at_open {
@@ -196,6 +199,36 @@ impl AuditLog {
             .map_err(|source| AuditError::Thread { source })?;
         *slot = Some(ticker);
         Ok(())
+    }
+
+    /// Does the ticker's work (the `Interval` sync of appended records, timed checkpoints) on
+    /// the caller's thread, instead of [`AuditLog::start_ticker`]'s own thread: for a process
+    /// that already has a thread waking up regularly (the monitor's kernel denial collector),
+    /// one thread less per ISC. Records are then synced within the interval plus the caller's
+    /// wake-up period. Does nothing while the ticker thread runs, or when the configuration
+    /// needs no ticker.
+    pub fn tick(&self) {
+        let Some(period) = ticker_period(&self.inner.cfg) else { return };
+        if lock(&self.ticker).is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let sync_due = {
+            let mut kicked_at = lock(&self.inner.kicked_at);
+            if std::mem::take(&mut lock(&self.inner.pipeline.queue).kicked) {
+                kicked_at.get_or_insert(now);
+            }
+            // Records appended during one period share one sync, as with the thread.
+            let due = kicked_at.is_some_and(|t| now.duration_since(t) >= period);
+            if due {
+                *kicked_at = None;
+            }
+            due
+        };
+        let checkpoint_due = self.inner.checkpoint_wait().is_some_and(|d| d.is_zero());
+        if sync_due || checkpoint_due {
+            sync_and_checkpoint(&self.inner);
+        }
     }
 
     /// Appends one record and returns its seq once it is written (and synced, if durable).
@@ -409,32 +442,37 @@ fn ticker_loop(inner: &Arc<Inner>, period: Duration) {
                 return;
             }
         }
-        let checkpoint_due = {
-            let mut io = lock(&inner.io);
-            // Forced: the period has passed since the kick, whenever the last sync was.
-            if let Err(f) = io.sync(true) {
-                tracing::error!(path = %f.path.display(), reason = %f.reason,
-                    "audit log sync failed; refusing appends until it is writable");
-                // Records acknowledged under `Interval` may not be on disk: fail closed.
-                let mut q = lock(&inner.pipeline.queue);
-                if q.failed.is_none() {
-                    q.failed = Some(FailedState {
-                        failure: f,
-                        since: format_time(SystemTime::now()),
-                        rejected: 0,
-                    });
-                }
+        sync_and_checkpoint(inner);
+    }
+}
+
+/// One step of the ticker: sync what is written (forced: the period has passed since the
+/// kick, whenever the last sync was), then sign a checkpoint if uncovered records are due one.
+fn sync_and_checkpoint(inner: &Inner) {
+    let checkpoint_due = {
+        let mut io = lock(&inner.io);
+        if let Err(f) = io.sync(true) {
+            tracing::error!(path = %f.path.display(), reason = %f.reason,
+                "audit log sync failed; refusing appends until it is writable");
+            // Records acknowledged under `Interval` may not be on disk: fail closed.
+            let mut q = lock(&inner.pipeline.queue);
+            if q.failed.is_none() {
+                q.failed = Some(FailedState {
+                    failure: f,
+                    since: format_time(SystemTime::now()),
+                    rejected: 0,
+                });
             }
-            let (_, uncovered) = io.head();
-            inner
-                .cfg
-                .checkpoint_interval
-                .is_some_and(|t| uncovered > 0 && io.last_checkpoint_at.elapsed() >= t)
-        };
-        if checkpoint_due {
-            if let Err(e) = inner.submit(vec![Request::Checkpoint { force: false }], false) {
-                tracing::error!(error = %e, "periodic audit checkpoint failed");
-            }
+        }
+        let (_, uncovered) = io.head();
+        inner
+            .cfg
+            .checkpoint_interval
+            .is_some_and(|t| uncovered > 0 && io.last_checkpoint_at.elapsed() >= t)
+    };
+    if checkpoint_due {
+        if let Err(e) = inner.submit(vec![Request::Checkpoint { force: false }], false) {
+            tracing::error!(error = %e, "periodic audit checkpoint failed");
         }
     }
 }
@@ -460,5 +498,39 @@ impl AuditLog {
             }
         }
         let _ = lock(&self.inner.io).sync(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_syncs_an_interval_log_once_the_period_has_passed_and_checkpoints_when_due() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = AuditConfig::new(tmp.path().join("keys"));
+        c.durability = Durability::Interval(Duration::from_millis(30));
+        c.checkpoint_interval = Some(Duration::from_millis(300));
+        c.ticker_at_open = false;
+        let (log, _) = AuditLog::open(&tmp.path().join("audit"), c).unwrap();
+        log.append(Some("web"), Kind::IscCreate, Actor::Uid(0), json!({})).unwrap();
+        log.tick();
+        assert_eq!(log.stats().syncs, 0, "the period since the append has not passed yet");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.stats().syncs == 0 {
+            assert!(Instant::now() < deadline, "tick never synced the appended record");
+            std::thread::sleep(Duration::from_millis(5));
+            log.tick();
+        }
+        let synced = log.stats().syncs;
+        std::thread::sleep(Duration::from_millis(40));
+        log.tick();
+        assert_eq!(log.stats().syncs, synced, "nothing appended since: no second sync");
+        // The record stays uncovered until the checkpoint interval has passed.
+        while lock(&log.inner.io).head().1 > 0 {
+            assert!(Instant::now() < deadline, "tick never signed the timed checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+            log.tick();
+        }
     }
 }

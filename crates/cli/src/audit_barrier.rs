@@ -36,10 +36,11 @@ pub fn record_pid() -> u32 {
     std::process::id()
 }
 
-/// Emits the barrier record and returns once the call that logs it has been made. Set the
+/// Emits the barrier record from a new thread and returns at once; join the handle (its
+/// result says whether the logged call was made) before relying on the record. Set the
 /// reader's expectation ([`record_pid`]) before calling, so the record cannot be missed.
-pub fn emit() -> io::Result<()> {
-    let thread = std::thread::Builder::new().name("isc-audit-barrier".into()).spawn(|| {
+pub fn emit() -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    std::thread::Builder::new().name("isc-audit-barrier".into()).spawn(|| {
         let mut prog = program();
         let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
         // SAFETY: prctl and seccomp act on this thread only (no TSYNC); `fprog` points at a
@@ -60,8 +61,12 @@ pub fn emit() -> io::Result<()> {
             libc::syscall(libc::SYS_getppid);
         }
         Ok(())
-    })?;
-    thread.join().map_err(|_| io::Error::other("the audit barrier thread panicked"))?
+    })
+}
+
+/// Waits for the barrier thread; its error, if the record could not be emitted.
+pub fn join(h: std::thread::JoinHandle<io::Result<()>>) -> io::Result<()> {
+    h.join().map_err(|_| io::Error::other("the audit barrier thread panicked"))?
 }
 
 #[cfg(test)]
@@ -70,7 +75,7 @@ mod tests {
 
     #[test]
     fn the_filter_binds_only_the_barrier_thread() {
-        emit().unwrap();
+        join(emit().unwrap()).unwrap();
         // SAFETY: getppid cannot fail; this thread has no filter.
         let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
         assert!(ppid > 0, "getppid outside the barrier thread must still work: {ppid}");

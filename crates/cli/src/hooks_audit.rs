@@ -195,6 +195,8 @@ pub struct AuditSession {
     net_status: serde_json::Value,
     net_collector: Option<NetCollector>,
     memory_limit: Option<u64>,
+    /// The thread emitting the drain's barrier record (see `audit_barrier`).
+    barrier_thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl AuditSession {
@@ -231,6 +233,7 @@ impl AuditSession {
             net_status: json!({"collected": false, "reason": "no [network] section"}),
             net_collector: None,
             memory_limit: None,
+            barrier_thread: None,
         })
     }
 
@@ -291,9 +294,12 @@ impl AuditSession {
     }
 
     fn on_started(&mut self, st: &IscState) {
-        if let Err(e) = self.log.start_ticker() {
-            // Records still reach the disk at exit (close syncs); only the bound is lost.
-            tracing::error!(isc = %self.name, error = %e, "audit records of this run are synced only at its end");
+        // The kernel denial collector wakes every STOP_POLL anyway, so it also does the log's
+        // interval syncs and timed checkpoints (`AuditLog::tick`): one thread (~40 KiB of
+        // kernel stack, task and user stack) less per ISC. Without a collector the log's
+        // own ticker thread does it.
+        if self.reader.is_none() {
+            start_ticker(&self.log, &self.name);
         }
         // The network policy this start put in place (nftables chains, sets, DNAT, shaping) is a
         // policy change of the host's boundary: record what was applied.
@@ -350,7 +356,10 @@ impl AuditSession {
                 .spawn(move || collect(reader, &log, &name, attribution, &flag, &bar));
             match spawned {
                 Ok(thread) => self.collector = Some(Collector { stop, barrier, thread }),
-                Err(e) => tracing::error!(error = %e, "cannot start the kernel denial collector"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the kernel denial collector");
+                    start_ticker(&self.log, &self.name);
+                }
             }
         }
     }
@@ -392,16 +401,38 @@ impl AuditSession {
         c.thread.join().ok()
     }
 
-    fn stop_collector(&mut self) -> Option<DenialCounts> {
-        let c = self.collector.take()?;
+    /// Tells the kernel-denial collector to drain and stop: sets the barrier it waits for,
+    /// then emits it. Idempotent; call once every ISC process is gone.
+    fn start_drain(&mut self) {
+        let Some(c) = &self.collector else { return };
+        if c.stop.load(Ordering::SeqCst) {
+            return;
+        }
         // Expect the barrier first, then emit it: its record cannot come out before this.
         c.barrier.store(crate::audit_barrier::record_pid() as i32, Ordering::SeqCst);
         c.stop.store(true, Ordering::SeqCst);
-        if let Err(e) = crate::audit_barrier::emit() {
-            tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
+        match crate::audit_barrier::emit() {
+            Ok(h) => self.barrier_thread = Some(h),
+            Err(e) => self.no_barrier(&e),
+        }
+    }
+
+    /// The collector then stops once the socket has been quiet (`DRAIN_QUIET`).
+    fn no_barrier(&self, e: &std::io::Error) {
+        tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
+        if let Some(c) = &self.collector {
             c.barrier.store(0, Ordering::SeqCst);
         }
-        c.thread.join().ok()
+    }
+
+    fn stop_collector(&mut self) -> Option<DenialCounts> {
+        self.start_drain();
+        if let Some(h) = self.barrier_thread.take() {
+            if let Err(e) = crate::audit_barrier::join(h) {
+                self.no_barrier(&e);
+            }
+        }
+        self.collector.take()?.thread.join().ok()
     }
 
     /// Records how the run ended (`isc_exit`, plus `isc_oom` after an OOM kill, or the failed
@@ -412,6 +443,7 @@ impl AuditSession {
         result: Result<ExitRecord, MonitorError>,
     ) -> Result<ExitRecord, MonitorError> {
         let counts = self.stop_collector();
+        isc_engine::timing::mark("kernel denials drained");
         let net_counts = self.stop_net_collector();
         let record = match result {
             Ok(r) => r,
@@ -489,6 +521,12 @@ impl StartHooks for AuditedHooks<'_> {
         self.session.open_net_source();
         Ok(())
     }
+    fn service_ended(&mut self) {
+        self.inner.service_ended();
+        // Every ISC process is gone: put the barrier at the end of kauditd's queue now, so the
+        // drain runs while the monitor builds the exit record and removes the cgroup.
+        self.session.start_drain();
+    }
     fn exit_reason(&mut self) -> Option<String> {
         self.inner.exit_reason()
     }
@@ -507,8 +545,17 @@ impl StartHooks for AuditedHooks<'_> {
     }
 }
 
+/// Starts the audit log's own ticker thread (interval syncs, timed checkpoints).
+fn start_ticker(log: &AuditLog, name: &str) {
+    if let Err(e) = log.start_ticker() {
+        // Records still reach the disk at exit (close syncs); only the bound is lost.
+        tracing::error!(isc = %name, error = %e, "audit records of this run are synced only at its end");
+    }
+}
+
 /// The collector thread: reads the kernel's audit multicast group and appends this ISC's
-/// denials until `stop`, then drains what the kernel still sends.
+/// denials until `stop`, then drains what the kernel still sends. It also ticks the log
+/// (see `on_started`), and hands that to the log's ticker thread if the reader fails.
 fn collect(
     mut reader: KernelAuditReader,
     log: &AuditLog,
@@ -536,9 +583,11 @@ fn collect(
                     Actor::Isc,
                     json!({"error": e.to_string(), "source": "kernel audit reader"}),
                 );
+                start_ticker(log, name);
                 return counts;
             }
         };
+        log.tick();
         if reader.overflows() > counts.overflows {
             counts.overflows = reader.overflows();
             // Loss is itself security-relevant: the trail says it may be incomplete.

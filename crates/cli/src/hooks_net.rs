@@ -445,6 +445,10 @@ impl StartHooks for Both<'_> {
         self.0.before_release(child_pid)?;
         self.1.before_release(child_pid)
     }
+    fn service_ended(&mut self) {
+        self.0.service_ended();
+        self.1.service_ended();
+    }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.exit_reason().or_else(|| self.1.exit_reason())
     }

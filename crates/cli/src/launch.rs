@@ -154,8 +154,6 @@ pub struct CgroupHooks {
     _starting: isc_engine::state::StartingLock,
     /// The engine asked for the v2 fd: the child was born in the v2 directory.
     cloned_into_v2: std::cell::Cell<bool>,
-    /// The cgroup's event counters, read once after the ISC ended (reason and record share them).
-    final_events: Option<isc_cgroup::Events>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -169,29 +167,6 @@ fn remove_empty_parents(paths: &[PathBuf]) {
 }
 
 impl CgroupHooks {
-    /// The event counters once the ISC has ended, read on first use.
-    fn final_events(&mut self) -> Option<isc_cgroup::Events> {
-        if self.final_events.is_none() {
-            self.final_events = self.cgroup.as_ref()?.events().ok();
-        }
-        self.final_events.clone()
-    }
-
-    /// Removes the ISC's cgroup on a thread of its own, so the exit path's other work (the
-    /// audit drain and records) overlaps it. Join the handle before the process exits.
-    pub fn remove_in_background(&mut self) -> Option<std::thread::JoinHandle<()>> {
-        let cg = self.cgroup.take()?;
-        let spawned =
-            std::thread::Builder::new().name("isc-cgroup-rm".into()).spawn(move || destroy(cg));
-        match spawned {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for the cgroup removal; removing it inline");
-                None
-            }
-        }
-    }
-
     /// Removes stale cgroups of dead monitors, checks capacity, creates the ISC's cgroup.
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
         isc_cgroup::check_capacity(&limits).context("checking the resource limits")?;
@@ -231,9 +206,86 @@ impl CgroupHooks {
             limits,
             _starting: starting,
             cloned_into_v2: Default::default(),
-            final_events: None,
         })
     }
+
+    /// Reads the cgroup's event counters and removes the cgroup, on a thread of its own so the
+    /// exit path's other work (network teardown, the audit drain) overlaps it. The ISC's
+    /// processes must be gone.
+    pub fn teardown_in_background(&mut self) -> CgroupTeardown {
+        let limits = self.limits.clone();
+        let Some(cg) = self.cgroup.take() else {
+            return CgroupTeardown { limits, events: None, thread: None, received: None };
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("isc-cgroup-rm".into()).spawn(move || {
+            let _ = tx.send(cg.events().ok());
+            destroy(cg);
+        });
+        match spawned {
+            Ok(thread) => {
+                CgroupTeardown { limits, events: Some(rx), thread: Some(thread), received: None }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the cgroup removal; the cgroup stays until the monitor exits");
+                CgroupTeardown { limits, events: None, thread: None, received: None }
+            }
+        }
+    }
+}
+
+/// The end of an ISC's cgroup, started by [`CgroupHooks::teardown_in_background`].
+pub struct CgroupTeardown {
+    limits: Limits,
+    events: Option<std::sync::mpsc::Receiver<Option<isc_cgroup::Events>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    received: Option<isc_cgroup::Events>,
+}
+
+impl CgroupTeardown {
+    /// Puts the kernel's account of the end into the exit record: the reason (an OOM kill, a
+    /// pids-limit hit) and the limit event counters.
+    pub fn annotate(&mut self, record: &mut isc_engine::ExitRecord) {
+        if self.received.is_none() {
+            self.received = self.events.take().and_then(|rx| rx.recv().ok().flatten());
+        }
+        let Some(ev) = &self.received else { return };
+        if record.reason.is_none() {
+            record.reason = exit_reason(ev, &self.limits);
+        }
+        record.limit_events = Some(serde_json::json!({
+            "oom_kills": ev.oom_kills,
+            "pids_max_hits": ev.pids_max_hits,
+            "cpu_periods": ev.cpu_periods,
+            "cpu_throttled_periods": ev.throttled_periods,
+            "cpu_throttled_ms": ev.throttled_usec / 1000,
+            "cpu_limit_cores": self.limits.cpu_quota,
+        }));
+    }
+
+    /// Waits until the cgroup is gone.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn exit_reason(ev: &isc_cgroup::Events, limits: &Limits) -> Option<String> {
+    if ev.oom_kills > 0 {
+        return Some(format!(
+            "killed by the kernel OOM killer: memory limit {}",
+            limits.memory.map(mib).unwrap_or_else(|| "unset".into())
+        ));
+    }
+    if ev.pids_max_hits > 0 {
+        return Some(format!(
+            "the pids limit of {} was reached {} time(s): fork/clone failed with EAGAIN",
+            limits.pids.unwrap_or(0),
+            ev.pids_max_hits
+        ));
+    }
+    None
 }
 
 fn mib(b: u64) -> String {
@@ -265,37 +317,6 @@ impl StartHooks for CgroupHooks {
         let fd = self.cgroup.as_ref()?.v2_dir_fd().map(|fd| fd.as_raw_fd());
         self.cloned_into_v2.set(fd.is_some());
         fd
-    }
-
-    fn limit_events(&mut self) -> Option<serde_json::Value> {
-        let ev = self.final_events()?;
-        let cpu = self.limits.cpu_quota;
-        Some(serde_json::json!({
-            "oom_kills": ev.oom_kills,
-            "pids_max_hits": ev.pids_max_hits,
-            "cpu_periods": ev.cpu_periods,
-            "cpu_throttled_periods": ev.throttled_periods,
-            "cpu_throttled_ms": ev.throttled_usec / 1000,
-            "cpu_limit_cores": cpu,
-        }))
-    }
-
-    fn exit_reason(&mut self) -> Option<String> {
-        let ev = self.final_events()?;
-        if ev.oom_kills > 0 {
-            return Some(format!(
-                "killed by the kernel OOM killer: memory limit {}",
-                self.limits.memory.map(mib).unwrap_or_else(|| "unset".into())
-            ));
-        }
-        if ev.pids_max_hits > 0 {
-            return Some(format!(
-                "the pids limit of {} was reached {} time(s): fork/clone failed with EAGAIN",
-                self.limits.pids.unwrap_or(0),
-                ev.pids_max_hits
-            ));
-        }
-        None
     }
 }
 

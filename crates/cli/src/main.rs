@@ -317,7 +317,7 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
     let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
-    isc_engine::timing::mark("audit trail closed");
+    isc_engine::timing::mark("image released");
     if json {
         let mut v = serde_json::to_value(&record)?;
         v["image_id"] = image_id.into();
@@ -391,19 +391,24 @@ pub(crate) fn run_manifest(
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut local, &mut net)))
     };
     isc_engine::timing::mark("monitor returned");
-    // The ISC's processes are gone and its counters are in the record: the cgroup is removed
-    // while the network goes and the audit trail drains and records the exit.
-    let cgroup_removal = cgroup.remove_in_background();
+    // The ISC's processes are gone: its cgroup's counters are read and the cgroup removed on a
+    // thread, while the network goes and the audit trail drains (started at `service_ended`).
+    let mut teardown = cgroup.teardown_in_background();
     if let Err(e) = net.finish() {
         tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
     }
     isc_engine::timing::mark("network removed");
+    let result = result.map(|mut r| {
+        teardown.annotate(&mut r);
+        r
+    });
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name));
     isc_engine::timing::mark("exit recorded");
+    // Closing checkpoint and the run's one fdatasync, while the cgroup is still being removed.
+    drop(audit);
+    isc_engine::timing::mark("audit trail closed");
     drop(vault);
-    if let Some(h) = cgroup_removal {
-        let _ = h.join();
-    }
+    teardown.join();
     drop(cgroup);
     isc_engine::timing::mark("cgroup removed");
     Ok((record?, spec.image_id.clone()))

@@ -87,6 +87,10 @@ pub trait StartHooks {
         Ok(())
     }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
+    /// Called as soon as PID 1 is gone (so every process of the ISC is), before the exit
+    /// record is built: start exit-path work that takes wall time (e.g. draining the kernel's
+    /// audit queue) so it overlaps what follows. Forwarders must forward it.
+    fn service_ended(&mut self) {}
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
     fn exit_reason(&mut self) -> Option<String> {
         None
@@ -125,6 +129,9 @@ impl StartHooks for HookChain {
     }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.0.iter_mut().try_for_each(|h| h.before_release(child_pid))
+    }
+    fn service_ended(&mut self) {
+        self.0.iter_mut().for_each(|h| h.service_ended())
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|h| h.exit_reason())
@@ -348,6 +355,7 @@ pub fn run(
     };
     let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
     guard.pidfd = None;
+    hooks.service_ended();
     crate::timing::mark("service exited");
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
     Ok(ExitRecord {
@@ -546,6 +554,7 @@ impl Supervisor<'_> {
                 for (fd, dest) in &outs {
                     while relay(fd.as_raw_fd(), dest) {}
                 }
+                crate::timing::mark("PID 1 gone");
                 return wait_pidfd(&child.pidfd);
             }
         }
@@ -591,6 +600,7 @@ impl Supervisor<'_> {
     fn on_message(&mut self) -> bool {
         match self.chan.recv::<FromInit>() {
             Ok(Some(FromInit::ServiceExited { code, signal })) => {
+                crate::timing::mark("service exit reported by PID 1");
                 self.exited = Some((code, signal))
             }
             Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
