@@ -397,8 +397,7 @@ impl Probes {
     }
 }
 
-/// Forks and execs the service; returns its pid, or the errno of a failed execve (reported
-/// through a CLOEXEC pipe: EOF without data means exec succeeded).
+/// Spawns the service; returns its pid, or the errno of a failed spawn or execve.
 fn spawn_service(spec: &IscSpec) -> Result<i32, i32> {
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = spec.exec.iter().map(|s| to_c(s)).collect();
@@ -408,43 +407,42 @@ fn spawn_service(spec: &IscSpec) -> Result<i32, i32> {
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_p.push(std::ptr::null());
     let path = to_c(&spec.exec[0]);
-    let mut pipe = [0; 2];
-    // SAFETY: pipe2 writes two fds.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
-    }
-    // SAFETY: fork of single-threaded PID 1. The child only calls async-signal-safe functions
-    // (sigprocmask, execve, write, _exit) on memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::setsid();
-            libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
-            let errno = *libc::__errno_location();
-            libc::write(pipe[1], (&errno as *const i32).cast(), 4);
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: closing our copy of the write end, then reading the child's report.
+    // posix_spawn, not fork + execve: glibc spawns with CLONE_VM | CLONE_VFORK (no copy of
+    // PID 1's page tables, which map the whole isc binary) and reports a failed execve as its
+    // return value, so no pipe is needed. The child starts with every signal unblocked (PID 1
+    // blocks them for its signalfd) in a new session; dispositions are already the defaults.
+    // SAFETY: the attr is initialised before use and destroyed after; every pointer handed to
+    // posix_spawn (path, NULL-terminated argv and envp of live CStrings) outlives the call.
     unsafe {
-        libc::close(pipe[1]);
-        let mut errno: i32 = 0;
-        let n = libc::read(pipe[0], (&mut errno as *mut i32).cast(), 4);
-        libc::close(pipe[0]);
-        if pid < 0 {
-            return Err(libc::EAGAIN);
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let rc = libc::posix_spawnattr_init(&mut attr);
+        if rc != 0 {
+            return Err(rc);
         }
-        if n == 4 {
-            let mut st = 0;
-            libc::waitpid(pid, &mut st, 0);
-            return Err(errno);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        let mut rc = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+        if rc == 0 {
+            let flags = libc::POSIX_SPAWN_SETSIGMASK as libc::c_short | libc::POSIX_SPAWN_SETSID;
+            rc = libc::posix_spawnattr_setflags(&mut attr, flags);
         }
+        let mut pid: libc::pid_t = 0;
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                std::ptr::null(),
+                &attr,
+                argv_p.as_ptr() as *const *mut libc::c_char,
+                envp_p.as_ptr() as *const *mut libc::c_char,
+            );
+        }
+        libc::posix_spawnattr_destroy(&mut attr);
+        if rc != 0 {
+            return Err(rc);
+        }
+        Ok(pid)
     }
-    Ok(pid)
 }
 
 /// Path of the service executable as seen from inside the image (for error messages).

@@ -146,6 +146,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn floats_survive_the_file_round_trip() {
+        // Without serde_json's `float_roundtrip` its parser may land one ULP off, and the
+        // re-serialised report (what `check` verifies) differs from what was signed.
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let vals: Vec<f64> = (1..2000u32).map(|i| f64::from(i).sqrt() * 1.000_000_1e-3).collect();
+        let signed = sign(&json!({"timings_ms": vals}), &key);
+        let text = serde_json::to_vec_pretty(&signed).unwrap();
+        let back: Value = serde_json::from_slice(&text).unwrap();
+        check(&back, Some(&key.verifying_key())).expect("a round-tripped report verifies");
+    }
+
+    #[test]
     fn sign_check_tamper_and_key_mode() {
         let d = tempfile::tempdir().unwrap();
         let k = load_or_create_key(d.path()).unwrap();
