@@ -358,7 +358,7 @@ pub fn run(
     hooks.service_ended();
     crate::timing::mark("service exited");
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
-    Ok(ExitRecord {
+    let record = ExitRecord {
         name: spec.name.clone(),
         code,
         signal,
@@ -368,7 +368,9 @@ pub fn run(
         run_ms: t0.elapsed().as_millis() as u64,
         reason: hooks.exit_reason(),
         limit_events: hooks.limit_events(),
-    })
+    };
+    crate::timing::mark("exit record built");
+    Ok(record)
 }
 
 /// Opens the v1 `tasks` files the child joins through (see `StartHooks::self_attach_files`).
