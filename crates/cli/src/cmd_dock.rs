@@ -118,6 +118,80 @@ impl HealthArgs {
     }
 }
 
+/// `isc logs` / `isc dock logs`.
+#[derive(Args)]
+pub struct LogsArgs {
+    name: String,
+    /// Keep printing new output (across log rotations) while the ISC is up.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<usize>,
+    /// Only lines from this time on: a duration back from now (`90s`, `10m`, `1h30m`,
+    /// `2d`), an RFC 3339 time (`2026-11-28T15:00:00Z`) or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Print the time each line was read from the service (UTC, µs) before it.
+    #[arg(short, long)]
+    timestamps: bool,
+}
+
+/// `isc events` / `isc dock events`.
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they happen.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the events of this ISC.
+    #[arg(long, value_name = "NAME")]
+    isc: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `isc start|restart|rm NAME` / `isc dock …`.
+#[derive(Args)]
+pub struct NameArgs {
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The Dock verbs that are also top-level verbs of `isc` (the issue's `isc logs`, `isc events`,
+/// `isc inspect`, `isc start`, `isc restart`, `isc rm`); `isc ps`, `isc stop` and `isc stats`
+/// stay the local verbs, which see the Dock's ISCs too.
+#[derive(Subcommand)]
+pub enum DockShortcut {
+    /// The service's output of a Dock-run ISC (`isc dock logs`).
+    Logs(LogsArgs),
+    /// Lifecycle events of the Dock's ISCs (`isc dock events`).
+    Events(EventsArgs),
+    /// Everything the Dock knows about one ISC, as JSON (`isc dock inspect`).
+    Inspect { name: String },
+    /// Start a stopped, exited, failed or crash-looping Dock ISC (`isc dock start`).
+    Start(NameArgs),
+    /// Stop and start a Dock ISC (`isc dock restart`).
+    Restart(NameArgs),
+    /// Stop a Dock ISC and forget it: record, manifest copy, logs (`isc dock rm`).
+    Rm(NameArgs),
+}
+
+/// Runs a top-level Dock verb through the Dock's socket (from `<root>/dock.toml` or the
+/// `ISC_DOCK_SOCKET` environment variable).
+pub fn shortcut(dirs: &Dirs, verb: DockShortcut) -> Result<ExitCode> {
+    let socket = std::env::var_os("ISC_DOCK_SOCKET").map(PathBuf::from);
+    let cmd = match verb {
+        DockShortcut::Logs(a) => DockCmd::Logs(a),
+        DockShortcut::Events(a) => DockCmd::Events(a),
+        DockShortcut::Inspect { name } => DockCmd::Inspect { name },
+        DockShortcut::Start(a) => DockCmd::Start { name: a.name, json: a.json },
+        DockShortcut::Restart(a) => DockCmd::Restart { name: a.name, json: a.json },
+        DockShortcut::Rm(a) => DockCmd::Rm { name: a.name, json: a.json },
+    };
+    dispatch(dirs, DockArgs { socket, cmd })
+}
+
 #[derive(Subcommand)]
 pub enum DockCmd {
     /// Run the Dock daemon (API on a Unix socket; ISCs outlive it).
@@ -174,34 +248,10 @@ pub enum DockCmd {
         json: bool,
     },
     /// The service's output (stdout and stderr).
-    Logs {
-        name: String,
-        /// Keep printing new output (across log rotations) while the ISC is up.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines.
-        #[arg(long)]
-        tail: Option<usize>,
-        /// Only lines from this time on: a duration back from now (`90s`, `10m`, `1h30m`,
-        /// `2d`), an RFC 3339 time (`2026-11-28T15:00:00Z`) or Unix seconds.
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Print the time each line was read from the service (UTC, µs) before it.
-        #[arg(short, long)]
-        timestamps: bool,
-    },
+    Logs(LogsArgs),
     /// Lifecycle events: created, started, healthy, unhealthy, oom, exited, restarting,
     /// crash-loop, stopping, removed… (JSON lines with --json).
-    Events {
-        /// Keep printing events as they happen.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the events of this ISC.
-        #[arg(long, value_name = "NAME")]
-        isc: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Events(EventsArgs),
     /// Live CPU, memory, pids, block IO, network bytes and OOM kills of the Dock's ISCs (or one).
     Stats {
         name: Option<String>,
@@ -249,7 +299,7 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
             action(&c(), "POST", &format!("/v1/iscs/{name}/restart"), json)
         }
         DockCmd::Rm { name, json } => action(&c(), "DELETE", &format!("/v1/iscs/{name}"), json),
-        DockCmd::Logs { name, follow, tail, since, timestamps } => {
+        DockCmd::Logs(LogsArgs { name, follow, tail, since, timestamps }) => {
             let mut q = vec![];
             if follow {
                 q.push("follow=true".to_string());
@@ -265,7 +315,9 @@ pub fn dispatch(dirs: &Dirs, args: DockArgs) -> Result<ExitCode> {
             }
             stream_out(&c(), &format!("/v1/iscs/{name}/logs?{}", q.join("&")))
         }
-        DockCmd::Events { follow, isc, json } => events(&c(), follow, isc.as_deref(), json),
+        DockCmd::Events(EventsArgs { follow, isc, json }) => {
+            events(&c(), follow, isc.as_deref(), json)
+        }
         DockCmd::Stats { name, json } => stats(&c(), name.as_deref(), json),
         DockCmd::Metrics => stream_out(&c(), "/metrics"),
     }

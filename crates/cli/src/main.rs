@@ -120,6 +120,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmd_net::NetCmd,
     },
+    #[command(flatten)]
+    DockVerb(cmd_dock::DockShortcut),
 }
 
 // <subcommands: new verbs are variants of `Cmd` above, each in its own `cmd_*.rs` module>
@@ -185,6 +187,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Up(args) => cmd_dock::up(&dirs, args),
         Cmd::Apply(args) => cmd_dock::apply_dir(&dirs, args),
         Cmd::Net { cmd } => cmd_net::dispatch(&dirs, cmd),
+        Cmd::DockVerb(verb) => cmd_dock::shortcut(&dirs, verb),
         // <dispatch: add new verbs' arms above this line>
         Cmd::Manifest { cmd: ManifestCmd::Check { file } } => {
             let m = Manifest::load(&file)?;

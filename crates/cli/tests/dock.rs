@@ -374,6 +374,11 @@ fn logs_rotate_and_follow_sees_every_line_across_rotations() {
     // Without -f, what is kept ends with the last line.
     let tail = d.ok(&["dock", "logs", "isc-logs", "--tail", "1"]);
     assert!(String::from_utf8_lossy(&tail.stdout).starts_with("line 399 "));
+    // The top-level verbs are the Dock's.
+    assert_eq!(d.ok(&["logs", "isc-logs", "--tail", "1"]).stdout, tail.stdout);
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&d.ok(&["inspect", "isc-logs"]).stdout).unwrap();
+    assert_eq!(inspect["record"]["name"], "isc-logs", "{inspect}");
 }
 
 #[test]
