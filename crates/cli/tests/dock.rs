@@ -478,6 +478,26 @@ fn apply_makes_the_dock_match_a_directory() {
     assert!(err.contains("nothing was changed") && err.contains("isc-ap-bad.toml"), "{err}");
     assert_eq!(d.ps().len(), 2);
 
+    // An allow_from name outside the declared set: nothing changes either.
+    fs::remove_file(dir.join("isc-ap-bad.toml")).unwrap();
+    let peer = d.manifest(
+        "isc-ap-peer",
+        "exec sleep 1000",
+        "",
+        "[network]\nallow_from = [\"isc-ap-typo\"]",
+    );
+    fs::rename(&peer, dir.join("isc-ap-peer.toml")).unwrap();
+    let out = d.cli(&["apply", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("ISC `isc-ap-peer`: allow_from names `isc-ap-typo`, which this set does not declare"),
+        "{err}"
+    );
+    assert_eq!(d.ps().len(), 2);
+    fs::remove_file(dir.join("isc-ap-peer.toml")).unwrap();
+
     // An empty directory removes everything.
     let empty = d.env.dir.join("empty");
     fs::create_dir_all(&empty).unwrap();
@@ -632,6 +652,9 @@ fn http_health_checks_mark_healthy_and_end_a_failing_run() {
             "300",
         ];
         let good = httpd_manifest(&d, "isc-http-ok");
+        let text = fs::read_to_string(&good).unwrap();
+        let text = text.replace("[network]\n", "[network]\nallow_from = [\"isc-nobody\"]\n");
+        fs::write(&good, text).unwrap();
         let bad = httpd_manifest(&d, "isc-http-404");
         for (m, path) in [(&good, "/healthz"), (&bad, "/missing")] {
             let mut args = vec!["up", m.to_str().unwrap(), "--health-http", "8080"];
@@ -639,6 +662,13 @@ fn http_health_checks_mark_healthy_and_end_a_failing_run() {
             args.extend(timings);
             d.ok(&args);
         }
+        // `up` does not refuse an allow_from name that is not on the Dock, but says so.
+        let r = d.record("isc-http-ok");
+        assert_eq!(
+            r["message"],
+            "allow_from names `isc-nobody`, not on this Dock: nothing from there is let in until an ISC of that name runs here",
+            "{r}"
+        );
         // The server answers 200 on /healthz: healthy, in ps, inspect, metrics and events.
         let t = Instant::now();
         let r = loop {
@@ -692,7 +722,7 @@ fn http_health_checks_mark_healthy_and_end_a_failing_run() {
         let kinds = |isc: &str| -> Vec<String> {
             events_of(&d, isc).iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
         };
-        assert_eq!(kinds("isc-http-ok"), ["created", "started", "healthy"]);
+        assert_eq!(kinds("isc-http-ok"), ["created", "started", "warning", "healthy"]);
         // Events are published just after the record is saved: wait for them.
         let t = Instant::now();
         let bad_kinds = loop {

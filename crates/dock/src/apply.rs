@@ -72,6 +72,18 @@ impl Dock {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        // The set is complete: an `allow_from` name outside it can only be a mistake (it would
+        // silently let nothing in), so it is refused like a malformed manifest.
+        for (m, _) in &parsed {
+            for peer in m.network.iter().flat_map(|n| &n.allow_from) {
+                if !names.contains(peer) {
+                    errors.push(format!(
+                        "ISC `{}`: allow_from names `{peer}`, which this set does not declare; fix: add its manifest or correct the name",
+                        m.name
+                    ));
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(DockError::BadRequest(format!(
                 "nothing was changed: {}",

@@ -218,7 +218,35 @@ impl Dock {
         health: Option<HealthCheck>,
     ) -> Result<IscRecord, DockError> {
         let manifest = parse_manifest(text, origin, health.as_ref())?;
-        self.up_parsed(&manifest, health).await
+        let strangers: Vec<String> = {
+            let map = self.lock();
+            manifest
+                .network
+                .iter()
+                .flat_map(|n| &n.allow_from)
+                .filter(|peer| !map.contains_key(*peer))
+                .cloned()
+                .collect()
+        };
+        let rec = self.up_parsed(&manifest, health).await?;
+        if strangers.is_empty() {
+            return Ok(rec);
+        }
+        // Not refused (two ISCs that allow each other are brought up one after the other),
+        // but said: a misspelt name lets nothing in, and nothing else would tell.
+        let message = format!(
+            "allow_from names {}, not on this Dock: nothing from there is let in until an ISC of that name runs here",
+            strangers.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        );
+        tracing::warn!(isc = %manifest.name, %message);
+        self.events.emit(&manifest.name, "warning", json!({"message": message}));
+        let mut map = self.lock();
+        let Some(slot) = map.get_mut(&manifest.name) else { return Ok(rec) };
+        if slot.rec.message.is_none() {
+            slot.rec.message = Some(message);
+            self.save(&slot.rec);
+        }
+        Ok(slot.rec.clone())
     }
 
     /// [`Dock::up`] of a parsed manifest.
