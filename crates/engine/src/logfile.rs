@@ -2,8 +2,11 @@
 //! into a size-rotated log file (a Dock-managed monitor).
 //!
 //! The log file must never slow the service down: the monitor's event loop only copies pipe
-//! bytes into a bounded in-memory queue, and a writer thread (started after `clone3`, so the
-//! single-thread rule of the start path holds) does the file I/O and rotation. When the disk is
+//! bytes into a bounded in-memory queue, and a writer thread does the file I/O and rotation.
+//! The thread is started by the first output (so after `clone3`: the single-thread rule of the
+//! start path holds) and ends after [`WRITER_IDLE`] without output, to be started again by the
+//! next: a quiet service costs its monitor no thread (a kernel stack, a task and a user stack,
+//! ~40 KiB per ISC). When the disk is
 //! slower than the service, the queue fills and further output is dropped and counted instead of
 //! back-pressuring the pipe; a marker line in the log says how much was lost. This is the same
 //! trade-off journald makes with its rate limits: losing log lines beats stalling the service.
@@ -20,8 +23,9 @@ use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Name of the active log file inside the log directory; rotated files are `output.log.1`
 /// (newest) … `output.log.N` (oldest).
@@ -32,6 +36,10 @@ pub const QUEUE_BYTES: usize = 4 << 20;
 
 /// Length of the timestamp that starts every line, including its trailing space.
 pub const LINE_PREFIX_LEN: usize = 28;
+
+/// How long the writer thread waits for output before it ends (the next output starts it again).
+pub const WRITER_IDLE: Duration =
+    if cfg!(test) { Duration::from_millis(100) } else { Duration::from_secs(2) };
 
 /// Microseconds since the Unix epoch, now.
 fn now_us() -> u64 {
@@ -89,8 +97,8 @@ pub(crate) enum Dest {
 }
 
 impl Dest {
-    /// Destinations for stdout and stderr. Starts the writer thread for `LogDir`, so call it
-    /// only after `clone3`.
+    /// Destinations for stdout and stderr. For `LogDir`, opens the log file now; its writer
+    /// thread is started by the first output, so write only after `clone3`.
     pub(crate) fn for_output(output: &Output) -> io::Result<(Dest, Dest)> {
         match output {
             Output::Relay => Ok((Dest::Fd(1), Dest::Fd(2))),
@@ -128,6 +136,10 @@ struct Queue {
     bytes: usize,
     dropped: u64,
     closed: bool,
+    /// The log file while no writer thread holds it (before the first output, when idle).
+    parked: Option<RotatingFile>,
+    /// A writer thread has been started and has not parked the file yet.
+    running: bool,
 }
 
 impl Queue {
@@ -149,93 +161,119 @@ pub(crate) struct LogSink {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl LogSink {
     fn start(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Arc<LogSink>> {
         fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
-        let mut file = RotatingFile::open(dir, max_bytes.max(4096), keep)?;
-        let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
-        let q = Arc::clone(&queue);
-        let writer = spawn_retrying_eagain(move || writer_loop(&q, &mut file))?;
-        Ok(Arc::new(LogSink { queue, writer: Mutex::new(Some(writer)) }))
+        let file = RotatingFile::open(dir, max_bytes.max(4096), keep)?;
+        let queue = Queue { parked: Some(file), ..Queue::default() };
+        Ok(Arc::new(LogSink {
+            queue: Arc::new((Mutex::new(queue), Condvar::new())),
+            writer: Mutex::new(None),
+        }))
     }
 
     fn push(&self, bytes: &[u8]) {
         let at = now_us();
-        let (lock, cv) = &*self.queue;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).offer(at, bytes);
-        cv.notify_one();
+        let (queue, cv) = &*self.queue;
+        let start = {
+            let mut q = lock(queue);
+            q.offer(at, bytes);
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            self.start_writer();
+        } else {
+            cv.notify_one();
+        }
+    }
+
+    /// Starts a writer thread, which takes the parked file. One attempt, without sleeping in
+    /// the monitor's event loop: when `clone` fails (EAGAIN while a task limit, `threads-max`
+    /// or an ancestor's pids controller, is hit for a moment; pthread_create(3)), the output
+    /// stays queued, the next output tries again, and whatever is left is written on drop.
+    fn start_writer(&self) {
+        let mut slot = lock(&self.writer);
+        // The previous writer parked the file and is ending (or has ended): reap it.
+        if let Some(old) = slot.take() {
+            let _ = old.join();
+        }
+        let q = Arc::clone(&self.queue);
+        let spawned = std::thread::Builder::new()
+            .name("isc-log-writer".into())
+            .spawn(move || writer_loop(&q));
+        match spawned {
+            Ok(h) => *slot = Some(h),
+            Err(e) => {
+                lock(&self.queue.0).running = false;
+                tracing::warn!(error = %e, "no log writer thread for now; output stays queued");
+            }
+        }
     }
 }
 
 impl Drop for LogSink {
     fn drop(&mut self) {
-        let (lock, cv) = &*self.queue;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        let (queue, cv) = &*self.queue;
+        lock(queue).closed = true;
         cv.notify_one();
-        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = lock(&self.writer).take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Starts the writer thread. `clone` fails with EAGAIN when a task limit (`threads-max`, the
-/// pids controller of an ancestor cgroup) is hit for a moment, e.g. while a neighbour's fork bomb
-/// is being killed (pthread_create(3), clone(2)); a log writer is worth waiting up to ~1 s for
-/// rather than failing the ISC's start. Other errors are returned at once.
-fn spawn_retrying_eagain<F>(f: F) -> io::Result<JoinHandle<()>>
-where
-    F: FnOnce() + Send + 'static,
-{
-    // The closure is moved into the thread only on success, so keep it in a slot to retry.
-    let slot = Arc::new(Mutex::new(Some(f)));
-    let mut delay = std::time::Duration::from_millis(5);
-    let mut attempt = 0u32;
-    loop {
-        let s = Arc::clone(&slot);
-        let spawned = std::thread::Builder::new().name("isc-log-writer".into()).spawn(move || {
-            if let Some(f) = s.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                f();
-            }
-        });
-        match spawned {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && attempt < 8 => {
-                tracing::debug!(attempt, error = %e, "log writer thread: EAGAIN, retrying");
-                std::thread::sleep(delay);
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
+        // No writer holds the file (never started, idle, or could not start): flush here.
+        let mut q = lock(queue);
+        if let Some(mut file) = q.parked.take() {
+            let (chunks, dropped) = (std::mem::take(&mut q.chunks), std::mem::take(&mut q.dropped));
+            drop(q);
+            write_batch(&mut file, &chunks, dropped);
         }
     }
 }
 
-fn writer_loop(queue: &(Mutex<Queue>, Condvar), file: &mut RotatingFile) {
-    let (lock, cv) = queue;
+fn writer_loop(queue: &(Mutex<Queue>, Condvar)) {
+    let (lock_, cv) = queue;
+    let Some(mut file) = lock(lock_).parked.take() else { return };
     loop {
         let (chunks, dropped, closed) = {
-            let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = lock(lock_);
             while q.chunks.is_empty() && q.dropped == 0 && !q.closed {
-                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                let (g, waited) =
+                    cv.wait_timeout(q, WRITER_IDLE).unwrap_or_else(|e| e.into_inner());
+                q = g;
+                if waited.timed_out() && q.chunks.is_empty() && q.dropped == 0 && !q.closed {
+                    // Idle: give the file back and end; the next output starts a new writer.
+                    q.parked = Some(file);
+                    q.running = false;
+                    return;
+                }
             }
             let chunks = std::mem::take(&mut q.chunks);
             q.bytes = 0;
             (chunks, std::mem::take(&mut q.dropped), q.closed)
         };
-        for (at, c) in &chunks {
-            file.write_lines(*at, c);
-        }
-        if dropped > 0 {
-            if !file.at_line_start {
-                file.write_lines(now_us(), b"\n");
-            }
-            let marker = format!(
-                "[isc: {dropped} bytes of output dropped: the log disk was slower than the service]\n"
-            );
-            file.write_lines(now_us(), marker.as_bytes());
-        }
+        write_batch(&mut file, &chunks, dropped);
         if closed {
             return;
         }
+    }
+}
+
+/// Writes queued output, then the marker for what the full queue dropped.
+fn write_batch(file: &mut RotatingFile, chunks: &VecDeque<(u64, Vec<u8>)>, dropped: u64) {
+    for (at, c) in chunks {
+        file.write_lines(*at, c);
+    }
+    if dropped > 0 {
+        if !file.at_line_start {
+            file.write_lines(now_us(), b"\n");
+        }
+        let marker = format!(
+            "[isc: {dropped} bytes of output dropped: the log disk was slower than the service]\n"
+        );
+        file.write_lines(now_us(), marker.as_bytes());
     }
 }
 
@@ -416,6 +454,33 @@ mod tests {
             "{}",
             &log[log.len() - 100..]
         );
+    }
+
+    #[test]
+    fn the_writer_starts_with_output_ends_when_idle_and_starts_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("logs");
+        let sink = LogSink::start(&dir, 1 << 20, 1).unwrap();
+        let running = |s: &LogSink| lock(&s.queue.0).running;
+        assert!(!running(&sink) && lock(&sink.writer).is_none(), "no thread before output");
+        let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        sink.push(b"first\n");
+        wait_for("the first line", &|| read(&dir, LOG_FILE).contains("first\n"));
+        wait_for("the idle writer to end", &|| !running(&sink));
+        assert!(lock(&sink.queue.0).parked.is_some(), "the idle writer parks the file");
+        sink.push(b"second\n");
+        wait_for("the second line", &|| read(&dir, LOG_FILE).contains("second\n"));
+        sink.push(b"third\n");
+        drop(sink);
+        let lines: Vec<String> =
+            read(&dir, LOG_FILE).lines().map(|l| l[LINE_PREFIX_LEN..].to_owned()).collect();
+        assert_eq!(lines, ["first", "second", "third"]);
     }
 
     #[test]
