@@ -134,6 +134,14 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CgroupError> {
         .map_err(|source| CgroupError::OpenDir { path: dir.to_path_buf(), source })
 }
 
+/// Removes the directories a failed creation made (logged, not returned: the creation's own
+/// error is the one to report).
+fn rollback(fs: &dyn CgroupFs, created: &[PathBuf]) {
+    for failure in fsops::remove_dirs(fs, created) {
+        tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
+    }
+}
+
 /// The v1 half of a cgroup whose creation was split (see [`Group::create_v2_first`]).
 #[derive(Debug)]
 struct PendingV1 {
@@ -152,9 +160,7 @@ impl Group {
     ) -> Result<Group, CgroupError> {
         let mut g = Self::create_v2_first(fs, layout, parent, name, limits)?;
         if let Err(e) = g.complete_v1() {
-            for failure in fsops::remove_dirs(g.fs.as_ref(), &g.paths()) {
-                tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
-            }
+            rollback(g.fs.as_ref(), &g.paths());
             return Err(e);
         }
         Ok(g)
@@ -186,9 +192,7 @@ impl Group {
         let v2 = match v2 {
             Ok(v2) => v2,
             Err(e) => {
-                for failure in fsops::remove_dirs(fs.as_ref(), &created) {
-                    tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
-                }
+                rollback(fs.as_ref(), &created);
                 return Err(e);
             }
         };
@@ -229,9 +233,7 @@ impl Group {
                 Ok(())
             }
             Err(e) => {
-                for failure in fsops::remove_dirs(f, &created) {
-                    tracing::warn!(error = %failure, "rollback of partially created cgroup failed");
-                }
+                rollback(f, &created);
                 Err(e)
             }
         }

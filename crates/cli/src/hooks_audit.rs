@@ -83,11 +83,7 @@ pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
     let mut cfg = AuditConfig::new(keys_dir(dirs));
     cfg.durability = Durability::Durable;
     cfg.checkpoint_interval = None;
-    let dir = audit_dir(dirs);
-    let (log, report) = AuditLog::open(&dir, cfg)
-        .with_context(|| format!("opening the audit log {}", dir.display()))?;
-    warn_torn(&report);
-    Ok(log)
+    open_with(dirs, cfg)
 }
 
 /// How long a monitor's records may sit written but unsynced. The start path writes its
@@ -104,14 +100,14 @@ fn open_for_session(dirs: &Dirs) -> Result<AuditLog> {
     cfg.durability = Durability::Interval(SESSION_SYNC);
     cfg.checkpoint_interval = Some(CHECKPOINT_PERIOD);
     cfg.ticker_at_open = false;
+    open_with(dirs, cfg)
+}
+
+/// Opens the trail of `dirs` and warns about a torn tail it found.
+fn open_with(dirs: &Dirs, cfg: AuditConfig) -> Result<AuditLog> {
     let dir = audit_dir(dirs);
     let (log, report) = AuditLog::open(&dir, cfg)
         .with_context(|| format!("opening the audit log {}", dir.display()))?;
-    warn_torn(&report);
-    Ok(log)
-}
-
-fn warn_torn(report: &isc_audit::OpenReport) {
     if let Some(t) = &report.torn_tail {
         eprintln!(
             "isc: warning: the audit log {} ends in a torn line at byte {} ({} bytes, a crash or truncation); it is kept and acknowledged, see `isc audit verify`",
@@ -120,6 +116,7 @@ fn warn_torn(report: &isc_audit::OpenReport) {
             t.len
         );
     }
+    Ok(log)
 }
 
 /// Which processes belong to the ISC: its host UID range (robust even after the process

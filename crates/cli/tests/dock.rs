@@ -3,6 +3,7 @@
 //! authorization, logs, the resource guard, and removal.
 
 mod common;
+mod netns;
 
 use std::fs;
 use std::io::Read;
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, ISC};
-use isc_net::link::Rtnl;
+use netns::in_private_netns;
 use serde_json::Value;
 
 /// A Dock serving one Env; on drop it is killed and every monitor it left is stopped.
@@ -505,39 +506,6 @@ fn apply_makes_the_dock_match_a_directory() {
     assert_eq!(names(&r, "removed"), ["isc-ap-b", "isc-ap-c"], "{r}");
     assert!(d.ps().is_empty());
     common::assert_nothing_left(&d.env);
-}
-
-const INNER: &str = "ISC_CLI_DOCK_TEST_INNER";
-const OUTER_NS: &str = "ISC_CLI_DOCK_TEST_OUTER_NS";
-
-fn netns_inode() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
-}
-
-/// Runs `body` inside a private network + mount namespace by re-executing this test: the ISCs'
-/// links and firewall rules never touch the machine's real network.
-fn in_private_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(INNER).is_some() {
-        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
-        assert_ne!(netns_inode(), outer, "refusing to run network tests in the original namespace");
-        Rtnl::open().unwrap().set_up("lo").unwrap();
-        isc_net::enable_forwarding().unwrap();
-        body();
-        return;
-    }
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
-        .env(OUTER_NS, netns_inode().to_string())
-        .output()
-        .expect("run unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
 }
 
 #[test]

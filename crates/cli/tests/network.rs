@@ -6,10 +6,11 @@
 //! ISC services are the `isc` binary itself (`isc probe serve_tcp:…`, `sleep`), and the
 //! attempts from inside run as `isc probe --isc NAME …` in the ISC's live confinement.
 
+mod netns;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,47 +18,12 @@ use std::time::{Duration, Instant};
 use isc_engine::probe::ProbeOutcome;
 use isc_net::link::{in_netns, Rtnl};
 use isc_net::{Denial, Direction, NflogReader};
+use netns::{in_private_netns, netns_inode};
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
-const INNER: &str = "ISC_CLI_NET_TEST_INNER";
-const OUTER_NS: &str = "ISC_CLI_NET_TEST_OUTER_NS";
 const EACCES: i32 = 13;
 const NFLOG_GROUP: u16 = 100;
-
-fn netns_inode(path: &str) -> u64 {
-    fs::metadata(path).unwrap().ino()
-}
-
-/// Run `body` inside a private network + mount namespace by re-executing this test.
-fn in_private_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(INNER).is_some() {
-        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
-        assert_ne!(
-            netns_inode("/proc/thread-self/ns/net"),
-            outer,
-            "refusing to run network tests in the original namespace"
-        );
-        Rtnl::open().unwrap().set_up("lo").unwrap();
-        isc_net::enable_forwarding().unwrap();
-        body();
-        return;
-    }
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
-        .env(INNER, "1")
-        .env(OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
-        .output()
-        .expect("run unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
-    // libtest prints "test NAME ... " without a newline before the body's first line.
-    stdout.lines().filter_map(|l| l.find("BENCH").map(|i| &l[i..])).for_each(|l| println!("{l}"));
-}
 
 /// A network namespace held by a sleeping `unshare --net` child: the "outside".
 struct Netns {

@@ -5,10 +5,11 @@
 //! DNS server written here, on 192.0.2.2:53) lives in a further namespace behind a veth the
 //! test creates. `isc run` gets `ISC_RESOLV_CONF` pointing at that server.
 
+mod netns;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -17,48 +18,15 @@ use std::time::{Duration, Instant};
 
 use isc_engine::probe::ProbeOutcome;
 use isc_net::link::{in_netns, Rtnl};
+use netns::{in_private_netns, netns_inode};
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
-const INNER: &str = "ISC_CLI_NET_DNS_TEST_INNER";
-const OUTER_NS: &str = "ISC_CLI_NET_DNS_TEST_OUTER_NS";
 const EACCES: i32 = 13;
 const X: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const Y: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 /// The answer is "server failure" (rcode 2) while the test DNS server holds this address.
 const SERVFAIL: u32 = 0;
-
-fn netns_inode(path: &str) -> u64 {
-    fs::metadata(path).unwrap().ino()
-}
-
-/// Run `body` inside a private network + mount namespace by re-executing this test.
-fn in_private_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(INNER).is_some() {
-        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
-        assert_ne!(
-            netns_inode("/proc/thread-self/ns/net"),
-            outer,
-            "refusing to run network tests in the original namespace"
-        );
-        Rtnl::open().unwrap().set_up("lo").unwrap();
-        isc_net::enable_forwarding().unwrap();
-        body();
-        return;
-    }
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
-        .env(INNER, "1")
-        .env(OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
-        .output()
-        .expect("run unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
-}
 
 /// The "outside": a namespace held by a sleeping `unshare --net` child, behind `up-iscdns0`
 /// (host 192.0.2.1/24, outside .2 and .3 with a default route back).
