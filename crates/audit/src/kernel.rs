@@ -247,7 +247,9 @@ impl KernelAuditReader {
         }
         Ok(KernelAuditReader {
             fd,
-            buf: vec![0u8; 1 << 16],
+            // Capacity only: the kernel fills what it delivers, so idle readers keep no 64 KiB
+            // of zeroed (dirty) pages — per ISC monitor, and shared with PID 1 after the clone.
+            buf: Vec::with_capacity(1 << 16),
             queue: Default::default(),
             domains: HashMap::new(),
             overflows: 0,
@@ -280,12 +282,13 @@ impl KernelAuditReader {
             if rc == 0 {
                 return Ok(None);
             }
-            // SAFETY: recv into our owned buffer with its exact length.
+            self.buf.clear();
+            // SAFETY: recv writes at most `capacity` bytes into the buffer's allocation.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
                     self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
+                    self.buf.capacity(),
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -302,8 +305,9 @@ impl KernelAuditReader {
                     _ => return Err(KernelAuditError::Recv(e)),
                 }
             }
-            let n = n as usize;
-            let msgs = split_netlink(&self.buf[..n]);
+            // SAFETY: the kernel initialised the first n bytes (n <= capacity).
+            unsafe { self.buf.set_len(n as usize) };
+            let msgs = split_netlink(&self.buf);
             for (ty, payload) in msgs {
                 self.handle(ty, &payload);
             }

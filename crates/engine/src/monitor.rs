@@ -485,6 +485,7 @@ impl Supervisor<'_> {
     /// The event loop; returns PID 1's wait status.
     fn run(&mut self, child: &Launched, sfd: RawFd, outputs: [(OwnedFd, Dest); 2]) -> i32 {
         let mut outs: Vec<(OwnedFd, Dest)> = outputs.into();
+        let mut buf = Vec::with_capacity(RELAY_BUF);
         let listener_fd = self.registration.listener.as_raw_fd();
         loop {
             let mut fds = vec![
@@ -540,7 +541,7 @@ impl Supervisor<'_> {
             for (i, (fd, dest)) in outs.iter().enumerate() {
                 let rev = fds[4 + i].revents;
                 if rev & libc::POLLIN != 0 {
-                    if !relay(fd.as_raw_fd(), dest) {
+                    if !relay(fd.as_raw_fd(), dest, &mut buf) {
                         closed.push(i);
                     }
                 } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
@@ -554,7 +555,7 @@ impl Supervisor<'_> {
                 // Drain what is left: the exit message and the last output.
                 while self.chan_has_data() && self.on_message() {}
                 for (fd, dest) in &outs {
-                    while relay(fd.as_raw_fd(), dest) {}
+                    while relay(fd.as_raw_fd(), dest, &mut buf) {}
                 }
                 crate::timing::mark("PID 1 gone");
                 return wait_pidfd(&child.pidfd);
@@ -698,17 +699,23 @@ fn respond(stream: &mut UnixStream, resp: &ControlResponse) -> io::Result<()> {
 }
 
 /// Copies what is available from `from` to `to`; false on EOF or error.
-fn relay(from: RawFd, to: &Dest) -> bool {
-    let mut buf = [0u8; 65536];
-    // SAFETY: reading into a stack buffer of the given size.
-    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+fn relay(from: RawFd, to: &Dest, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    // SAFETY: read writes at most `capacity` bytes into the buffer's allocation.
+    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.capacity()) };
     if n <= 0 {
         return false;
     }
-    to.write(&buf[..n as usize]);
+    // SAFETY: the kernel initialised the first n bytes (n <= capacity).
+    unsafe { buf.set_len(n as usize) };
+    to.write(buf);
     let _ = io::stdout().flush();
     true
 }
+
+/// A pipe's capacity: one read empties it. Allocated once per monitor and filled by the
+/// kernel only (never zeroed), so an idle monitor keeps no 64 KiB of dirty stack or heap.
+const RELAY_BUF: usize = 64 * 1024;
 
 /// Gives the free heap pages of the start path (manifest, spec, image checks, seccomp
 /// compilation: garbage once the service runs) back to the kernel. The monitor lives as long
