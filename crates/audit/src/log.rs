@@ -231,6 +231,24 @@ impl AuditLog {
         }
     }
 
+    /// How long until [`AuditLog::tick`] has work to do: the rest of the sync period of
+    /// records appended since the last sync, or the wait for a timed checkpoint. `None` when
+    /// nothing is pending, so a caller that ticks can sleep until something else wakes it.
+    pub fn next_tick_in(&self) -> Option<Duration> {
+        let period = ticker_period(&self.inner.cfg)?;
+        if lock(&self.ticker).is_some() {
+            return None;
+        }
+        let sync = match *lock(&self.inner.kicked_at) {
+            Some(t) => Some(period.saturating_sub(t.elapsed())),
+            None => lock(&self.inner.pipeline.queue).kicked.then_some(period),
+        };
+        match (sync, self.inner.checkpoint_wait()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Appends one record and returns its seq once it is written (and synced, if durable).
     pub fn append(
         &self,

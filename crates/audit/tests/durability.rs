@@ -227,6 +227,24 @@ fn deferred_ticker_syncs_only_once_started_and_then_within_the_interval() {
     assert_eq!(log.stats().syncs, after, "an idle ticker must not sync again");
 }
 
+#[test]
+fn next_tick_in_says_when_a_ticking_caller_must_wake_and_nothing_when_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.durability = Durability::Interval(Duration::from_millis(30));
+    c.ticker_at_open = false;
+    let (log, _) = AuditLog::open(&tmp.path().join("audit"), c).unwrap();
+    assert_eq!(log.next_tick_in(), None, "nothing appended, nothing due");
+    log.append(Some("web"), Kind::IscCreate, Actor::Uid(0), json!({})).unwrap();
+    let due = log.next_tick_in().expect("an unsynced record is due a sync");
+    assert!(due <= Duration::from_millis(30), "{due:?}");
+    log.tick(); // notes the kick, syncs nothing yet
+    std::thread::sleep(due + Duration::from_millis(5));
+    log.tick();
+    assert_eq!(log.stats().syncs, 1, "synced once the interval passed");
+    assert_eq!(log.next_tick_in(), None, "idle again");
+}
+
 const CHILD_ENV: &str = "ISC_AUDIT_TEST_APPENDER_DIR";
 
 /// Not a test on its own: the body of the child process the crash test kills.

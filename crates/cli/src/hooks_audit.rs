@@ -43,8 +43,14 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
 /// been quiet this long, and never later than `DRAIN_MAX`.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(1);
-/// How often the collector looks at its stop flag while the socket is quiet.
+/// How often the network denial collector looks at its stop flag while NFLOG is quiet.
 const STOP_POLL: Duration = Duration::from_millis(10);
+/// The longest the kernel denial collector sleeps on a quiet socket when the log has nothing
+/// due. It is woken earlier by a denial, by the barrier record at the end, or by the log's next
+/// sync or checkpoint that was pending when it went to sleep; a record another thread appends
+/// meanwhile is synced within this plus the log's interval. An idle ISC's collector wakes five
+/// times a second, not a hundred.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// The audit log directory of a root.
 pub fn audit_dir(dirs: &Dirs) -> PathBuf {
@@ -291,7 +297,7 @@ impl AuditSession {
     }
 
     fn on_started(&mut self, st: &IscState) {
-        // The kernel denial collector wakes every STOP_POLL anyway, so it also does the log's
+        // The kernel denial collector wakes up regularly anyway, so it also does the log's
         // interval syncs and timed checkpoints (`AuditLog::tick`): one thread (~40 KiB of
         // kernel stack, task and user stack) less per ISC. Without a collector the log's
         // own ticker thread does it.
@@ -569,7 +575,11 @@ fn collect(
         if stopping && stopping_since.is_none() {
             stopping_since = Some(Instant::now());
         }
-        let wait = if stopping { DRAIN_QUIET } else { STOP_POLL };
+        let wait = if stopping {
+            DRAIN_QUIET
+        } else {
+            log.next_tick_in().map_or(IDLE_POLL, |d| d.clamp(Duration::from_millis(1), IDLE_POLL))
+        };
         let ev = match reader.next_event(wait) {
             Ok(ev) => ev,
             Err(e) => {
