@@ -270,6 +270,13 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             unsafe { libc::_exit(127) }
         }
     };
+    // The setup's heap (mount paths, the policy, decoded messages) is garbage now: give its
+    // free pages back (malloc_trim(3)), so an idle PID 1 keeps only what it copied to write.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes glibc's arena lock itself; PID 1 is single-threaded.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let mut probes = Probes::default();
     let mut fds = [
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
