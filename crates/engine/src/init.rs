@@ -251,6 +251,21 @@ fn handled_signals() -> libc::sigset_t {
     }
 }
 
+/// How long PID 1 waits, once the service runs, before trimming its heap (off the start path:
+/// a short-lived service never pays for it).
+const IDLE_TRIM_AFTER_MS: i32 = 1000;
+
+/// The setup's heap (mount paths, the policy, decoded messages) is garbage once the service
+/// runs: give its free pages back (malloc_trim(3)), so an idle PID 1 keeps only what it copied
+/// to write.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes glibc's arena lock itself; PID 1 is single-threaded.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
     let set = handled_signals();
     // SAFETY: blocking signals for this thread, then a signalfd for them.
@@ -270,21 +285,22 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             unsafe { libc::_exit(127) }
         }
     };
-    // The setup's heap (mount paths, the policy, decoded messages) is garbage now: give its
-    // free pages back (malloc_trim(3)), so an idle PID 1 keeps only what it copied to write.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes glibc's arena lock itself; PID 1 is single-threaded.
-    unsafe {
-        libc::malloc_trim(0);
-    }
     let mut probes = Probes::default();
     let mut fds = [
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: channel.raw_fd(), events: libc::POLLIN, revents: 0 },
     ];
+    let mut trimmed = false;
     loop {
+        // The first quiet second trims the heap; after that, wait without a timeout.
+        let timeout = if trimmed { -1 } else { IDLE_TRIM_AFTER_MS };
         // SAFETY: poll over two valid fds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
+        if n == 0 && !trimmed {
+            trim_heap();
+            trimmed = true;
+            continue;
+        }
         if n < 0 {
             continue;
         }
