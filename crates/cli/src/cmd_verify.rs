@@ -150,6 +150,16 @@ pub fn dispatch(dirs: &Dirs, args: VerifyArgs) -> Result<ExitCode> {
             "contradictions": report.score.contradictions,
         }),
     )?;
+    if let Some(n) = &name {
+        // For the Dock's metrics: the last result of a running ISC, beside its state.
+        let summary = serde_json::json!({
+            "exposure": report.score.exposure, "label": report.score.label,
+            "pass": report.score.pass, "time_unix_ms": report.time_unix_ms,
+        });
+        if let Err(e) = state::record_verify(&dirs.state, n, &summary) {
+            tracing::warn!(isc = %n, error = %e, "keeping the verify result beside the ISC's state");
+        }
+    }
     if let Some(out) = &args.sign {
         let key = isc_verify::sign::load_or_create_key(&dirs.root.join("keys"))?;
         let signed = isc_verify::sign::sign(&report.to_json(), &key);

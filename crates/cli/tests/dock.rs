@@ -375,6 +375,17 @@ fn logs_rotate_and_follow_sees_every_line_across_rotations() {
     // Without -f, what is kept ends with the last line.
     let tail = d.ok(&["dock", "logs", "isc-logs", "--tail", "1"]);
     assert!(String::from_utf8_lossy(&tail.stdout).starts_with("line 399 "));
+    // The last verify result of a running ISC is in the Dock's metrics.
+    let v = d.cli(&["verify", "isc-logs", "--json"]);
+    let report: Value = serde_json::from_slice(&v.stdout).unwrap();
+    let exposure = report["score"]["exposure"].as_f64().unwrap();
+    let pass = u8::from(report["score"]["pass"].as_bool().unwrap());
+    let metrics = String::from_utf8_lossy(&d.ok(&["dock", "metrics"]).stdout).into_owned();
+    assert!(
+        metrics.contains(&format!("isc_verify_exposure{{isc=\"isc-logs\"}} {exposure}\n"))
+            && metrics.contains(&format!("isc_verify_pass{{isc=\"isc-logs\"}} {pass}\n")),
+        "{metrics}"
+    );
     // The top-level verbs are the Dock's.
     assert_eq!(d.ok(&["logs", "isc-logs", "--tail", "1"]).stdout, tail.stdout);
     let inspect: serde_json::Value =

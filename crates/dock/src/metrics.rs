@@ -93,6 +93,27 @@ pub fn render(dock: &Dock, recs: &[IscRecord], usage: &[IscStats], api: &ApiCoun
         );
         let _ = writeln!(o, "isc_healthy{{isc=\"{}\"}} {healthy}", label(&r.name));
     }
+    family(
+        &mut o,
+        "isc_verify_exposure",
+        "gauge",
+        "Overall exposure (0 best .. 10) of the last `isc verify` of the running ISC.",
+    );
+    let verified: Vec<(&IscRecord, serde_json::Value)> = recs
+        .iter()
+        .filter(|r| r.status == crate::records::Status::Running)
+        .filter_map(|r| Some((r, isc_engine::state::last_verify(&dock.state_dir, &r.name)?)))
+        .collect();
+    for (r, v) in &verified {
+        if let Some(x) = v["exposure"].as_f64() {
+            let _ = writeln!(o, "isc_verify_exposure{{isc=\"{}\"}} {x}", label(&r.name));
+        }
+    }
+    family(&mut o, "isc_verify_pass", "gauge", "1 if the last `isc verify` of the ISC passed.");
+    for (r, v) in &verified {
+        let pass = u8::from(v["pass"].as_bool() == Some(true));
+        let _ = writeln!(o, "isc_verify_pass{{isc=\"{}\"}} {pass}", label(&r.name));
+    }
     family(&mut o, "isc_memory_limit_bytes", "gauge", "The ISC's memory limit.");
     for r in recs {
         if let Some(m) = r.memory_limit {

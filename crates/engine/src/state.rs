@@ -222,6 +222,32 @@ pub fn get(state_dir: &Path, name: &str) -> Result<IscState, StateError> {
     read_state(&state_dir.join("isc").join(name))
 }
 
+/// The file beside a running ISC's state that holds its last `isc verify` summary; it goes
+/// with the ISC's state directory when the ISC ends.
+pub const VERIFY_FILE: &str = "verify.json";
+
+/// Keeps `summary` (the last verify result: exposure, label, pass, time) beside the state of
+/// the running ISC `name`, for the Dock's metrics and `isc ps`-like readers.
+pub fn record_verify(
+    state_dir: &Path,
+    name: &str,
+    summary: &serde_json::Value,
+) -> Result<(), StateError> {
+    get(state_dir, name)?;
+    let dir = state_dir.join("isc").join(name);
+    let path = dir.join(VERIFY_FILE);
+    let tmp = dir.join(format!(".{VERIFY_FILE}.tmp"));
+    fs::write(&tmp, serde_json::to_vec(summary).expect("json value serializes"))
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|source| StateError::Dir { path, source })
+}
+
+/// The last verify summary recorded for the running ISC `name`, if any.
+pub fn last_verify(state_dir: &Path, name: &str) -> Option<serde_json::Value> {
+    let bytes = fs::read(state_dir.join("isc").join(name).join(VERIFY_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// A request to a monitor's control socket: one JSON line out, one JSON line back.
 pub fn request(
     state_dir: &Path,
