@@ -390,8 +390,8 @@ pub(crate) fn run_manifest(
         audit.step("planning the network", hooks_net::NetHooks::prepare(manifest, dirs))?;
     isc_engine::timing::mark("network planned");
     let result = {
-        let mut local = hooks_net::Both(&mut cgroup, &mut vault);
-        isc_engine::run(&spec, &opts, &mut audit.hooks(&mut hooks_net::Both(&mut local, &mut net)))
+        let mut chain = isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net]);
+        isc_engine::run(&spec, &opts, &mut audit.hooks(&mut chain))
     };
     isc_engine::timing::mark("monitor returned");
     // The ISC's processes are gone: its cgroup's counters are read and the cgroup removed on a

@@ -119,11 +119,12 @@ pub trait StartHooks {
     }
 }
 
-/// Several hooks run in order; the first exit reason wins.
+/// Several hooks run in order; the first exit reason wins. The one forwarder of every
+/// `StartHooks` method: compose hooks with it rather than writing another.
 #[derive(Default)]
-pub struct HookChain(pub Vec<Box<dyn StartHooks>>);
+pub struct HookChain<'a>(pub Vec<&'a mut dyn StartHooks>);
 
-impl StartHooks for HookChain {
+impl StartHooks for HookChain<'_> {
     fn before_go(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.0.iter_mut().try_for_each(|h| h.before_go(child_pid))
     }
