@@ -43,10 +43,8 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
 /// been quiet this long, and never later than `DRAIN_MAX`.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(1);
-/// How often the network denial collector looks at its stop flag while NFLOG is quiet.
-const STOP_POLL: Duration = Duration::from_millis(10);
-/// The longest the kernel denial collector sleeps on a quiet socket when the log has nothing
-/// due. It is woken earlier by a denial, by the barrier record at the end, or by the log's next
+/// The longest a denial collector sleeps on a quiet socket (the kernel one: when the log has
+/// nothing due; the network one is woken through an eventfd to stop). It is woken earlier by a denial, by the barrier record at the end, or by the log's next
 /// sync or checkpoint that was pending when it went to sleep; a record another thread appends
 /// meanwhile is synced within this plus the log's interval. An idle ISC's collector wakes five
 /// times a second, not a hundred.
@@ -165,6 +163,9 @@ struct DenialCounts {
 /// The `isc-audit-net` thread.
 struct NetCollector {
     stop: Arc<AtomicBool>,
+    /// An eventfd the reader also waits on: stopping wakes it at once (it otherwise sleeps up
+    /// to `IDLE_POLL` on a quiet NFLOG socket).
+    wake: Option<std::os::fd::OwnedFd>,
     thread: JoinHandle<DenialCounts>,
 }
 
@@ -338,14 +339,21 @@ impl AuditSession {
             uid_hi: st.host_uid_base.saturating_add(isc_engine::creds::RANGE_SIZE),
             pidns_ino: self.pidns_ino,
         };
-        if let Some(src) = self.net.take() {
+        if let Some(mut src) = self.net.take() {
             let stop = Arc::new(AtomicBool::new(false));
+            // SAFETY: eventfd(2) with flags only; the fd is owned right below.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            let wake = (raw >= 0).then(|| {
+                src.reader.wake_on(raw);
+                // SAFETY: a fresh fd nobody else owns; it outlives the reader (joined first).
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            });
             let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
             let spawned = std::thread::Builder::new()
                 .name("isc-audit-net".into())
                 .spawn(move || collect_net(src, &log, &name, &flag));
             match spawned {
-                Ok(thread) => self.net_collector = Some(NetCollector { stop, thread }),
+                Ok(thread) => self.net_collector = Some(NetCollector { stop, wake, thread }),
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
             }
         }
@@ -401,7 +409,16 @@ impl AuditSession {
     fn stop_net_collector(&mut self) -> Option<DenialCounts> {
         let c = self.net_collector.take()?;
         c.stop.store(true, Ordering::SeqCst);
-        c.thread.join().ok()
+        if let Some(fd) = &c.wake {
+            let one = 1u64;
+            // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
+            unsafe {
+                libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), (&one as *const u64).cast(), 8)
+            };
+        }
+        let counts = c.thread.join().ok();
+        drop(c.wake);
+        counts
     }
 
     /// Tells the kernel-denial collector to drain and stop: sets the barrier it waits for,
@@ -671,7 +688,7 @@ fn collect_net(mut src: NetSource, log: &AuditLog, name: &str, stop: &AtomicBool
     let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let d = src.reader.next(if stopping { NET_DRAIN_QUIET } else { STOP_POLL });
+        let d = src.reader.next(if stopping { NET_DRAIN_QUIET } else { IDLE_POLL });
         if let Some(n) = limiter.take_summary() {
             append(log, name, Kind::NetDrop, summary(n));
         }

@@ -70,6 +70,8 @@ pub struct NflogReader {
     sock: Socket,
     group: u16,
     pending: VecDeque<Denial>,
+    /// An eventfd that ends a wait early (see [`NflogReader::wake_on`]).
+    wake: Option<std::os::fd::RawFd>,
 }
 
 fn nla(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
@@ -161,7 +163,7 @@ impl NflogReader {
         // Without this a burst of denials overruns the socket and reading fails with ENOBUFS;
         // losing log records is preferable to losing the reader.
         let _ = sock.set_no_enobufs(true);
-        let reader = NflogReader { sock, group, pending: VecDeque::new() };
+        let reader = NflogReader { sock, group, pending: VecDeque::new(), wake: None };
         let bind = |source| NflogError::Bind { group, source };
         let mut cmd = Vec::new();
         nla(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
@@ -217,13 +219,28 @@ impl NflogReader {
         }
     }
 
+    /// Lets a write to the eventfd `fd` (owned by the caller, open while this reader waits) end
+    /// a wait of [`NflogReader::next`] early, as a timeout: a reader waiting long can still be
+    /// told to stop at once. The event is consumed, so later waits block again.
+    pub fn wake_on(&mut self, fd: std::os::fd::RawFd) {
+        self.wake = Some(fd);
+    }
+
     fn readable(&self, timeout: Duration) -> bool {
-        let mut pfd =
-            libc::pollfd { fd: self.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfds = [
+            libc::pollfd { fd: self.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.wake.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: poll(2) on one valid pollfd we own, for a bounded time.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        rc > 0 && pfd.revents & libc::POLLIN != 0
+        // SAFETY: poll(2) on valid pollfds (a negative fd is ignored), for a bounded time.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+        if rc > 0 && pfds[1].revents & libc::POLLIN != 0 {
+            let mut n = 0u64;
+            // SAFETY: an 8-byte read from the eventfd resets its counter.
+            unsafe { libc::read(pfds[1].fd, (&mut n as *mut u64).cast(), 8) };
+            return false;
+        }
+        rc > 0 && pfds[0].revents & libc::POLLIN != 0
     }
 
     fn decode(&mut self, data: &[u8]) {

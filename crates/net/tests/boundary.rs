@@ -208,3 +208,33 @@ fn iscs_reach_each_other_only_as_allowed() {
         }
     });
 }
+
+#[test]
+fn a_waiting_nflog_reader_is_woken_by_its_eventfd_and_consumes_the_event() {
+    in_private_netns(
+        "a_waiting_nflog_reader_is_woken_by_its_eventfd_and_consumes_the_event",
+        || {
+            let mut reader = NflogReader::open(101).unwrap();
+            // SAFETY: eventfd(2) with flags only.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            assert!(efd >= 0);
+            reader.wake_on(efd);
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                let one = 1u64;
+                // SAFETY: an 8-byte write to the eventfd.
+                unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+            });
+            let t = std::time::Instant::now();
+            assert!(reader.next(Duration::from_secs(20)).is_none());
+            assert!(t.elapsed() < Duration::from_secs(10), "not woken: {:?}", t.elapsed());
+            waker.join().unwrap();
+            // The event was consumed: the next wait lasts its whole timeout.
+            let t = std::time::Instant::now();
+            assert!(reader.next(Duration::from_millis(300)).is_none());
+            assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+            // SAFETY: closing the eventfd we made; the reader no longer waits on it.
+            unsafe { libc::close(efd) };
+        },
+    );
+}
