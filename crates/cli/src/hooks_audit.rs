@@ -1,6 +1,6 @@
 //! The audit side of `isc run`: the trail at `<root>/audit` (keys in `<root>/keys`), the
-//! lifecycle records of one start, and the collector of the kernel's seccomp/Landlock denials
-//! for this ISC.
+//! lifecycle records of one start, and the start and stop of the threads (`audit_collect`) that
+//! record the kernel's seccomp/Landlock denials and dropped packets of this ISC.
 //!
 //! Threads: the engine's monitor must be single-threaded until `clone3` (the child runs Rust
 //! code, not an exec'd helper). So the log is opened without its ticker thread, the kernel
@@ -12,43 +12,28 @@
 //! kernel allows). The monitor binds it once the network is set up (before the service is
 //! released) and an `isc-audit-net` thread appends `net_drop` records.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use isc_audit::kernel::{KernelAuditReader, KernelEvent};
+use isc_audit::kernel::KernelAuditReader;
 use isc_audit::{Actor, AuditConfig, AuditLog, Durability, Kind};
 use isc_cgroup::Limits;
 use isc_engine::state::IscState;
 use isc_engine::{ExitRecord, IscSpec, MonitorError, StartHooks};
-use isc_net::{Denial, Direction, NflogReader};
+use isc_net::NflogReader;
 use serde_json::json;
 
+use crate::audit_collect::{
+    collect, collect_net, pidns_inode, start_ticker, Attribution, Collector, DenialCounts,
+    NetCollector, NetSource,
+};
 use crate::launch::Dirs;
 
-/// Denials recorded one by one per ISC and second; beyond that they are counted and summarised
-/// once a second, so a service looping on a denied syscall cannot flood the trail or the disk.
-const DENIALS_PER_SECOND: u32 = 100;
-/// `clone3` is answered with ENOSYS by design (libc then falls back to `clone`, whose flags the
-/// filter can inspect), so it is counted, not recorded as a denial. Same number on every arch.
-const SYS_CLONE3: i64 = 435;
 /// How often the log's ticker signs a checkpoint over uncovered records of a running ISC.
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(10);
-/// After the service ended, read until our barrier record arrives (see `audit_barrier`); if it
-/// never does (audit backlog full, `actions_logged` without errno), stop once the socket has
-/// been quiet this long, and never later than `DRAIN_MAX`.
-const DRAIN_QUIET: Duration = Duration::from_millis(100);
-const DRAIN_MAX: Duration = Duration::from_secs(1);
-/// The longest a denial collector sleeps on a quiet socket (the kernel one: when the log has
-/// nothing due; the network one is woken through an eventfd to stop). It is woken earlier by a denial, by the barrier record at the end, or by the log's next
-/// sync or checkpoint that was pending when it went to sleep; a record another thread appends
-/// meanwhile is synced within this plus the log's interval. An idle ISC's collector wakes five
-/// times a second, not a hundred.
-const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// The audit log directory of a root.
 pub fn audit_dir(dirs: &Dirs) -> PathBuf {
@@ -121,66 +106,6 @@ fn open_with(dirs: &Dirs, cfg: AuditConfig) -> Result<AuditLog> {
         );
     }
     Ok(log)
-}
-
-/// Which processes belong to the ISC: its host UID range (robust even after the process
-/// exited) or its PID namespace.
-#[derive(Debug, Clone, Copy)]
-struct Attribution {
-    uid_lo: u32,
-    uid_hi: u32,
-    pidns_ino: Option<u64>,
-}
-
-impl Attribution {
-    fn owns(&self, ev: &KernelEvent) -> bool {
-        if let KernelEvent::Seccomp(s) = ev {
-            if s.uid.is_some_and(|u| (self.uid_lo..self.uid_hi).contains(&u)) {
-                return true;
-            }
-        }
-        match (ev.pid(), self.pidns_ino) {
-            (Some(pid), Some(ino)) => pidns_inode(pid as i32) == Some(ino),
-            _ => false,
-        }
-    }
-}
-
-fn pidns_inode(pid: i32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| m.ino())
-}
-
-/// Counters of the collector, reported in the `isc_exit` record.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-struct DenialCounts {
-    recorded: u64,
-    suppressed: u64,
-    clone3_fallbacks: u64,
-    /// Socket overflows: the kernel dropped an unknown number of events (of any ISC).
-    overflows: u64,
-}
-
-/// The `isc-audit-net` thread.
-struct NetCollector {
-    stop: Arc<AtomicBool>,
-    /// An eventfd the reader also waits on: stopping wakes it at once (it otherwise sleeps up
-    /// to `IDLE_POLL` on a quiet NFLOG socket).
-    wake: Option<std::os::fd::OwnedFd>,
-    thread: JoinHandle<DenialCounts>,
-}
-
-/// This ISC's NFLOG group, bound before the service runs.
-struct NetSource {
-    reader: NflogReader,
-    id: String,
-    group: u16,
-}
-
-struct Collector {
-    stop: Arc<AtomicBool>,
-    /// Pid the barrier record carries (see `audit_barrier`), set just before `stop`.
-    barrier: Arc<std::sync::atomic::AtomicI32>,
-    thread: JoinHandle<DenialCounts>,
 }
 
 /// One `isc run` on the trail: refuses to begin when the log is unwritable (fail closed).
@@ -565,240 +490,7 @@ impl StartHooks for AuditedHooks<'_> {
     }
 }
 
-/// Starts the audit log's own ticker thread (interval syncs, timed checkpoints).
-fn start_ticker(log: &AuditLog, name: &str) {
-    if let Err(e) = log.start_ticker() {
-        // Records still reach the disk at exit (close syncs); only the bound is lost.
-        tracing::error!(isc = %name, error = %e, "audit records of this run are synced only at its end");
-    }
-}
-
-/// The collector thread: reads the kernel's audit multicast group and appends this ISC's
-/// denials until `stop`, then drains what the kernel still sends. It also ticks the log
-/// (see `on_started`), and hands that to the log's ticker thread if the reader fails.
-fn collect(
-    mut reader: KernelAuditReader,
-    log: &AuditLog,
-    name: &str,
-    who: Attribution,
-    stop: &AtomicBool,
-    barrier: &std::sync::atomic::AtomicI32,
-) -> DenialCounts {
-    let mut counts = DenialCounts::default();
-    let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
-    let mut stopping_since: Option<Instant> = None;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if stopping && stopping_since.is_none() {
-            stopping_since = Some(Instant::now());
-        }
-        let wait = if stopping {
-            DRAIN_QUIET
-        } else {
-            log.next_tick_in().map_or(IDLE_POLL, |d| d.clamp(Duration::from_millis(1), IDLE_POLL))
-        };
-        let ev = match reader.next_event(wait) {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::error!(isc = name, error = %e, "kernel audit reader failed; denials are no longer collected");
-                let _ = log.append(
-                    Some(name),
-                    Kind::AuditWriteFailure,
-                    Actor::Isc,
-                    json!({"error": e.to_string(), "source": "kernel audit reader"}),
-                );
-                start_ticker(log, name);
-                return counts;
-            }
-        };
-        log.tick();
-        if reader.overflows() > counts.overflows {
-            counts.overflows = reader.overflows();
-            // Loss is itself security-relevant: the trail says it may be incomplete.
-            let detail = json!({"lost": "unknown", "socket_overflows": counts.overflows,
-                "source": "kernel audit multicast (ENOBUFS)"});
-            append(log, name, Kind::SeccompDenial, detail);
-        }
-        if let Some(n) = limiter.take_summary() {
-            append(
-                log,
-                name,
-                Kind::SeccompDenial,
-                json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
-            );
-        }
-        let barrier_pid = barrier.load(Ordering::SeqCst);
-        if barrier_pid > 0 && ev.as_ref().and_then(KernelEvent::pid) == Some(barrier_pid as u32) {
-            // Everything the kernel queued before the ISC ended has now been delivered.
-            break;
-        }
-        match ev {
-            Some(ev) if who.owns(&ev) => {
-                if matches!(&ev, KernelEvent::Seccomp(s) if s.syscall == SYS_CLONE3) {
-                    counts.clone3_fallbacks += 1;
-                } else if limiter.admit() {
-                    let (kind, actor, detail) = ev.to_record();
-                    if log.append(Some(name), kind, actor, detail).is_ok() {
-                        counts.recorded += 1;
-                    }
-                } else {
-                    counts.suppressed += 1;
-                }
-            }
-            Some(_) => {}
-            None if stopping => break,
-            None => {}
-        }
-        if stopping_since.is_some_and(|t| t.elapsed() >= DRAIN_MAX) {
-            break;
-        }
-    }
-    if let Some(n) = limiter.flush() {
-        append(
-            log,
-            name,
-            Kind::SeccompDenial,
-            json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
-        );
-    }
-    counts
-}
-
-/// After the service ended, read what is still queued until the socket has been quiet this
-/// long. With a queue threshold of 1 the kernel sends each logged packet as it is dropped, so
-/// a drop before the exit is already in the socket; the wait only covers the 10 ms flush timer.
-const NET_DRAIN_QUIET: Duration = Duration::from_millis(30);
-
-fn net_drop_detail(d: &Denial, group: u16) -> serde_json::Value {
-    json!({
-        "direction": match d.direction { Direction::In => "in", Direction::Out => "out" },
-        "src": d.src.to_string(),
-        "dst": d.dst.to_string(),
-        "proto": d.proto,
-        "dport": d.dport,
-        "nflog_group": group,
-    })
-}
-
-/// The network collector thread: appends this ISC's dropped packets (the prefix carries the
-/// ISC id `hooks_net` gave it) until `stop`, then drains the socket.
-fn collect_net(mut src: NetSource, log: &AuditLog, name: &str, stop: &AtomicBool) -> DenialCounts {
-    let mut counts = DenialCounts::default();
-    let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
-    let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        let d = src.reader.next(if stopping { NET_DRAIN_QUIET } else { IDLE_POLL });
-        if let Some(n) = limiter.take_summary() {
-            append(log, name, Kind::NetDrop, summary(n));
-        }
-        match d {
-            Some(d) if d.isc_id == src.id => {
-                if limiter.admit() {
-                    append(log, name, Kind::NetDrop, net_drop_detail(&d, src.group));
-                    counts.recorded += 1;
-                } else {
-                    counts.suppressed += 1;
-                }
-            }
-            Some(_) => {}
-            None if stopping => break,
-            None => {}
-        }
-    }
-    if let Some(n) = limiter.flush() {
-        append(log, name, Kind::NetDrop, summary(n));
-    }
-    counts
-}
-
-fn append(log: &AuditLog, name: &str, kind: Kind, detail: serde_json::Value) {
-    if let Err(e) = log.append(Some(name), kind, Actor::Kernel, detail) {
-        tracing::error!(isc = name, error = %e, "cannot record a kernel denial");
-    }
-}
-
-/// At most `per_second` admissions per one-second window; the rest are counted and reported
-/// once the window is over.
-struct RateLimit {
-    per_second: u32,
-    window: Instant,
-    used: u32,
-    dropped: u64,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> RateLimit {
-        RateLimit { per_second, window: Instant::now(), used: 0, dropped: 0 }
-    }
-    fn roll(&mut self) {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.window = Instant::now();
-            self.used = 0;
-        }
-    }
-    fn admit(&mut self) -> bool {
-        self.roll();
-        if self.used < self.per_second {
-            self.used += 1;
-            true
-        } else {
-            self.dropped += 1;
-            false
-        }
-    }
-    /// The count dropped in a finished window, if any.
-    fn take_summary(&mut self) -> Option<u64> {
-        if self.dropped > 0 && self.window.elapsed() >= Duration::from_secs(1) {
-            return self.flush();
-        }
-        None
-    }
-    fn flush(&mut self) -> Option<u64> {
-        (self.dropped > 0).then(|| std::mem::take(&mut self.dropped))
-    }
-}
-
 /// Where a `--root` keeps its public key (for `isc audit key` and verification).
 pub fn public_key_path(dirs: &Dirs) -> PathBuf {
     keys_dir(dirs).join(isc_audit::keys::VERIFYING_KEY_FILE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_admits_per_window_and_reports_the_rest() {
-        let mut r = RateLimit::new(3);
-        assert!((0..3).all(|_| r.admit()));
-        assert!(!r.admit());
-        assert!(!r.admit());
-        assert_eq!(r.take_summary(), None, "window not over yet");
-        r.window -= Duration::from_secs(2);
-        assert_eq!(r.take_summary(), Some(2));
-        assert!(r.admit(), "a new window admits again");
-        assert_eq!(r.flush(), None);
-    }
-
-    #[test]
-    fn attribution_by_uid_range_works_without_the_process() {
-        let who = Attribution { uid_lo: 1_000_000_000, uid_hi: 1_000_065_536, pidns_ino: None };
-        let ev = |uid| {
-            KernelEvent::Seccomp(isc_audit::kernel::SeccompEvent {
-                audit_id: "1.2:3".into(),
-                pid: u32::MAX - 1,
-                uid: Some(uid),
-                comm: "x".into(),
-                exe: None,
-                syscall: 321,
-                arch: "c000003e".into(),
-                code: 0x50000,
-                sig: 0,
-            })
-        };
-        assert!(who.owns(&ev(1_000_001_000)));
-        assert!(!who.owns(&ev(0)));
-        assert!(!who.owns(&ev(1_000_065_536)));
-    }
 }

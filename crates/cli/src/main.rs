@@ -1,6 +1,7 @@
 //! `isc`: Immutable Service Containers. Thin: every verb calls the crates.
 
 mod audit_barrier;
+mod audit_collect;
 mod cmd_audit;
 mod cmd_dock;
 mod cmd_image;
