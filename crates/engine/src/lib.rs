@@ -20,6 +20,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+mod supervisor;
 pub mod syscall;
 pub mod timing;
 

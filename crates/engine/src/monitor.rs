@@ -4,11 +4,10 @@
 //! It is single-threaded on purpose: `clone3` copies only the calling thread, and the child
 //! runs Rust code (not an exec'd helper), so no other thread may hold a lock at that moment.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -17,10 +16,10 @@ use crate::creds::{self, CredsError, UidRange};
 use crate::fdpass;
 use crate::init::{self, ChildContext};
 use crate::logfile::{Dest, Output};
-use crate::probe::ProbeOutcome;
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
-use crate::state::{ControlRequest, ControlResponse, IscState, Registration, StateError};
+use crate::state::{IscState, Registration, StateError};
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -177,9 +176,9 @@ pub struct ExitRecord {
 }
 
 /// Everything the parent holds about the child.
-struct Launched {
-    pid: i32,
-    pidfd: OwnedFd,
+pub(crate) struct Launched {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: OwnedFd,
 }
 
 #[repr(C)]
@@ -344,16 +343,7 @@ pub fn run(
     release_start_heap();
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
-    let mut sup = Supervisor {
-        spec,
-        chan: &parent_chan,
-        registration: &registration,
-        stop_deadline: None,
-        exited: None,
-        next_probe: 1,
-        chan_open: true,
-        pending: Vec::new(),
-    };
+    let mut sup = Supervisor::new(spec, &parent_chan, &registration);
     let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
     guard.pidfd = None;
     hooks.service_ended();
@@ -449,7 +439,7 @@ fn clone_child(ctx: ChildContext<'_>, cgroup: Option<RawFd>) -> Result<Launched,
     Ok(Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
 }
 
-fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
     // SAFETY: a plain C struct for which all-zero bytes are a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid(P_PIDFD) on our own child; siginfo is written by the kernel.
@@ -463,260 +453,6 @@ fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
         }
     }
 }
-
-struct PendingProbe {
-    client: UnixStream,
-    waiting: Vec<u64>,
-    /// (request id, outcome): answered in request order whatever order the probes finish in.
-    outcomes: Vec<(u64, ProbeOutcome)>,
-}
-
-struct Supervisor<'a> {
-    spec: &'a IscSpec,
-    chan: &'a Channel,
-    registration: &'a Registration,
-    stop_deadline: Option<Instant>,
-    exited: Option<(Option<i32>, Option<i32>)>,
-    next_probe: u64,
-    chan_open: bool,
-    pending: Vec<PendingProbe>,
-}
-
-impl Supervisor<'_> {
-    /// The event loop; returns PID 1's wait status.
-    fn run(&mut self, child: &Launched, sfd: RawFd, outputs: [(OwnedFd, Dest); 2]) -> i32 {
-        let mut outs: Vec<(OwnedFd, Dest)> = outputs.into();
-        let mut buf = Vec::with_capacity(RELAY_BUF);
-        let listener_fd = self.registration.listener.as_raw_fd();
-        loop {
-            let mut fds = vec![
-                libc::pollfd { fd: child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
-                libc::pollfd {
-                    fd: if self.chan_open { self.chan.raw_fd() } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd { fd: listener_fd, events: libc::POLLIN, revents: 0 },
-            ];
-            fds.extend(outs.iter().map(|(fd, _)| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }));
-            let timeout = self
-                .stop_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as i32)
-                .unwrap_or(-1);
-            // SAFETY: poll over valid fds owned by this function.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
-            if n < 0 {
-                continue;
-            }
-            if let Some(d) = self.stop_deadline {
-                if Instant::now() >= d {
-                    tracing::warn!(isc = %self.spec.name, "stop timeout expired: killing the ISC");
-                    // SAFETY: SIGKILL to our own child through its pidfd.
-                    unsafe {
-                        libc::syscall(
-                            libc::SYS_pidfd_send_signal,
-                            child.pidfd.as_raw_fd(),
-                            libc::SIGKILL,
-                            0usize,
-                            0,
-                        )
-                    };
-                    self.stop_deadline = None;
-                }
-            }
-            if fds[1].revents & libc::POLLIN != 0 {
-                self.on_signal(sfd);
-            }
-            if fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-                self.on_message();
-            }
-            if fds[3].revents & libc::POLLIN != 0 {
-                self.on_client();
-            }
-            let mut closed = vec![];
-            for (i, (fd, dest)) in outs.iter().enumerate() {
-                let rev = fds[4 + i].revents;
-                if rev & libc::POLLIN != 0 {
-                    if !relay(fd.as_raw_fd(), dest, &mut buf) {
-                        closed.push(i);
-                    }
-                } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
-                    closed.push(i);
-                }
-            }
-            for i in closed.into_iter().rev() {
-                outs.remove(i);
-            }
-            if fds[0].revents & libc::POLLIN != 0 {
-                // Drain what is left: the exit message and the last output.
-                while self.chan_has_data() && self.on_message() {}
-                for (fd, dest) in &outs {
-                    while relay(fd.as_raw_fd(), dest, &mut buf) {}
-                }
-                crate::timing::mark("PID 1 gone");
-                return wait_pidfd(&child.pidfd);
-            }
-        }
-    }
-
-    fn chan_has_data(&self) -> bool {
-        if !self.chan_open {
-            return false;
-        }
-        let mut p = libc::pollfd { fd: self.chan.raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: zero-timeout poll on our channel fd.
-        unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
-    }
-
-    fn on_signal(&mut self, sfd: RawFd) {
-        // SAFETY: a plain C struct for which all-zero bytes are a valid value.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        // SAFETY: reading one siginfo record from our non-blocking signalfd.
-        while unsafe {
-            libc::read(
-                sfd,
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                std::mem::size_of::<libc::signalfd_siginfo>(),
-            )
-        } > 0
-        {
-            let signo = info.ssi_signo as i32;
-            if matches!(signo, libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT) {
-                self.request_stop();
-            }
-        }
-    }
-
-    fn request_stop(&mut self) {
-        if self.stop_deadline.is_none() {
-            tracing::info!(isc = %self.spec.name, timeout_s = self.spec.stop_timeout.as_secs_f64(), "stopping: SIGTERM to the service");
-            let _ = self.chan.send(&ToInit::Signal { signo: libc::SIGTERM });
-            self.stop_deadline = Some(Instant::now() + self.spec.stop_timeout);
-        }
-    }
-
-    /// Handles one message; false once PID 1's end is closed.
-    fn on_message(&mut self) -> bool {
-        match self.chan.recv::<FromInit>() {
-            Ok(Some(FromInit::ServiceExited { code, signal })) => {
-                crate::timing::mark("service exit reported by PID 1");
-                self.exited = Some((code, signal))
-            }
-            Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
-            Ok(Some(other)) => tracing::warn!(?other, "unexpected message from PID 1"),
-            Ok(None) => {
-                self.chan_open = false;
-                return false;
-            }
-            Err(e) => tracing::warn!(error = %e, "control channel"),
-        }
-        true
-    }
-
-    fn on_probe_result(&mut self, id: u64, outcome: ProbeOutcome) {
-        let Some(i) = self.pending.iter().position(|p| p.waiting.contains(&id)) else { return };
-        let p = &mut self.pending[i];
-        p.waiting.retain(|w| *w != id);
-        p.outcomes.push((id, outcome));
-        if p.waiting.is_empty() {
-            let mut p = self.pending.swap_remove(i);
-            p.outcomes.sort_by_key(|(id, _)| *id);
-            let outcomes = p.outcomes.into_iter().map(|(_, o)| o).collect();
-            let _ = respond(&mut p.client, &ControlResponse::Probes { outcomes });
-        }
-    }
-
-    fn on_client(&mut self) {
-        let Ok((stream, _)) = self.registration.listener.accept() else { return };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut line = String::new();
-        let mut reader = BufReader::new(match stream.try_clone() {
-            Ok(s) => s,
-            Err(_) => return,
-        });
-        if reader.read_line(&mut line).is_err() {
-            return;
-        }
-        let mut stream = stream;
-        match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(ControlRequest::State) => {
-                let resp = match self.registration.read() {
-                    Ok(state) => ControlResponse::State { state },
-                    Err(e) => ControlResponse::Error { message: e.to_string() },
-                };
-                let _ = respond(&mut stream, &resp);
-            }
-            Ok(ControlRequest::Stop) => {
-                self.request_stop();
-                let _ = respond(&mut stream, &ControlResponse::Stopping);
-            }
-            Ok(ControlRequest::Probe { names }) if !names.is_empty() => {
-                // Probes run one after another in PID 1's probe children; results are
-                // collected in order of arrival and returned together.
-                let ids: Vec<u64> = names
-                    .iter()
-                    .map(|_| {
-                        self.next_probe += 1;
-                        self.next_probe
-                    })
-                    .collect();
-                for (id, name) in ids.iter().zip(&names) {
-                    if self.chan.send(&ToInit::Probe { id: *id, name: name.clone() }).is_err() {
-                        let _ = respond(
-                            &mut stream,
-                            &ControlResponse::Error { message: "PID 1 is gone".into() },
-                        );
-                        return;
-                    }
-                }
-                self.pending.push(PendingProbe { client: stream, waiting: ids, outcomes: vec![] });
-            }
-            Ok(ControlRequest::Probe { .. }) => {
-                let _ = respond(
-                    &mut stream,
-                    &ControlResponse::Error { message: "no probes named".into() },
-                );
-            }
-            Err(e) => {
-                let _ = respond(
-                    &mut stream,
-                    &ControlResponse::Error { message: format!("bad request: {e}") },
-                );
-            }
-        }
-    }
-}
-
-fn respond(stream: &mut UnixStream, resp: &ControlResponse) -> io::Result<()> {
-    let mut line = serde_json::to_vec(resp).expect("response serializes");
-    line.push(b'\n');
-    stream.write_all(&line)
-}
-
-/// Copies what is available from `from` to `to`; false on EOF or error.
-fn relay(from: RawFd, to: &Dest, buf: &mut Vec<u8>) -> bool {
-    buf.clear();
-    // SAFETY: read writes at most `capacity` bytes into the buffer's allocation.
-    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.capacity()) };
-    if n <= 0 {
-        return false;
-    }
-    // SAFETY: the kernel initialised the first n bytes (n <= capacity).
-    unsafe { buf.set_len(n as usize) };
-    to.write(buf);
-    let _ = io::stdout().flush();
-    true
-}
-
-/// A pipe's capacity: one read empties it. Allocated once per monitor and filled by the
-/// kernel only (never zeroed), so an idle monitor keeps no 64 KiB of dirty stack or heap.
-const RELAY_BUF: usize = 64 * 1024;
 
 /// Gives the free heap pages of the start path (manifest, spec, image checks, seccomp
 /// compilation: garbage once the service runs) back to the kernel. The monitor lives as long
