@@ -18,6 +18,7 @@ pub mod probe_battery;
 pub mod probe_stress;
 pub mod rootfs;
 pub mod seccomp;
+mod seccomp_table;
 pub mod spec;
 pub mod state;
 mod supervisor;
