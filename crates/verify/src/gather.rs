@@ -300,7 +300,7 @@ pub fn gather(target: &Target, transport: Option<&dyn ProbeTransport>) -> Eviden
             ev.sink = sink.as_ref().map(|s| (s.port, false));
             if let Some(t) = transport {
                 match t.run(&probe_plan(&ev)) {
-                    Ok(outs) => ev.probes = outs.into_iter().map(|o| (o.name.clone(), o)).collect(),
+                    Ok(outs) => (ev.probes, ev.probe_error) = keep_probes_that_ran(outs),
                     Err(e) => ev.probe_error = Some(e),
                 }
             } else {
@@ -323,4 +323,49 @@ pub fn gather(target: &Target, transport: Option<&dyn ProbeTransport>) -> Eviden
         })
         .unwrap_or_default();
     ev
+}
+
+/// Splits the probe answers into those that ran and a note on those that did not: PID 1
+/// answers a probe it could not fork (the ISC's pids limit filled) with `probe_error` and the
+/// fork's errno, which a check asking "did the attempt fail?" would read as *blocked*. Leaving
+/// them out makes those checks fail closed (`checks::no_probes`), never pass.
+fn keep_probes_that_ran(
+    outs: Vec<ProbeOutcome>,
+) -> (BTreeMap<String, ProbeOutcome>, Option<String>) {
+    let (unrun, ran): (Vec<_>, Vec<_>) =
+        outs.into_iter().partition(|o| o.value.get("probe_error").is_some());
+    let note = (!unrun.is_empty()).then(|| {
+        let names: Vec<&str> = unrun.iter().map(|o| o.name.as_str()).collect();
+        let why = unrun[0].value["probe_error"].as_str().unwrap_or("no answer").to_owned();
+        format!("{} probe(s) could not run ({}): {why}", names.len(), names.join(", "))
+    });
+    (ran.into_iter().map(|o| (o.name.clone(), o)).collect(), note)
+}
+
+#[cfg(test)]
+mod probe_split_tests {
+    use super::*;
+
+    fn outcome(name: &str, ok: bool, errno: Option<i32>, value: serde_json::Value) -> ProbeOutcome {
+        ProbeOutcome { name: name.into(), ok, errno, value }
+    }
+
+    #[test]
+    fn a_probe_pid1_could_not_fork_is_left_out_not_counted_as_blocked() {
+        let outs = vec![
+            outcome("write:/etc", false, Some(libc::EROFS), serde_json::Value::Null),
+            outcome(
+                "write:/usr",
+                false,
+                Some(libc::EAGAIN),
+                serde_json::json!({"probe_error": "PID 1 could not fork a probe child"}),
+            ),
+        ];
+        let (ran, note) = keep_probes_that_ran(outs);
+        assert_eq!(ran.keys().collect::<Vec<_>>(), ["write:/etc"]);
+        assert_eq!(
+            note.as_deref(),
+            Some("1 probe(s) could not run (write:/usr): PID 1 could not fork a probe child")
+        );
+    }
 }
