@@ -2,9 +2,8 @@
 //! to the service's ids with only the declared capabilities.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -48,7 +47,7 @@ pub enum CredsError {
 pub struct UidRange {
     pub host_base: u32,
     pub slot: u32,
-    _lock: File,
+    _lock: crate::state::LockFile,
 }
 
 impl UidRange {
@@ -68,16 +67,12 @@ impl UidRange {
         for i in 0..slots {
             let slot = (start + i) % slots;
             let path = lock_dir.join(format!("{slot}.lock"));
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|source| CredsError::LockDir { path: path.clone(), source })?;
-            // SAFETY: flock(2) on an fd we own; LOCK_NB makes it a try-lock.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(Self { host_base: base + slot * RANGE_SIZE, slot, _lock: file });
+            match crate::state::LockFile::try_acquire(&path) {
+                Ok(Some(lock)) => {
+                    return Ok(Self { host_base: base + slot * RANGE_SIZE, slot, _lock: lock })
+                }
+                Ok(None) => {}
+                Err(source) => return Err(CredsError::LockDir { path, source }),
             }
         }
         Err(CredsError::Exhausted { slots })
@@ -203,6 +198,7 @@ mod tests {
         assert_eq!((b.host_base - DEFAULT_UID_BASE) % RANGE_SIZE, 0);
         let slot = a.slot;
         drop(a);
+        assert!(!dir.path().join(format!("{slot}.lock")).exists(), "released: no lock file left");
         let c = UidRange::allocate(dir.path(), DEFAULT_UID_BASE, 4, "same").unwrap();
         assert_eq!(c.slot, slot, "a released range is reused");
     }

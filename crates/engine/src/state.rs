@@ -61,10 +61,50 @@ fn try_lock(file: &File, exclusive: bool) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0 }
 }
 
+/// An exclusive flock(2) on a file that exists only while it is held, so a start leaves no
+/// lock files behind. Taking it checks that the locked inode is still the one at its path (the
+/// previous holder unlinks it just before letting go, and a waiter that opened it earlier must
+/// not hold a lock on a file nobody else can find); letting go unlinks it, then unlocks.
+#[derive(Debug)]
+pub struct LockFile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl LockFile {
+    /// `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<LockFile>> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+            if !try_lock(&file, true) {
+                return Ok(None);
+            }
+            let held = file.metadata()?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Some(LockFile { path: path.to_owned(), _file: file }));
+                }
+                // Unlinked (and maybe re-created) by the holder we waited for: try again.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Unlinked while still locked; the lock goes when `_file` closes right after.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// A running ISC's registration; removing it (Drop) deletes its directory.
 pub struct Registration {
     dir: PathBuf,
-    _lock: File,
+    _lock: LockFile,
     pub listener: UnixListener,
 }
 
@@ -76,17 +116,13 @@ impl Registration {
         mkdir_private(&locks)?;
         mkdir_private(&iscs)?;
         let lock_path = locks.join(format!("{name}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| StateError::Dir { path: lock_path.clone(), source })?;
         let dir = iscs.join(name);
-        if !try_lock(&lock, true) {
+        let Some(lock) = LockFile::try_acquire(&lock_path)
+            .map_err(|source| StateError::Dir { path: lock_path.clone(), source })?
+        else {
             let monitor = read_state(&dir).map(|s| s.monitor_pid).unwrap_or(-1);
             return Err(StateError::NameTaken { name: name.into(), monitor });
-        }
+        };
         if dir.exists() {
             tracing::info!(isc = name, dir = %dir.display(), "removing the stale entry of a dead monitor");
             let _ = fs::remove_dir_all(&dir);
@@ -168,23 +204,18 @@ pub fn list(state_dir: &Path) -> Result<Vec<IscState>, StateError> {
 
 /// Held by a launcher from before it creates anything for `name` (cgroups) until its monitor
 /// has claimed the name, so a concurrent start never collects a starting ISC as stale.
-pub struct StartingLock(#[allow(dead_code)] File);
+pub struct StartingLock(#[allow(dead_code)] LockFile);
 
 impl StartingLock {
     pub fn take(state_dir: &Path, name: &str) -> Result<Self, StateError> {
         let locks = state_dir.join("locks");
         mkdir_private(&locks)?;
         let path = locks.join(format!("{name}.starting"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StateError::Dir { path: path.clone(), source })?;
-        if !try_lock(&f, true) {
-            return Err(StateError::NameTaken { name: name.into(), monitor: -1 });
+        match LockFile::try_acquire(&path) {
+            Ok(Some(l)) => Ok(Self(l)),
+            Ok(None) => Err(StateError::NameTaken { name: name.into(), monitor: -1 }),
+            Err(source) => Err(StateError::Dir { path, source }),
         }
-        Ok(Self(f))
     }
 }
 
@@ -326,6 +357,26 @@ mod tests {
         assert!(list(dir.path()).unwrap().is_empty());
         assert!(matches!(get(dir.path(), "web"), Err(StateError::NotRunning(_))));
         assert!(!dir.path().join("isc/web").exists());
+        assert!(!dir.path().join("locks/web.lock").exists(), "no lock file is left behind");
+    }
+
+    #[test]
+    fn a_lock_taken_through_an_unlinked_inode_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let first = LockFile::try_acquire(&path).unwrap().unwrap();
+        // A waiter that opened the file before the holder let go…
+        let stale = OpenOptions::new().write(true).open(&path).unwrap();
+        drop(first);
+        assert!(!path.exists(), "released: unlinked");
+        // …could lock that inode now, but it guards nothing: a new holder gets a fresh file,
+        // and a second one is refused on it.
+        assert!(try_lock(&stale, true), "the old inode is lockable");
+        let second =
+            LockFile::try_acquire(&path).unwrap().expect("a fresh file, not the old inode");
+        assert!(LockFile::try_acquire(&path).unwrap().is_none(), "held: refused");
+        drop(second);
+        assert!(!path.exists());
     }
 
     #[test]
