@@ -77,9 +77,10 @@ pub fn open_for_monitor(dirs: &Dirs) -> Result<AuditLog> {
 
 /// How long a monitor's records may sit written but unsynced. The start path writes its
 /// records (so a full or read-only disk still refuses the start) but does not wait for the
-/// disk: one `fdatasync` at exit covers a short run, and the ticker started once the service
-/// runs covers a long one. A host crash can lose at most this much of the trail — and the ISC
-/// dies with the host. auditd's default (`flush = INCREMENTAL_ASYNC`) makes the same trade.
+/// disk: one `fdatasync` at exit covers a short run, and the ticking started once the service
+/// runs covers a long one (this interval, checked at least every `audit_collect::IDLE_POLL`).
+/// A host crash can lose that last fraction of a second of the trail — and the ISC dies with
+/// the host. auditd's default (`flush = INCREMENTAL_ASYNC`) makes the same trade.
 pub const SESSION_SYNC: Duration = Duration::from_millis(50);
 
 /// Opens the trail for one `isc run`: see [`SESSION_SYNC`]. No thread until
