@@ -167,6 +167,11 @@ impl AuditSession {
         })
     }
 
+    /// The run's audit log, for records other start hooks append (e.g. the secrets read).
+    pub fn log(&self) -> Arc<AuditLog> {
+        Arc::clone(&self.log)
+    }
+
     fn append(&self, kind: Kind, actor: Actor, detail: serde_json::Value) {
         if let Err(e) = self.log.append(Some(&self.name), kind, actor, detail) {
             tracing::error!(isc = %self.name, kind = %kind, error = %e, "cannot append to the audit trail");

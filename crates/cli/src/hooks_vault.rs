@@ -129,12 +129,19 @@ pub struct VaultHooks {
     /// Host-side mount point of the secrets tmpfs (a plain directory on the host).
     secrets_dir: Option<PathBuf>,
     volumes: Vec<MountedVolume>,
+    /// The run's audit trail (the monitor's session log): which secrets a start decrypted.
+    audit: std::sync::Arc<isc_audit::AuditLog>,
 }
 
 impl VaultHooks {
     /// Opens the manifest's volumes and adds the volume and secret binds to `spec`. Nothing is
     /// done (and the vault is not opened) when the manifest declares neither.
-    pub fn prepare(m: &Manifest, dirs: &Dirs, spec: &mut IscSpec) -> Result<Self> {
+    pub fn prepare(
+        m: &Manifest,
+        dirs: &Dirs,
+        spec: &mut IscSpec,
+        audit: std::sync::Arc<isc_audit::AuditLog>,
+    ) -> Result<Self> {
         let mut hooks = VaultHooks {
             dirs: dirs.clone(),
             isc: m.name.clone(),
@@ -143,6 +150,7 @@ impl VaultHooks {
             secrets: m.secrets.iter().map(|(n, d)| (n.clone(), d.file_name.clone())).collect(),
             secrets_dir: None,
             volumes: Vec::new(),
+            audit,
         };
         if !m.filesystem.volumes.is_empty() {
             let t0 = Instant::now();
@@ -229,13 +237,17 @@ impl VaultHooks {
             Err(e) => return Err(e).context("starting the secrets helper thread"),
         }
         tracing::debug!(isc = %self.isc, count = files.len(), us = t0.elapsed().as_micros() as u64, "secrets delivered");
-        // Names only, never values: which secrets this start decrypted.
-        crate::hooks_audit::record(
-            &self.dirs,
-            Some(&self.isc),
-            isc_audit::Kind::SecretRead,
-            serde_json::json!({"secrets": names, "delivered_to": "/run/secrets"}),
-        )?;
+        // Names only, never values: which secrets this start decrypted. On the run's own trail
+        // (written now, synced with the run's other records), not through a second log opened
+        // and synced on the start path. Fails closed like every record of the start.
+        self.audit
+            .append(
+                Some(&self.isc),
+                isc_audit::Kind::SecretRead,
+                crate::hooks_audit::caller(),
+                serde_json::json!({"secrets": names, "delivered_to": "/run/secrets"}),
+            )
+            .context("recording the secrets read on the audit trail")?;
         Ok(())
     }
 }

@@ -371,7 +371,7 @@ pub(crate) fn run_manifest(
     spec.weakening = weakening(weaken)?;
     let vault = audit.step(
         "opening secrets and volumes",
-        hooks_vault::VaultHooks::prepare(manifest, dirs, &mut spec),
+        hooks_vault::VaultHooks::prepare(manifest, dirs, &mut spec, audit.log()),
     )?;
     isc_engine::timing::mark("secrets and volumes prepared");
     audit.created(&spec, &launch::limits(manifest))?;
