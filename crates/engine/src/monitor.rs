@@ -346,9 +346,13 @@ pub fn run(
     let mut sup = Supervisor::new(spec, &parent_chan, &registration);
     let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
     guard.pidfd = None;
+    let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
+    // The ISC is gone: unregister it now (its entry, control socket and name lock), before
+    // the exit path's threads start and compete with it for the CPU.
+    drop(sup);
+    drop(registration);
     hooks.service_ended();
     crate::timing::mark("service exited");
-    let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
     let record = ExitRecord {
         name: spec.name.clone(),
         code,
