@@ -8,56 +8,24 @@
 
 mod netns;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use isc_engine::probe::ProbeOutcome;
-use isc_net::link::{in_netns, Rtnl};
+use isc_net::link::Rtnl;
 use isc_net::{Denial, Direction, NflogReader};
-use netns::{in_private_netns, netns_inode};
+use netns::{in_private_netns, start_isc, stop_isc, HeldNetns as Netns, RunningIsc};
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
 const EACCES: i32 = 13;
 const NFLOG_GROUP: u16 = 100;
 
-/// A network namespace held by a sleeping `unshare --net` child: the "outside".
-struct Netns {
-    child: Child,
-    file: File,
-}
-
 impl Netns {
-    fn new() -> Netns {
-        let me = netns_inode("/proc/thread-self/ns/net");
-        let child = Command::new("unshare")
-            .args(["--net", "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare --net");
-        let path = format!("/proc/{}/ns/net", child.id());
-        let t = Instant::now();
-        while netns_inode(&path) == me {
-            assert!(t.elapsed() < Duration::from_secs(5), "child never entered its namespace");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let file = File::open(&path).unwrap();
-        let ns = Netns { child, file };
-        ns.run(|| Rtnl::open()?.set_up("lo"));
-        ns
-    }
-
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, isc_net::LinkError> + Send + 'static,
-    ) -> T {
-        in_netns(&self.file, f).unwrap()
-    }
-
     /// The outside network behind `up-isc0`: host 192.0.2.1/24 and 2001:db8::1/64; outside
     /// .2 and .3, ::2 and ::3, with default routes back to the host.
     fn outside() -> Netns {
@@ -96,13 +64,6 @@ impl Netns {
         let addr: SocketAddr = addr.parse().unwrap();
         let s = self.run(move || Ok(UdpSocket::bind(addr).unwrap()));
         std::thread::spawn(move || echo(s));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -146,8 +107,7 @@ struct Env {
 }
 
 struct Isc {
-    name: String,
-    child: Child,
+    run: RunningIsc,
     record: Value,
 }
 
@@ -160,17 +120,6 @@ impl Isc {
     }
     fn id(&self) -> String {
         self.record["id"].as_str().unwrap().to_string()
-    }
-}
-
-/// On a failed assertion: SIGTERM to `isc run`, which stops the ISC and removes its network.
-impl Drop for Isc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -208,48 +157,21 @@ impl Env {
     /// Starts an ISC in the background; returns once it runs and its network record exists.
     fn spawn(&self, name: &str, exec: &[&str], network: &str, args: &[&str]) -> Isc {
         let m = self.manifest(name, exec, Some(network));
-        let child = self
-            .cmd()
-            .arg("run")
-            .arg(&m)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let run = start_isc(|| self.cmd(), &m, args, name);
         let rec = self.state().join("isc").join(name).join("net.json");
-        let mut isc = Isc { name: name.into(), child, record: Value::Null };
-        let t = Instant::now();
-        loop {
-            let running = self.cmd().args(["ps", "--json"]).output().unwrap();
-            let listed = serde_json::from_slice::<Vec<Value>>(&running.stdout)
-                .map(|v| v.iter().any(|s| s["name"] == name))
-                .unwrap_or(false);
-            if listed {
-                isc.record = serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap();
-                return isc;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "ISC {name} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Isc { run, record: serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap() }
     }
     /// Probes inside the live confinement of a running ISC.
     fn probe(&self, isc: &Isc, probes: &[String]) -> Vec<ProbeOutcome> {
-        let out = self.cmd().args(["probe", "--isc", &isc.name]).args(probes).output().unwrap();
+        let out = self.cmd().args(["probe", "--isc", &isc.run.name]).args(probes).output().unwrap();
         assert!(out.status.success(), "isc probe: {}", String::from_utf8_lossy(&out.stderr));
         let mut v: Vec<ProbeOutcome> = serde_json::from_slice(&out.stdout).unwrap();
         // Probe results arrive in completion order; give them back in request order.
         v.sort_by_key(|o| probes.iter().position(|p| *p == o.name));
         v
     }
-    fn stop(&self, mut isc: Isc) {
-        let st = self.cmd().args(["stop", &isc.name]).status().unwrap();
-        assert!(st.success());
-        let t = Instant::now();
-        while isc.child.try_wait().unwrap().is_none() {
-            assert!(t.elapsed() < Duration::from_secs(15), "ISC {} did not stop", isc.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn stop(&self, isc: Isc) {
+        stop_isc(|| self.cmd(), isc.run);
     }
 }
 
@@ -622,8 +544,8 @@ fn a_killed_monitors_network_is_removed_by_the_next_start() {
             .as_i64()
             .unwrap() as i32;
         // SIGKILL the monitor: none of its teardown runs; PID 1 and its netns die with it.
-        isc.child.kill().unwrap();
-        isc.child.wait().unwrap();
+        isc.run.child.kill().unwrap();
+        isc.run.child.wait().unwrap();
         let t = Instant::now();
         while Path::new(&format!("/proc/{init}")).exists() {
             assert!(t.elapsed() < Duration::from_secs(5), "PID 1 outlived its monitor");

@@ -7,18 +7,18 @@
 
 mod netns;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isc_engine::probe::ProbeOutcome;
-use isc_net::link::{in_netns, Rtnl};
-use netns::{in_private_netns, netns_inode};
+use isc_net::link::Rtnl;
+use netns::{in_private_netns, start_isc, stop_isc, HeldNetns, RunningIsc};
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
@@ -28,49 +28,31 @@ const Y: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 /// The answer is "server failure" (rcode 2) while the test DNS server holds this address.
 const SERVFAIL: u32 = 0;
 
-/// The "outside": a namespace held by a sleeping `unshare --net` child, behind `up-iscdns0`
-/// (host 192.0.2.1/24, outside .2 and .3 with a default route back).
-struct Outside {
-    child: Child,
-    file: File,
-}
+/// The "outside": a held namespace behind `up-iscdns0` (host 192.0.2.1/24, outside .2 and .3
+/// with a default route back).
+struct Outside(HeldNetns);
 
 impl Outside {
     fn new() -> Outside {
-        let me = netns_inode("/proc/thread-self/ns/net");
-        let child = Command::new("unshare")
-            .args(["--net", "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare --net");
-        let path = format!("/proc/{}/ns/net", child.id());
-        let t = Instant::now();
-        while netns_inode(&path) == me {
-            assert!(t.elapsed() < Duration::from_secs(5), "child never entered its namespace");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let out = Outside { file: File::open(&path).unwrap(), child };
+        let out = Outside(HeldNetns::new());
         let mut r = Rtnl::open().unwrap();
-        r.create_veth("up-iscdns0", "eth0", &out.file).unwrap();
+        r.create_veth("up-iscdns0", "eth0", &out.0.file).unwrap();
         r.add_address("up-iscdns0", "192.0.2.1".parse().unwrap(), 24).unwrap();
         r.set_up("up-iscdns0").unwrap();
-        in_netns(&out.file, || {
+        out.0.run(|| {
             let mut r = Rtnl::open()?;
-            r.set_up("lo")?;
             for a in [X, Y] {
                 r.add_address("eth0", a.into(), 24)?;
             }
             r.set_up("eth0")?;
             r.add_default_route("eth0", "192.0.2.1".parse().unwrap())
-        })
-        .unwrap();
+        });
         out
     }
 
     /// A TCP greeter ("ok\n") on `0.0.0.0:port` (both outside addresses).
     fn tcp_server(&self, port: u16) {
-        let l = in_netns(&self.file, move || Ok(TcpListener::bind(("0.0.0.0", port)).unwrap()));
-        let l = l.unwrap();
+        let l = self.0.run(move || Ok(TcpListener::bind(("0.0.0.0", port)).unwrap()));
         std::thread::spawn(move || {
             for mut s in l.incoming().flatten() {
                 let _ = s.write_all(b"ok\n");
@@ -81,7 +63,7 @@ impl Outside {
     /// A DNS server on X:53 answering `svc.test` A with the address in `addr` (TTL 1 s; or
     /// SERVFAIL when it holds [`SERVFAIL`]), AAAA with no record. Counts the A questions.
     fn dns_server(&self, addr: Arc<AtomicU32>, asked: Arc<AtomicUsize>) {
-        let s = in_netns(&self.file, || Ok(UdpSocket::bind((X, 53)).unwrap())).unwrap();
+        let s = self.0.run(|| Ok(UdpSocket::bind((X, 53)).unwrap()));
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -110,31 +92,9 @@ impl Outside {
     }
 }
 
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A private --root/--state pair under /tmp, removed (image store included) on drop.
 struct Env {
     dir: PathBuf,
-}
-
-struct Isc {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Isc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        }
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Env {
@@ -161,30 +121,16 @@ impl Env {
         let path = self.dir.join("state").join("isc").join(name).join("net.json");
         serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
     }
-    fn spawn(&self, name: &str, network: &str) -> Isc {
+    fn spawn(&self, name: &str, network: &str) -> RunningIsc {
         let text = format!(
             "name = \"{name}\"\n[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\n[image]\nsource = \"host\"\npaths = [\"{ISC}\", \"/usr/bin/sleep\"]\n[network]\n{network}\n"
         );
         let m = self.dir.join(format!("{name}.toml"));
         fs::write(&m, text).unwrap();
-        let child =
-            self.cmd().arg("run").arg(&m).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn();
-        let isc = Isc { name: name.into(), child: child.unwrap() };
-        let t = Instant::now();
-        loop {
-            let out = self.cmd().args(["ps", "--json"]).output().unwrap();
-            let listed = serde_json::from_slice::<Vec<Value>>(&out.stdout)
-                .map(|v| v.iter().any(|s| s["name"] == name))
-                .unwrap_or(false);
-            if listed {
-                return isc;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "ISC {name} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        start_isc(|| self.cmd(), &m, &[], name)
     }
     /// `tcp_reach` from inside the running ISC.
-    fn reach(&self, isc: &Isc, to: Ipv4Addr, port: u16, ms: u32) -> ProbeOutcome {
+    fn reach(&self, isc: &RunningIsc, to: Ipv4Addr, port: u16, ms: u32) -> ProbeOutcome {
         let probe = format!("tcp_reach:{}:{ms}", SocketAddr::from((to, port)));
         let out = self.cmd().args(["probe", "--isc", &isc.name, &probe]).output().unwrap();
         assert!(out.status.success(), "isc probe: {}", String::from_utf8_lossy(&out.stderr));
@@ -199,13 +145,8 @@ impl Env {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
-    fn stop(&self, mut isc: Isc) {
-        assert!(self.cmd().args(["stop", &isc.name]).status().unwrap().success());
-        let t = Instant::now();
-        while isc.child.try_wait().unwrap().is_none() {
-            assert!(t.elapsed() < Duration::from_secs(15), "ISC {} did not stop", isc.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn stop(&self, isc: RunningIsc) {
+        stop_isc(|| self.cmd(), isc);
     }
 }
 
