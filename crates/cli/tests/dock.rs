@@ -329,32 +329,8 @@ fn logs_rotate_and_follow_sees_every_line_across_rotations() {
         "",
     );
     d.ok(&["up", m.to_str().unwrap()]);
-    let mut follower = d
-        .env
-        .cmd()
-        .args(["dock", "logs", "-f", "isc-logs"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut buf = [0u8; 4096];
-        while !all.contains("line 399 ") {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        all
-    });
-    let t = Instant::now();
-    while !reader.is_finished() && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    follower.kill().unwrap();
-    follower.wait().unwrap();
-    let got = reader.join().unwrap();
+    let follower = d.follow(&["dock", "logs", "-f", "isc-logs"], |all| all.contains("line 399 "));
+    let got = follower.finish(Duration::from_secs(30));
     let nums: Vec<u32> = got
         .lines()
         .filter_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
@@ -778,33 +754,49 @@ fn logs_have_timestamps_and_since_selects_by_them() {
     assert!(err.contains("`yesterday` is not a time; fix:"), "{err}");
 
     // -f with --since: the old line is left out, the following starts at once.
-    let mut follower = d
-        .env
-        .cmd()
-        .args(["dock", "logs", "-f", "isc-since", "--since", &mid_utc])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 256];
-        while !all.ends_with(b"\n") {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-        }
-        all
+    let follower = d.follow(&["dock", "logs", "-f", "isc-since", "--since", &mid_utc], |all| {
+        all.ends_with('\n')
     });
-    let t = Instant::now();
-    while !reader.is_finished() && t.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    follower.kill().unwrap();
-    follower.wait().unwrap();
-    assert_eq!(String::from_utf8(reader.join().unwrap()).unwrap(), "after\n");
+    assert_eq!(follower.finish(Duration::from_secs(15)), "after\n");
     d.ok(&["dock", "rm", "isc-since"]);
+}
+
+/// A following command (`logs -f`, `events -f`) whose output a thread reads until `done`.
+struct Follower {
+    child: Child,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl DockProc {
+    fn follow(&self, args: &[&str], done: fn(&str) -> bool) -> Follower {
+        let mut child = self.env.cmd().args(args).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            let mut buf = [0u8; 4096];
+            while !done(&all) {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            all
+        });
+        Follower { child, reader }
+    }
+}
+
+impl Follower {
+    /// What was read once `done` held (or `limit` passed); the command is killed.
+    fn finish(mut self, limit: Duration) -> String {
+        let t = Instant::now();
+        while !self.reader.is_finished() && t.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.join().unwrap()
+    }
 }
 
 /// `isc dock events --json [--isc NAME]`, parsed.
@@ -923,36 +915,18 @@ fn stats_and_events_through_the_dock() {
         );
 
         // events -f streams what happens from now on.
-        let mut follower = d
-            .env
-            .cmd()
-            .args(["dock", "events", "-f", "--json", "--isc", "isc-stats-web"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = follower.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut buf = [0u8; 1024];
-            while !all.contains("\"kind\":\"exited\"") {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-            all
-        });
+        let follower = d
+            .follow(&["dock", "events", "-f", "--json", "--isc", "isc-stats-web"], |all| {
+                all.contains("\"kind\":\"exited\"")
+            });
         // The follower has its head (created, started) once it is subscribed.
         std::thread::sleep(Duration::from_millis(300));
         d.ok(&["dock", "stop", "isc-stats-web"]);
-        let t = Instant::now();
-        while !reader.is_finished() && t.elapsed() < Duration::from_secs(15) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        follower.kill().unwrap();
-        follower.wait().unwrap();
-        let streamed: Vec<Value> =
-            reader.join().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let streamed: Vec<Value> = follower
+            .finish(Duration::from_secs(15))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let kinds: Vec<&str> = streamed.iter().map(|e| e["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["created", "started", "stopping", "exited"]);
         let stopped = stats_of(&d, "isc-stats-web");
