@@ -48,6 +48,8 @@ fn hardened_isc_proves_its_confinement_from_inside() {
             "read:/proc/1/environ",
             "read:/sys/kernel/notes",
             "cat:/proc/self/limits",
+            "cat:/proc/self/status",
+            "cat:/proc/self/stat",
             "orphan_reap",
             "mmap_wx",
         ],
@@ -155,6 +157,20 @@ fn hardened_isc_proves_its_confinement_from_inside() {
     };
     assert_eq!(limit("Max core file size"), ["0", "0"]);
     assert_eq!(limit("Max open files"), ["1024", "1024"]);
+    // PID 1 blocks every signal it handles (for its signalfd); the service starts with none
+    // blocked and leads a session of its own, so no terminal signal or PID 1 state leaks in.
+    let status = by_name(&outs, "cat:/proc/self/status").value.as_str().unwrap().to_string();
+    let sig_blk = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
+    assert_eq!(sig_blk, Some("0000000000000000"), "{status}");
+    let stat = by_name(&outs, "cat:/proc/self/stat").value.as_str().unwrap().to_string();
+    // pid (comm) state ppid pgrp session …: the fields after the ")" that closes comm.
+    let after_comm: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+    let pid = stat.split_whitespace().next().unwrap();
+    assert_eq!(
+        (after_comm[2], after_comm[3]),
+        (pid, pid),
+        "pgrp and session are the service's own: {stat}"
+    );
     // Memory-deny-write-execute: a writable and executable mapping is refused.
     let wx = by_name(&outs, "mmap_wx");
     assert_eq!((wx.ok, wx.errno), (false, Some(EACCES)), "{wx:?}");
