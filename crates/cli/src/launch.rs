@@ -215,7 +215,7 @@ impl CgroupHooks {
     pub fn teardown_in_background(&mut self) -> CgroupTeardown {
         let limits = self.limits.clone();
         let Some(cg) = self.cgroup.take() else {
-            return CgroupTeardown { limits, events: None, thread: None, received: None };
+            return CgroupTeardown { limits, events: None, thread: None };
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new().name("isc-cgroup-rm".into()).spawn(move || {
@@ -223,12 +223,10 @@ impl CgroupHooks {
             destroy(cg);
         });
         match spawned {
-            Ok(thread) => {
-                CgroupTeardown { limits, events: Some(rx), thread: Some(thread), received: None }
-            }
+            Ok(thread) => CgroupTeardown { limits, events: Some(rx), thread: Some(thread) },
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for the cgroup removal; the cgroup stays until the monitor exits");
-                CgroupTeardown { limits, events: None, thread: None, received: None }
+                CgroupTeardown { limits, events: None, thread: None }
             }
         }
     }
@@ -239,19 +237,15 @@ pub struct CgroupTeardown {
     limits: Limits,
     events: Option<std::sync::mpsc::Receiver<Option<isc_cgroup::Events>>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    received: Option<isc_cgroup::Events>,
 }
 
 impl CgroupTeardown {
     /// Puts the kernel's account of the end into the exit record: the reason (an OOM kill, a
     /// pids-limit hit) and the limit event counters.
     pub fn annotate(&mut self, record: &mut isc_engine::ExitRecord) {
-        if self.received.is_none() {
-            self.received = self.events.take().and_then(|rx| rx.recv().ok().flatten());
-        }
-        let Some(ev) = &self.received else { return };
+        let Some(ev) = self.events.take().and_then(|rx| rx.recv().ok().flatten()) else { return };
         if record.reason.is_none() {
-            record.reason = exit_reason(ev, &self.limits);
+            record.reason = exit_reason(&ev, &self.limits);
         }
         record.limit_events = Some(serde_json::json!({
             "oom_kills": ev.oom_kills,
