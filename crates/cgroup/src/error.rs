@@ -209,3 +209,18 @@ pub enum CgroupError {
     #[error("resource limits cannot be honoured: {0}")]
     Capacity(String),
 }
+
+impl CgroupError {
+    /// A directory on the path was gone (ENOENT): another monitor removed a shared parent
+    /// cgroup it had left empty. Creation retries on this; nothing else does.
+    pub(crate) fn is_vanished(&self) -> bool {
+        let source = match self {
+            Self::Create { source, .. }
+            | Self::Write { source, .. }
+            | Self::Read { source, .. }
+            | Self::EnableController { source, .. } => source,
+            _ => return false,
+        };
+        source.kind() == io::ErrorKind::NotFound
+    }
+}

@@ -107,6 +107,44 @@ fn ensure_dir(fs: &dyn CgroupFs, dir: &Path) -> Result<bool, CgroupError> {
     }
 }
 
+/// How often [`create_below`] rebuilds the parent chain after a parent vanished under it.
+const PARENT_VANISHED_RETRIES: usize = 8;
+
+/// Creates `base/<parent…>/dirname`: each parent component if missing (then `prepare` runs
+/// on it), then the leaf. The shared parents are removed by whichever monitor leaves them
+/// empty, so one may vanish between our mkdir and the leaf's; the chain is then rebuilt. Once
+/// the leaf exists its parents are no longer empty and stay.
+fn create_below(
+    fs: &dyn CgroupFs,
+    base: &Path,
+    parent: Option<&Path>,
+    dirname: &str,
+    created: &mut Vec<PathBuf>,
+    mut prepare: impl FnMut(&Path) -> Result<(), CgroupError>,
+) -> Result<PathBuf, CgroupError> {
+    let mut attempt = 0;
+    loop {
+        let built = (|| -> Result<PathBuf, CgroupError> {
+            let mut dir = base.to_path_buf();
+            for comp in parent.iter().flat_map(|p| p.components()) {
+                dir.push(comp);
+                ensure_dir(fs, &dir)?;
+                prepare(&dir)?;
+            }
+            let leaf = dir.join(dirname);
+            create_leaf(fs, &leaf, created)?;
+            Ok(leaf)
+        })();
+        match built {
+            Err(e) if e.is_vanished() && attempt < PARENT_VANISHED_RETRIES => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "cgroup parent vanished while creating; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// mkdir the ISC's own directory, which must not exist yet; record it for rollback.
 fn create_leaf(
     fs: &dyn CgroupFs,
@@ -253,15 +291,15 @@ impl Group {
                 v1_dirs.insert(*c, leaf.clone());
                 continue;
             }
-            let mut dir = base.clone();
-            for comp in parent.iter().flat_map(|p| p.components()) {
-                dir.push(comp);
-                if ensure_dir(f, &dir)? && dir.join("cpuset.cpus").exists() {
-                    v1::init_cpuset(f, &dir)?;
+            let leaf = create_below(f, base, parent, dirname, created, |dir| {
+                // Every time, not only when this call made `dir`: a parent that another
+                // monitor has just made may not have its cpuset copied yet, and a child of an
+                // empty cpuset could never hold a task.
+                if dir.join("cpuset.cpus").exists() {
+                    v1::init_cpuset(f, dir)?;
                 }
-            }
-            let leaf = dir.join(dirname);
-            create_leaf(f, &leaf, created)?;
+                Ok(())
+            })?;
             if leaf.join("cpuset.cpus").exists() {
                 v1::init_cpuset(f, &leaf)?;
             }
@@ -279,15 +317,9 @@ impl Group {
         created: &mut Vec<PathBuf>,
     ) -> Result<Option<V2Part>, CgroupError> {
         let Some((base, enabled)) = &plan.v2 else { return Ok(None) };
-        let mut dir = base.clone();
-        v2::enable(f, &dir, enabled)?;
-        for comp in parent.iter().flat_map(|p| p.components()) {
-            dir.push(comp);
-            ensure_dir(f, &dir)?;
-            v2::enable(f, &dir, enabled)?;
-        }
-        let leaf = dir.join(dirname);
-        create_leaf(f, &leaf, created)?;
+        v2::enable(f, base, enabled)?;
+        let leaf =
+            create_below(f, base, parent, dirname, created, |dir| v2::enable(f, dir, enabled))?;
         Ok(Some(V2Part {
             fd: open_dir(&leaf)?,
             enabled: v2::offered(f, &leaf)?.intersection(enabled).copied().collect(),

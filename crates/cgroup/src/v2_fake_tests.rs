@@ -269,3 +269,50 @@ fn stale_collection_removes_only_dead_isc_cgroups() {
     assert!(root(&layout).join("not-ours").is_dir());
     Box::new(live).destroy().unwrap();
 }
+
+/// The fake v2 fs, except that the first mkdir of a directory named `isc-…` (the leaf) finds
+/// its parent just removed, as when another monitor's exit path removes the shared parent it
+/// saw empty between our parent mkdir and leaf mkdir.
+#[derive(Debug, Default)]
+struct ParentVanishesOnce(std::sync::atomic::AtomicBool);
+
+impl CgroupFs for ParentVanishesOnce {
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        let is_leaf = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("isc-"));
+        if is_leaf && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            FakeV2Fs.rmdir(path.parent().unwrap())?;
+        }
+        FakeV2Fs.mkdir(path)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        FakeV2Fs.rmdir(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<String> {
+        FakeV2Fs.read(path)
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        FakeV2Fs.write(path, value)
+    }
+}
+
+#[test]
+fn a_shared_parent_removed_by_another_monitor_mid_create_is_made_again() {
+    let (_tmp, layout) = fake_root(ALL);
+    let fs = Arc::new(ParentVanishesOnce::default());
+    let limits = Limits { pids: Some(8), ..Default::default() };
+    let g = Group::create(fs.clone(), &layout, Some(Path::new("isc.0123")), "web", &limits)
+        .expect("the vanished parent is created again");
+    assert!(fs.0.load(std::sync::atomic::Ordering::SeqCst), "the race was not simulated");
+    let leaf = root(&layout).join("isc.0123/isc-web");
+    assert_eq!(g.paths(), vec![leaf.clone()]);
+    assert_eq!(read(&leaf.join("pids.max")), "8");
+    let enabled = |dir: &Path| {
+        let mut v: Vec<String> = read(&dir.join("cgroup.subtree_control"))
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(enabled(&root(&layout).join("isc.0123")), ["cpu", "io", "memory", "pids"]);
+}
