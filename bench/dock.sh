@@ -33,7 +33,7 @@ N_START=${N_START:-100}; N_PS=${N_PS:-500}; BATCH=${BATCH:-50}; RUNS=${RUNS:-20}
 if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$REPO" && cargo build --release -p isc-cli >&2) || exit 2
 fi
-ISC="$REPO/target/release/isc"
+ISC="$REPO/target/x86_64-unknown-linux-gnu/release/isc"
 W=$(mktemp -d /tmp/isc-bench-dock-XXXXXX)
 chmod 755 "$W"   # the ISCs' user namespaces must reach the image tree
 ROOT="$W/root"; STATE="$W/state"; SOCK="$STATE/dock.sock"

@@ -31,7 +31,7 @@ BUILDS=${BUILDS:-3}; RUNS=${RUNS:-30}; WARMUP=${WARMUP:-3}; N_IDLE=${N_IDLE:-8};
 if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$REPO" && cargo build --release -p isc-cli >&2) || exit 2
 fi
-ISC="$REPO/target/release/isc"
+ISC="$REPO/target/x86_64-unknown-linux-gnu/release/isc"
 W=$(mktemp -d /tmp/isc-bench-image-XXXXXX)
 chmod 755 "$W"   # the ISC's user namespace must be able to reach the image to bind-mount it
 ROOT="$W/root"; STATE="$W/state"

@@ -6,11 +6,11 @@
 #      behind an unfiltered veth pair (no nft table), same sender (bash + dd), same sink
 #   3. nft apply time for 1/100/1000 ISCs and per-ISC add/remove at that size (add_one: the
 #      start path, base already in place; add_base_ms: the same behind a re-stated base)
-# Usage: bench/net.sh [path/to/isc]   (default target/debug/isc; build it first)
+# Usage: bench/net.sh [path/to/isc]   (default target/x86_64-unknown-linux-gnu/debug/isc; build it first)
 #   SECTIONS="1 2 3" (default) picks sections; ROUNDS=5 throughput rounds; MB=2000 per round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ISC=$(realpath "${1:-target/debug/isc}")
+ISC=$(realpath "${1:-target/x86_64-unknown-linux-gnu/debug/isc}")
 if [ -z "${ISC_NET_BENCH_INNER:-}" ]; then
     exec env ISC_NET_BENCH_INNER=1 unshare --net --mount -- "$0" "$ISC"
 fi

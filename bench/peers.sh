@@ -48,7 +48,7 @@ SETTLE=${SETTLE:-5}
 export PEERS_WORK=${PEERS_WORK:-/tmp/isc-peers}
 BENCH=$PEERS_WORK
 NOCG2=$PEERS_DIR/nocg2.sh
-ISC=${ISC_BIN:-$REPO/target/release/isc}
+ISC=${ISC_BIN:-$REPO/target/x86_64-unknown-linux-gnu/release/isc}
 OUT=${OUT:-$BENCH/out-isc}
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/isc-bench.XXXXXX)

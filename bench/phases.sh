@@ -3,12 +3,12 @@
 # ISC_TIMINGS=1 and prints, per phase mark, the median time since main() and the median
 # duration of the phase. (Whole-command medians against peers: bench/peers.sh.)
 #
-#   bench/phases.sh MANIFEST [N=30]    env: ISC_BIN (default target/release/isc), ISC_ARGS
+#   bench/phases.sh MANIFEST [N=30]    env: ISC_BIN (default target/x86_64-unknown-linux-gnu/release/isc), ISC_ARGS
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 M=${1:?usage: bench/phases.sh MANIFEST [N]}
 N=${2:-30}
-ISC=${ISC_BIN:-$REPO/target/release/isc}
+ISC=${ISC_BIN:-$REPO/target/x86_64-unknown-linux-gnu/release/isc}
 T=$(mktemp -d /tmp/isc-phases.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 for i in $(seq "$N"); do

@@ -10,14 +10,14 @@
 # Needs root and the peers' bundles: runs ../shared/bench/peers/setup.sh (SKIP_APT=1 when the
 # tools are present). Leaves nothing running; everything it made is removed on exit.
 #
-# Env: ISC_BIN (default: target/release/isc, built if missing), PEERS_WORK (/tmp/isc-peers).
+# Env: ISC_BIN (default: target/x86_64-unknown-linux-gnu/release/isc, built if missing), PEERS_WORK (/tmp/isc-peers).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$REPO/../shared/bench/peers}
 [ -d "$PEERS_DIR" ] || PEERS_DIR=/work/shared/bench/peers
 BENCH=${PEERS_WORK:-/tmp/isc-peers}
-ISC=${ISC_BIN:-$REPO/target/release/isc}
+ISC=${ISC_BIN:-$REPO/target/x86_64-unknown-linux-gnu/release/isc}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 [ -x "$ISC" ] || (cd "$REPO" && cargo build --release -p isc-cli)
 if command -v crun >/dev/null && command -v bwrap >/dev/null && command -v jq >/dev/null; then

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/deps.sh
 cargo build --release -p isc-cli
-ISC=./target/release/isc
+ISC=./target/x86_64-unknown-linux-gnu/release/isc
 if [ $# -gt 0 ]; then exec "$ISC" run "$@"; fi
 
 "$ISC" run &
