@@ -39,8 +39,8 @@ pub fn record_pid() -> u32 {
 /// Emits the barrier record from a new thread and returns at once; join the handle (its
 /// result says whether the logged call was made) before relying on the record. Set the
 /// reader's expectation ([`record_pid`]) before calling, so the record cannot be missed.
-pub fn emit() -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
-    std::thread::Builder::new().name("isc-audit-barrier".into()).spawn(|| {
+pub fn emit() -> io::Result<isc_engine::beside::Beside<io::Result<()>>> {
+    isc_engine::beside::spawn("isc-audit-barrier", 64 * 1024, || {
         let mut prog = program();
         let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
         // SAFETY: prctl and seccomp act on this thread only (no TSYNC); `fprog` points at a
@@ -65,8 +65,8 @@ pub fn emit() -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
 }
 
 /// Waits for the barrier thread; its error, if the record could not be emitted.
-pub fn join(h: std::thread::JoinHandle<io::Result<()>>) -> io::Result<()> {
-    h.join().map_err(|_| io::Error::other("the audit barrier thread panicked"))?
+pub fn join(h: isc_engine::beside::Beside<io::Result<()>>) -> io::Result<()> {
+    h.join().ok_or_else(|| io::Error::other("the audit barrier thread panicked"))?
 }
 
 #[cfg(test)]

@@ -437,6 +437,8 @@ fn serve(dirs: &Dirs, config: Option<PathBuf>) -> Result<ExitCode> {
 fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
     let req: MonitorRequest =
         serde_json::from_str(request).context("parsing the monitor request from the Dock")?;
+    // Made while the manifest loads and the audit trail opens (see isc_engine::netns).
+    let netns = std::sync::Arc::new(isc_engine::netns::PreparedNetns::spawn());
     let result = (|| {
         let manifest = Manifest::load(&req.manifest)?;
         if manifest.name != req.name {
@@ -455,6 +457,7 @@ fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
             };
             o.uid_base = req.uid_base;
             o.uid_slots = req.uid_slots;
+            o.netns = Some(std::sync::Arc::clone(&netns));
         })?;
         Ok(record)
     })();

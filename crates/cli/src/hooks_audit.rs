@@ -126,7 +126,7 @@ pub struct AuditSession {
     net_collector: Option<NetCollector>,
     memory_limit: Option<u64>,
     /// The thread emitting the drain's barrier record (see `audit_barrier`).
-    barrier_thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    barrier_thread: Option<isc_engine::beside::Beside<std::io::Result<()>>>,
 }
 
 impl AuditSession {

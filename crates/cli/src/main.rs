@@ -316,11 +316,14 @@ fn fast_run_args(args: &[std::ffi::OsString]) -> Option<Cli> {
 }
 
 fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
+    // Made while the manifest loads and the audit trail opens (see isc_engine::netns).
+    let netns = std::sync::Arc::new(isc_engine::netns::PreparedNetns::spawn());
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
-    let (record, image_id) = run_manifest(&manifest, weaken, dirs, &|_| {})?;
+    let (record, image_id) =
+        run_manifest(&manifest, weaken, dirs, &|o| o.netns = Some(std::sync::Arc::clone(&netns)))?;
     isc_engine::timing::mark("image released");
     if json {
         let mut v = serde_json::to_value(&record)?;

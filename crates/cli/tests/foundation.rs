@@ -23,6 +23,7 @@ fn hardened_isc_proves_its_confinement_from_inside() {
             "status",
             "ids",
             "ns",
+            "netns_owner",
             "fds",
             "env",
             "dev",
@@ -61,6 +62,10 @@ fn hardened_isc_proves_its_confinement_from_inside() {
         let inside = ns[kind].as_str().unwrap_or_else(|| panic!("no {kind} ns"));
         assert_ne!(inside, host_ns(kind), "{kind} namespace is the host's");
     }
+    // The network namespace belongs to the host's user namespace, not the ISC's: even root of
+    // the ISC could change nothing in it (ioctl_ns(2): EPERM, the owner is out of scope).
+    let owner = by_name(&outs, "netns_owner");
+    assert_eq!((owner.ok, owner.errno), (false, Some(EPERM)), "{owner:?}");
     // Credentials: no capability in any set, no_new_privs, seccomp filter mode.
     let st = &by_name(&outs, "status").value;
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
@@ -196,6 +201,27 @@ fn landlock_is_an_independent_layer() {
     let without = env.probe("ll-off", &probes, &["no-landlock"]);
     assert!(by_name(&without, "open_write:/proc/self/comm").ok, "{without:?}");
     assert_ne!(by_name(&without, "tcp_connect:127.0.0.1:9").errno, Some(EACCES));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn a_kept_network_capability_gets_a_network_namespace_of_the_iscs_own() {
+    let env = Env::new("netcap");
+    // NET_BIND_SERVICE is checked against the network namespace's owner: kept, it must act
+    // there, so this ISC's namespace is made by clone3 inside its user namespace, and PID 1
+    // brings lo up itself.
+    let probes = ["netns_owner", "ns", "udp_ask:127.0.0.1:9:500"];
+    let outs = env.probe_with(
+        "netcap",
+        &probes,
+        "[security]\ncapabilities = [\"NET_BIND_SERVICE\"]\n",
+        &[],
+    );
+    let owner = by_name(&outs, "netns_owner");
+    assert_eq!(owner.value, "own", "{owner:?}");
+    assert_ne!(by_name(&outs, "ns").value["net"].as_str().unwrap(), host_ns("net"));
+    // lo is up: the datagram reached the port, nothing listened, ICMP said so.
+    assert_eq!(by_name(&outs, "udp_ask:127.0.0.1:9:500").errno, Some(libc::ECONNREFUSED));
     assert_nothing_left(&env);
 }
 

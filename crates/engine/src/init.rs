@@ -26,6 +26,8 @@ pub struct ChildContext<'a> {
     pub stderr: RawFd,
     pub seccomp: &'a BpfProgram,
     pub seccomp_log: bool,
+    /// `clone3` created the network namespace (see `netns`); else it came prepared, `lo` up.
+    pub own_netns: bool,
 }
 
 /// prctl(2) PR_SET_MDWE and its flag (include/uapi/linux/prctl.h).
@@ -108,8 +110,11 @@ fn harden(ctx: &ChildContext<'_>, channel: &Channel) -> Result<(), StepError> {
     os_step("becoming root of the user namespace", unsafe { libc::setresgid(0, 0, 0) })?;
     // SAFETY: as above.
     os_step("becoming root of the user namespace", unsafe { libc::setresuid(0, 0, 0) })?;
-    step("bringing up the loopback interface", bring_up_loopback())?;
-    crate::timing::mark("child: loopback up");
+    if ctx.own_netns {
+        // clone3 made this namespace, owned by our user namespace: ours to bring up.
+        step("bringing up the loopback interface", crate::netns::bring_up_loopback())?;
+        crate::timing::mark("child: loopback up");
+    }
     step("preparing the root filesystem", rootfs::prepare_rootfs(&LinuxSyscall, spec))?;
     crate::timing::mark("child: root filesystem prepared");
     join_cgroups(channel)?;
@@ -176,39 +181,6 @@ fn join_cgroups(channel: &Channel) -> Result<(), StepError> {
         // SAFETY: write of a 1-byte literal to a descriptor we own; closed when `fd` drops.
         let rc = unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) };
         os_step("joining the ISC's cgroup", if rc == 1 { 0 } else { -1 })?;
-    }
-    Ok(())
-}
-
-/// A new network namespace starts with `lo` present but down (netdevice(7)), so even
-/// 127.0.0.1 is unreachable; "loopback only" (no `[network]`) means `lo` up and nothing else.
-/// We hold CAP_NET_ADMIN over our own netns here (root of the user namespace that owns it).
-fn bring_up_loopback() -> io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the fd is closed below on every path.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: an all-zero ifreq is a valid value; the name "lo" fits IFNAMSIZ with its NUL.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which outlives both calls; the
-    // union member ifru_flags is the one these two ioctls use.
-    let rc = unsafe {
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        if rc == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
-        }
-        rc
-    };
-    let err = io::Error::last_os_error();
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! releases it. The child builds its root, drops to the service's credentials, applies
 //! Landlock, loads seccomp last, and becomes PID 1 of the ISC, which forks the one service.
 
+pub mod beside;
 pub mod channel;
 pub mod creds;
 pub mod fdpass;
@@ -13,6 +14,7 @@ pub mod init;
 pub mod logfile;
 pub mod lsm;
 pub mod monitor;
+pub mod netns;
 pub mod probe;
 pub mod probe_battery;
 pub mod probe_stress;

@@ -16,6 +16,7 @@ use crate::creds::{self, CredsError, UidRange};
 use crate::fdpass;
 use crate::init::{self, ChildContext};
 use crate::logfile::{Dest, Output};
+use crate::netns::{self, NetnsError, PreparedNetns};
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
 use crate::state::{IscState, Registration, StateError};
@@ -45,6 +46,8 @@ pub enum MonitorError {
     ChildVanished(i32),
     #[error("control channel: {0}")]
     Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 /// How a run is configured beyond the spec.
@@ -59,6 +62,9 @@ pub struct RunOptions {
     pub output: Output,
     /// The validated manifest as JSON, published in the ISC's state for `isc verify`.
     pub manifest: Option<serde_json::Value>,
+    /// A network namespace made ahead by a helper thread (see `netns`): spawn it as early as
+    /// possible. Without one (or when the ISC keeps a network capability) `clone3` makes it.
+    pub netns: Option<std::sync::Arc<PreparedNetns>>,
 }
 
 impl RunOptions {
@@ -70,6 +76,7 @@ impl RunOptions {
             seccomp_log: false,
             output: Output::Relay,
             manifest: None,
+            netns: None,
         }
     }
 }
@@ -268,6 +275,9 @@ pub fn run(
     // SAFETY: fresh fd.
     let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
 
+    // Joined here whatever happens: no other thread may run at clone3 (module docs).
+    let prepared = opts.netns.as_ref().and_then(|p| p.take());
+    let prepared = prepared.filter(|_| !netns::needs_own(spec));
     let ctx = ChildContext {
         spec,
         channel: &child_chan,
@@ -275,12 +285,14 @@ pub fn run(
         stderr: err_w.as_raw_fd(),
         seccomp: &bpf,
         seccomp_log: opts.seccomp_log,
+        own_netns: prepared.is_none(),
     };
     // PID 1 inherits the heap copy-on-write: trim it first so the start path's free pages are
     // neither shared with PID 1 nor copied when its allocator touches them.
     release_start_heap();
     crate::timing::mark("pipes and signals ready");
-    let child = clone_child(ctx, hooks.clone_into_cgroup())?;
+    let child = clone_child(ctx, hooks.clone_into_cgroup(), prepared.as_ref())?;
+    drop(prepared);
     crate::timing::mark("cloned");
     drop(child_chan);
     drop(out_w);
@@ -418,11 +430,22 @@ impl Drop for KillOnDrop {
 /// `CLONE_INTO_CGROUP` (linux/sched.h, since 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-fn clone_child(ctx: ChildContext<'_>, cgroup: Option<RawFd>) -> Result<Launched, MonitorError> {
+/// Clones the child into new namespaces: into `netns` if given (entered by this thread for
+/// the clone only), else into a new one too.
+fn clone_child(
+    ctx: ChildContext<'_>,
+    cgroup: Option<RawFd>,
+    netns: Option<&OwnedFd>,
+) -> Result<Launched, MonitorError> {
     let mut pidfd: RawFd = -1;
     let into_cgroup = if cgroup.is_some() { CLONE_INTO_CGROUP } else { 0 };
+    let namespaces = match netns {
+        Some(_) => NAMESPACES & !(libc::CLONE_NEWNET as u64),
+        None => NAMESPACES,
+    };
+    let entered = netns.map(netns::Entered::enter).transpose()?;
     let args = CloneArgs {
-        flags: NAMESPACES | libc::CLONE_PIDFD as u64 | into_cgroup,
+        flags: namespaces | libc::CLONE_PIDFD as u64 | into_cgroup,
         cgroup: cgroup.map_or(0, |fd| fd as u64),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
@@ -433,14 +456,26 @@ fn clone_child(ctx: ChildContext<'_>, cgroup: Option<RawFd>) -> Result<Launched,
     let pid = unsafe {
         libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
     };
-    if pid < 0 {
-        return Err(MonitorError::Clone(io::Error::last_os_error()));
-    }
+    let clone_error = (pid < 0).then(io::Error::last_os_error);
     if pid == 0 {
         init::child_main(ctx);
     }
-    // SAFETY: the kernel wrote a new pidfd owned by us.
-    Ok(Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } })
+    // SAFETY: on success the kernel wrote a new pidfd owned by us.
+    let launched = (pid > 0)
+        .then(|| Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } });
+    if let Some(entered) = entered {
+        // A child still set up: KillOnDrop is not armed yet, so kill it here on failure.
+        if let Err(e) = entered.leave() {
+            if let Some(l) = &launched {
+                drop(KillOnDrop { pidfd: Some(l.pidfd.as_raw_fd()) });
+            }
+            return Err(e.into());
+        }
+    }
+    match (launched, clone_error) {
+        (Some(l), _) => Ok(l),
+        (None, e) => Err(MonitorError::Clone(e.unwrap_or_else(io::Error::last_os_error))),
+    }
 }
 
 pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> i32 {

@@ -6,6 +6,8 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::linux::fs::MetadataExt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +46,7 @@ pub const PROBES: &[&str] = &[
     "status",
     "ids",
     "ns",
+    "netns_owner",
     "fds",
     "env",
     "dev",
@@ -81,6 +84,24 @@ fn cvt(rc: libc::c_long) -> io::Result<Value> {
     }
 }
 
+/// Which user namespace owns this process's network namespace (ioctl_ns(2) NS_GET_USERNS):
+/// `"own"` when it is the caller's; EPERM when it is outside the caller's scope (an ancestor,
+/// e.g. the host's), so no capability held here applies to the network.
+fn netns_owner() -> io::Result<Value> {
+    const NS_GET_USERNS: libc::c_ulong = 0xb701; // _IO(0xb7, 0x1), linux/nsfs.h
+    let net = fs::File::open("/proc/self/ns/net")?;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd or -1.
+    let owner = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS) };
+    if owner < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let owner = fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(owner) });
+    let own = fs::metadata("/proc/self/ns/user")?;
+    let same = owner.metadata()?.st_ino() == own.st_ino();
+    Ok(json!(if same { "own" } else { "another user namespace" }))
+}
+
 /// Runs the probe `spec` ("name" or "name:arg").
 pub fn run(spec: &str) -> ProbeOutcome {
     let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
@@ -88,6 +109,7 @@ pub fn run(spec: &str) -> ProbeOutcome {
         "status" => ProbeOutcome::fact(spec, status()),
         "ids" => ProbeOutcome::fact(spec, ids()),
         "ns" => ProbeOutcome::fact(spec, namespaces(Path::new("/proc/self/ns"))),
+        "netns_owner" => ProbeOutcome::from_io(spec, netns_owner()),
         "fds" => ProbeOutcome::fact(spec, open_fds()),
         "env" => ProbeOutcome::fact(
             spec,
