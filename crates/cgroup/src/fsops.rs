@@ -134,6 +134,19 @@ pub(crate) fn procs(fs: &dyn CgroupFs, dir: &Path) -> Result<Vec<i32>, CgroupErr
 
 /// Remove `dirs` in reverse creation order, retrying EBUSY briefly: a killed task leaves its
 /// cgroup asynchronously after exit. Returns every failure.
+/// One rmdir per directory (deepest last listed first), no waiting: true when none is left.
+pub(crate) fn try_remove_dirs(fs: &dyn CgroupFs, dirs: &[PathBuf]) -> bool {
+    let mut all = true;
+    for dir in dirs.iter().rev() {
+        match fs.rmdir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => all = false,
+        }
+    }
+    all
+}
+
 pub(crate) fn remove_dirs(fs: &dyn CgroupFs, dirs: &[PathBuf]) -> Vec<CgroupError> {
     let mut errors = Vec::new();
     for dir in dirs.iter().rev() {

@@ -35,6 +35,9 @@ pub(crate) struct Group {
 /// Which hierarchy holds which controller for a new cgroup.
 struct Plan {
     v1: BTreeMap<Controller, PathBuf>,
+    /// The v1 hierarchy cpuset is bound to, used or not: new cgroups there need their cpuset
+    /// copied from the parent whatever else is co-mounted with it.
+    cpuset_base: Option<PathBuf>,
     v2: Option<(PathBuf, BTreeSet<Controller>)>,
 }
 
@@ -67,7 +70,8 @@ impl Plan {
             }
             None => None,
         };
-        let plan = Plan { v1, v2 };
+        let cpuset_base = v1_bases.get(&Controller::Cpuset).cloned();
+        let plan = Plan { v1, cpuset_base, v2 };
         let needs = [
             ("memory", Controller::Memory, limits.memory.is_some()),
             ("cpu", Controller::Cpu, limits.cpu_quota.is_some()),
@@ -184,6 +188,7 @@ fn rollback(fs: &dyn CgroupFs, created: &[PathBuf]) {
 #[derive(Debug)]
 struct PendingV1 {
     bases: BTreeMap<Controller, PathBuf>,
+    cpuset_base: Option<PathBuf>,
     parent: Option<PathBuf>,
     limits: Limits,
 }
@@ -239,6 +244,7 @@ impl Group {
         }
         let pending = PendingV1 {
             bases: plan.v1,
+            cpuset_base: plan.cpuset_base,
             parent: parent.map(Path::to_path_buf),
             limits: limits.clone(),
         };
@@ -255,15 +261,20 @@ impl Group {
     /// Creates the v1 directories left by [`Group::create_v2_first`] and applies their limits;
     /// on failure removes the v1 directories it made (the v2 one stays for `destroy`).
     pub(crate) fn complete_v1(&mut self) -> Result<(), CgroupError> {
-        let Some(p) = self.pending_v1.take() else { return Ok(()) };
+        let Some(mut p) = self.pending_v1.take() else { return Ok(()) };
+        if let Some(v2) = &self.v2 {
+            p.bases.retain(|c, _| !v2.makes_redundant(*c));
+        }
         let f = self.fs.as_ref();
         let mut created = Vec::new();
-        let built = Self::build_v1(f, &p.bases, p.parent.as_deref(), &self.name, &mut created)
-            .and_then(|dirs| {
-                let part = V1Part { dirs };
-                part.apply_limits(f, &p.limits, &mut self.warnings)?;
-                Ok(part)
-            });
+        let cpuset = p.cpuset_base.as_deref();
+        let built =
+            Self::build_v1(f, &p.bases, cpuset, p.parent.as_deref(), &self.name, &mut created)
+                .and_then(|dirs| {
+                    let part = V1Part { dirs };
+                    part.apply_limits(f, &p.limits, &mut self.warnings)?;
+                    Ok(part)
+                });
         match built {
             Ok(part) => {
                 self.v1 = (!part.dirs.is_empty()).then_some(part);
@@ -280,6 +291,7 @@ impl Group {
     fn build_v1(
         f: &dyn CgroupFs,
         bases: &BTreeMap<Controller, PathBuf>,
+        cpuset_base: Option<&Path>,
         parent: Option<&Path>,
         dirname: &str,
         created: &mut Vec<PathBuf>,
@@ -291,16 +303,17 @@ impl Group {
                 v1_dirs.insert(*c, leaf.clone());
                 continue;
             }
+            let is_cpuset = cpuset_base == Some(base.as_path());
             let leaf = create_below(f, base, parent, dirname, created, |dir| {
                 // Every time, not only when this call made `dir`: a parent that another
                 // monitor has just made may not have its cpuset copied yet, and a child of an
                 // empty cpuset could never hold a task.
-                if dir.join("cpuset.cpus").exists() {
+                if is_cpuset {
                     v1::init_cpuset(f, dir)?;
                 }
                 Ok(())
             })?;
-            if leaf.join("cpuset.cpus").exists() {
+            if is_cpuset {
                 v1::init_cpuset(f, &leaf)?;
             }
             leaf_by_base.insert(base.clone(), leaf.clone());
@@ -482,9 +495,14 @@ impl IscCgroup for Group {
     }
 
     fn destroy(self: Box<Self>) -> Result<(), CgroupError> {
+        // After a normal end the PID namespace is already gone and every directory empty:
+        // rmdir(2) itself is the emptiness check (EBUSY while a task or child remains), so try
+        // it first and read no `cgroup.procs` at all. Whatever stays goes the long way.
+        if fsops::try_remove_dirs(self.fs.as_ref(), &self.paths()) {
+            tracing::info!(cgroup = %self.name, "removed ISC cgroup");
+            return Ok(());
+        }
         let mut errors = Vec::new();
-        // After a normal end the PID namespace is already gone: skip the freeze/kill/thaw
-        // round trip (three writes per hierarchy) when nothing is left to kill.
         if !self.procs().is_ok_and(|p| p.is_empty()) {
             errors.extend(self.kill_all().err());
         }

@@ -65,6 +65,20 @@ impl V2Part {
         self.enabled.contains(&c)
     }
 
+    /// Does this v2 directory already do what v1 hierarchy `c` would be created for? On a
+    /// hybrid host every ISC also has a v2 directory (CLONE_INTO_CGROUP), and two v1
+    /// controllers only duplicate v2 core files that exist without any controller
+    /// (cgroup-v2.rst, "Core Interface Files"): `cpu.stat` counts CPU usage like `cpuacct`,
+    /// and `cgroup.kill` (Linux 5.14) kills every member atomically, which is what the v1
+    /// freezer was for. Each hierarchy left out saves two mkdirs, two rmdirs and a join.
+    pub(crate) fn makes_redundant(&self, c: Controller) -> bool {
+        match c {
+            Controller::Cpuacct => self.dir.join("cpu.stat").exists(),
+            Controller::Freezer => self.dir.join("cgroup.kill").exists(),
+            _ => false,
+        }
+    }
+
     pub fn apply_limits(
         &self,
         fs: &dyn CgroupFs,

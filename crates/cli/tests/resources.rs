@@ -78,7 +78,7 @@ fn limits_are_in_the_cgroup_files_and_invisible_from_inside() {
     assert_eq!(read("pids", "pids.max"), "32");
     // The child joined v1 through `tasks` (owned by the ISC's root for that moment); once the
     // service runs, every tasks file belongs to host root again.
-    for ctrl in ["memory", "pids", "cpu", "freezer"] {
+    for ctrl in ["memory", "pids", "cpu"] {
         let f = isc_cgroup_dir(&env, ctrl, "limits").join("tasks");
         assert_eq!(
             std::os::unix::fs::MetadataExt::uid(&fs::metadata(&f).unwrap()),
@@ -89,9 +89,18 @@ fn limits_are_in_the_cgroup_files_and_invisible_from_inside() {
     }
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    // Hybrid host: the v2 directory's core files count CPU (`cpu.stat`) and kill everything
+    // (`cgroup.kill`), so no cpuacct or freezer hierarchy is used.
+    if isc_cgroup_dir(&env, "unified", "limits").join("cgroup.kill").exists() {
+        for ctrl in ["cpuacct", "freezer"] {
+            let d = isc_cgroup_dir(&env, ctrl, "limits");
+            assert!(!d.exists(), "redundant v1 hierarchy used: {}", d.display());
+        }
+    }
     let stats = env.cmd().args(["stats", "limits", "--json"]).output().unwrap();
     assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
     let s: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(s["stats"]["cpu_usage_usec"].as_u64().is_some(), "CPU usage from v2 cpu.stat: {s}");
     assert_eq!(s["stats"]["memory_limit"], 64u64 << 20);
     assert_eq!(s["stats"]["pids_limit"], 32);
     assert!(s["stats"]["pids_current"].as_u64().unwrap() >= 2, "PID 1 and the service");

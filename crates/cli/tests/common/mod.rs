@@ -126,7 +126,8 @@ pub fn host_ns(kind: &str) -> String {
     fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
 }
 
-/// The cgroup directory of ISC `name` in v1 controller `ctrl` (below this process's own cgroup).
+/// The cgroup directory of ISC `name` in v1 controller `ctrl`, or in the v2 hierarchy for
+/// `"unified"` (below this process's own cgroup).
 pub fn isc_cgroup_dir(env: &Env, ctrl: &str, name: &str) -> PathBuf {
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     let rel = own
@@ -134,7 +135,9 @@ pub fn isc_cgroup_dir(env: &Env, ctrl: &str, name: &str) -> PathBuf {
         .find_map(|l| {
             let mut it = l.splitn(3, ':');
             let (_, c, p) = (it.next()?, it.next()?, it.next()?);
-            c.split(',').any(|x| x == ctrl).then(|| p.trim_start_matches('/').to_string())
+            let matches =
+                if ctrl == "unified" { c.is_empty() } else { c.split(',').any(|x| x == ctrl) };
+            matches.then(|| p.trim_start_matches('/').to_string())
         })
         .unwrap_or_default();
     Path::new("/sys/fs/cgroup")
