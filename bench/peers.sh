@@ -57,10 +57,15 @@ T=$(mktemp -d /tmp/isc-bench.XXXXXX)
 chmod 755 "$T"
 FAILED=0
 # images in isc's store are immutable (chattr +i): clear the flag before removing the temp dir
-# Runtime state on tmpfs, as in production (/run/isc): registry entries, control sockets and
-# lock files are created and removed at every start.
+# Runtime state on tmpfs, as in production (/run is a tmpfs under systemd): registry entries,
+# control sockets and lock files are created and removed at every start. Some hosts keep /run
+# on the root filesystem (this VM: ext4 mounted with `discard`, where the last close of an
+# unlinked file waits for a synchronous discard), so the state directory gets a tmpfs of its
+# own, and so do crun's and runc's state roots (--root): the same conditions for all three.
 S=$(mktemp -d /run/isc-bench.XXXXXX)
-cleanup_tmp() { chattr -R -i "$T" 2>/dev/null; rm -rf "$T" "$S"; }
+mount -t tmpfs -o size=64m,mode=0755 isc-bench-state "$S" || { echo "cannot mount a tmpfs at $S" >&2; exit 2; }
+mkdir -p "$S/crun" "$S/runc"
+cleanup_tmp() { chattr -R -i "$T" 2>/dev/null; rm -rf "$T"; umount "$S" 2>/dev/null; rmdir "$S"; }
 trap 'cleanup_tmp' EXIT
 note() { echo "$*" | tee -a "$OUT/notes.txt" >&2; }
 : > "$OUT/notes.txt"
@@ -119,18 +124,18 @@ CASES=(
   "isc (dir)||$ISC ${ISCA[*]} run $T/dir.toml"
   "isc (host)||$ISC ${ISCA[*]} run $T/host.toml"
   "host /bin/true (floor)||$R/bin/true"
-  "crun|nocg2|crun run --bundle $BENCH/bundle bench-crun"
-  "crun hardened|nocg2|crun run --bundle $BENCH/bundle-hardened bench-crun-h"
-  "runc||runc run --bundle $BENCH/bundle bench-runc"
-  "runc hardened||runc run --bundle $BENCH/bundle-hardened bench-runc-h"
+  "crun|nocg2|crun --root $S/crun run --bundle $BENCH/bundle bench-crun"
+  "crun hardened|nocg2|crun --root $S/crun run --bundle $BENCH/bundle-hardened bench-crun-h"
+  "runc||runc --root $S/runc run --bundle $BENCH/bundle bench-runc"
+  "runc hardened||runc --root $S/runc run --bundle $BENCH/bundle-hardened bench-runc-h"
   "bwrap||bwrap --unshare-all --ro-bind $R / --proc /proc --dev /dev /bin/true"
   "bwrap hardened||bwrap --unshare-all --cap-drop ALL --die-with-parent --new-session --ro-bind $R / --proc /proc --dev /dev /bin/true"
 )
 slug() { echo "$1" | tr -c 'a-zA-Z0-9\n' '_'; }
 cleanup_case() { # a container left behind by a failed OCI run
   case $1 in
-    crun*) "$NOCG2" crun delete -f "${2##* }" >/dev/null 2>&1;;
-    runc*) runc delete -f "${2##* }" >/dev/null 2>&1;;
+    crun*) "$NOCG2" crun --root "$S/crun" delete -f "${2##* }" >/dev/null 2>&1;;
+    runc*) runc --root "$S/runc" delete -f "${2##* }" >/dev/null 2>&1;;
   esac
   return 0
 }

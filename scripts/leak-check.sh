@@ -17,7 +17,7 @@ if command -v nft >/dev/null; then
 fi
 lo=$(losetup -a 2>/dev/null | grep -i isc || true)
 [ -n "$lo" ] && leaks+=("loop devices: $lo")
-p=$(ps -eo pid,args | awk '$2 ~ /target\/(debug|release)\/isc$/ {print}' || true)
+p=$(ps -eo pid,args | awk '$2 ~ /target\/([^ ]*\/)?(debug|release)\/isc$/ {print}' || true)
 [ -n "$p" ] && leaks+=("processes: $p")
 if [ ${#leaks[@]} -gt 0 ]; then
   echo "LEAK CHECK FAILED: the test suite left these behind:" >&2

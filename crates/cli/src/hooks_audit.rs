@@ -127,6 +127,9 @@ pub struct AuditSession {
     memory_limit: Option<u64>,
     /// The thread emitting the drain's barrier record (see `audit_barrier`).
     barrier_thread: Option<isc_engine::beside::Beside<std::io::Result<()>>>,
+    /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
+    exit_recorded: bool,
+    exit_sync: Option<isc_engine::beside::Beside<()>>,
 }
 
 impl AuditSession {
@@ -164,6 +167,8 @@ impl AuditSession {
             net_collector: None,
             memory_limit: None,
             barrier_thread: None,
+            exit_recorded: false,
+            exit_sync: None,
         })
     }
 
@@ -386,28 +391,19 @@ impl AuditSession {
         self.collector.take()?.thread.join().ok()
     }
 
-    /// Records how the run ended (`isc_exit`, plus `isc_oom` after an OOM kill, or the failed
-    /// start) and passes the result through. The cgroup's counters come from the record (the
-    /// engine read them before returning), so the cgroup may already be on its way out.
-    pub fn finish(
-        &mut self,
-        result: Result<ExitRecord, MonitorError>,
-    ) -> Result<ExitRecord, MonitorError> {
+    /// Records how the run ended — `isc_exit`, plus `isc_oom` after an OOM kill — once the
+    /// kernel's denials are drained, then signs a checkpoint over it and syncs it on a thread
+    /// of its own: that fdatasync is the slowest step of the exit path and overlaps PID 1's
+    /// teardown and the cgroup's and network's removal. The cgroup's counters come from the
+    /// record (`limit_events`). Runs once (from `exit_known`, else from `finish`).
+    fn record_exit(&mut self, record: &ExitRecord) {
+        if self.exit_recorded {
+            return;
+        }
+        self.exit_recorded = true;
         let counts = self.stop_collector();
         isc_engine::timing::mark("kernel denials drained");
         let net_counts = self.stop_net_collector();
-        let record = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.append(
-                    Kind::IscStart,
-                    caller(),
-                    json!({"result": "failed", "step": "starting", "error": e.to_string()}),
-                );
-                return Err(e);
-            }
-        };
-        // The cgroup's counters as the engine read them once at the end (`limit_events`).
         let event = |key: &str| record.limit_events.as_ref().and_then(|e| e[key].as_u64());
         let oom_kills = event("oom_kills");
         if oom_kills.is_some_and(|n| n > 0) {
@@ -434,7 +430,38 @@ impl AuditSession {
                 "net_denials": net_counts,
             }),
         );
-        Ok(record)
+        let log = Arc::clone(&self.log);
+        let durable = move || {
+            if let Err(e) = log.checkpoint().and_then(|()| log.sync()) {
+                tracing::error!(error = %e, "making the exit record durable");
+            }
+        };
+        // Inline if no thread: the work is the same, only not overlapped.
+        self.exit_sync = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, durable).ok();
+    }
+
+    /// Passes the result through, recording the failed start, or the end if `exit_known`
+    /// did not (the record is the engine's, built once PID 1 was gone).
+    pub fn finish(
+        &mut self,
+        result: Result<ExitRecord, MonitorError>,
+    ) -> Result<ExitRecord, MonitorError> {
+        match result {
+            Ok(record) => {
+                self.record_exit(&record);
+                Ok(record)
+            }
+            Err(e) => {
+                self.stop_collector();
+                self.stop_net_collector();
+                self.append(
+                    Kind::IscStart,
+                    caller(),
+                    json!({"result": "failed", "step": "starting", "error": e.to_string()}),
+                );
+                Err(e)
+            }
+        }
     }
 }
 
@@ -443,6 +470,9 @@ impl Drop for AuditSession {
         // Error paths that never reached `finish` must not leave the threads reading.
         self.stop_collector();
         self.stop_net_collector();
+        if let Some(t) = self.exit_sync.take() {
+            t.join();
+        }
     }
 }
 
@@ -474,9 +504,13 @@ impl StartHooks for AuditedHooks<'_> {
     }
     fn service_ended(&mut self) {
         self.inner.service_ended();
-        // Every ISC process is gone: put the barrier at the end of kauditd's queue now, so the
-        // drain runs while the monitor builds the exit record and removes the cgroup.
+        // No ISC process can act any more: put the barrier at the end of kauditd's queue now,
+        // so the drain runs while the monitor reads the cgroup's counters for the exit record.
         self.session.start_drain();
+    }
+    fn exit_known(&mut self, record: &ExitRecord) {
+        self.inner.exit_known(record);
+        self.session.record_exit(record);
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.inner.exit_reason()

@@ -154,6 +154,8 @@ pub struct CgroupHooks {
     _starting: isc_engine::state::StartingLock,
     /// The engine asked for the v2 fd: the child was born in the v2 directory.
     cloned_into_v2: std::cell::Cell<bool>,
+    /// The event counters read at the end (see `end_events`).
+    end_events: Option<isc_cgroup::Events>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -206,28 +208,29 @@ impl CgroupHooks {
             limits,
             _starting: starting,
             cloned_into_v2: Default::default(),
+            end_events: None,
         })
     }
 
-    /// Reads the cgroup's event counters and removes the cgroup, on a thread of its own so the
-    /// exit path's other work (network teardown, the audit drain) overlaps it. The ISC's
-    /// processes must be gone.
+    /// The cgroup's event counters, read once at the end (the exit record's reason and
+    /// `limit_events`); `None` if they cannot be read.
+    fn end_events(&mut self) -> Option<&isc_cgroup::Events> {
+        if self.end_events.is_none() {
+            self.end_events = self.cgroup.as_ref().and_then(|cg| cg.events().ok());
+        }
+        self.end_events.as_ref()
+    }
+
+    /// Removes the cgroup on a thread of its own, so the exit path's other work (the network
+    /// teardown, the audit trail's close) overlaps it. The ISC's processes must be gone.
     pub fn teardown_in_background(&mut self) -> CgroupTeardown {
-        let limits = self.limits.clone();
-        let Some(cg) = self.cgroup.take() else {
-            return CgroupTeardown { limits, events: None, thread: None };
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        // On another CPU: the rmdirs take ~0.3 ms in the kernel (isc_engine::beside).
-        let spawned = isc_engine::beside::spawn("isc-cgroup-rm", 128 * 1024, move || {
-            let _ = tx.send(cg.events().ok());
-            destroy(cg);
-        });
-        match spawned {
-            Ok(thread) => CgroupTeardown { limits, events: Some(rx), thread: Some(thread) },
+        let Some(cg) = self.cgroup.take() else { return CgroupTeardown { thread: None } };
+        // On another CPU: the rmdirs take ~0.2 ms in the kernel (isc_engine::beside).
+        match isc_engine::beside::spawn("isc-cgroup-rm", 128 * 1024, move || destroy(cg)) {
+            Ok(thread) => CgroupTeardown { thread: Some(thread) },
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for the cgroup removal; the cgroup stays until the monitor exits");
-                CgroupTeardown { limits, events: None, thread: None }
+                CgroupTeardown { thread: None }
             }
         }
     }
@@ -235,29 +238,10 @@ impl CgroupHooks {
 
 /// The end of an ISC's cgroup, started by [`CgroupHooks::teardown_in_background`].
 pub struct CgroupTeardown {
-    limits: Limits,
-    events: Option<std::sync::mpsc::Receiver<Option<isc_cgroup::Events>>>,
     thread: Option<isc_engine::beside::Beside<()>>,
 }
 
 impl CgroupTeardown {
-    /// Puts the kernel's account of the end into the exit record: the reason (an OOM kill, a
-    /// pids-limit hit) and the limit event counters.
-    pub fn annotate(&mut self, record: &mut isc_engine::ExitRecord) {
-        let Some(ev) = self.events.take().and_then(|rx| rx.recv().ok().flatten()) else { return };
-        if record.reason.is_none() {
-            record.reason = exit_reason(&ev, &self.limits);
-        }
-        record.limit_events = Some(serde_json::json!({
-            "oom_kills": ev.oom_kills,
-            "pids_max_hits": ev.pids_max_hits,
-            "cpu_periods": ev.cpu_periods,
-            "cpu_throttled_periods": ev.throttled_periods,
-            "cpu_throttled_ms": ev.throttled_usec / 1000,
-            "cpu_limit_cores": self.limits.cpu_quota,
-        }));
-    }
-
     /// Waits until the cgroup is gone.
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
@@ -305,6 +289,24 @@ impl StartHooks for CgroupHooks {
 
     fn self_attach_files(&self) -> Vec<PathBuf> {
         self.cgroup.as_ref().map(|c| c.v1_task_files()).unwrap_or_default()
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        let limits = self.limits.clone();
+        self.end_events().and_then(|ev| exit_reason(ev, &limits))
+    }
+
+    fn limit_events(&mut self) -> Option<serde_json::Value> {
+        let cpu_limit = self.limits.cpu_quota;
+        let ev = self.end_events()?;
+        Some(serde_json::json!({
+            "oom_kills": ev.oom_kills,
+            "pids_max_hits": ev.pids_max_hits,
+            "cpu_periods": ev.cpu_periods,
+            "cpu_throttled_periods": ev.throttled_periods,
+            "cpu_throttled_ms": ev.throttled_usec / 1000,
+            "cpu_limit_cores": cpu_limit,
+        }))
     }
 
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {

@@ -398,23 +398,18 @@ pub(crate) fn run_manifest(
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut chain))
     };
     isc_engine::timing::mark("monitor returned");
-    // The ISC's processes are gone: its cgroup's counters are read and the cgroup removed on a
-    // thread, while the network goes and the audit trail drains (started at `service_ended`).
-    let mut teardown = cgroup.teardown_in_background();
+    // The ISC's processes are gone and its end is on the audit trail (`exit_known`), being
+    // made durable on a thread. The cgroup goes on a thread too, while the network goes here.
+    let teardown = cgroup.teardown_in_background();
     if let Err(e) = net.finish() {
         tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
     }
     isc_engine::timing::mark("network removed");
-    let result = result.map(|mut r| {
-        teardown.annotate(&mut r);
-        r
-    });
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name));
-    isc_engine::timing::mark("exit recorded");
-    // Closing checkpoint and the run's one fdatasync, while the cgroup is still being removed.
+    // The closing checkpoint and sync find nothing new after a recorded end.
     drop(audit);
-    isc_engine::timing::mark("audit trail closed");
     drop(vault);
+    isc_engine::timing::mark("audit trail closed");
     teardown.join();
     drop(cgroup);
     isc_engine::timing::mark("cgroup removed");

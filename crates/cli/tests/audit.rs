@@ -144,7 +144,7 @@ fn a_run_leaves_signed_start_and_exit_records_and_tampering_is_named() {
 #[test]
 fn a_blocked_syscall_inside_an_isc_is_on_the_trail_within_a_second() {
     let env = Env::new("seccomp");
-    let m = env.manifest("audit-bpf", &[ISC, "probe", "bpf"]);
+    let m = env.manifest("audit-bpf", &[ISC, "probe", "bpf", "clone3"]);
     // A follower started before the run sees the denial as it is appended.
     let mut follower = env
         .cmd()
@@ -170,6 +170,7 @@ fn a_blocked_syscall_inside_an_isc_is_on_the_trail_within_a_second() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(probe[0]["errno"], 1, "bpf must be denied with EPERM: {probe}");
+    assert_eq!(probe[1]["errno"], libc::ENOSYS, "clone3 refused so libc falls back: {probe}");
 
     let recs = env.show(&["--isc", "audit-bpf"]);
     let start = recs.iter().find(|r| r["kind"] == "isc_start").unwrap();
@@ -190,6 +191,9 @@ fn a_blocked_syscall_inside_an_isc_is_on_the_trail_within_a_second() {
     let exit = recs.iter().find(|r| r["kind"] == "isc_exit").unwrap();
     assert!(exit["seq"].as_u64() > denial["seq"].as_u64(), "the exit comes after the denial");
     assert!(exit["detail"]["kernel_denials"]["recorded"].as_u64().unwrap() >= 1, "{exit}");
+    // PID 1's posix_spawn and the probe both met clone3's ENOSYS, and the kernel logged
+    // neither: it comes from the companion filter installed without SECCOMP_FILTER_FLAG_LOG.
+    assert_eq!(exit["detail"]["kernel_denials"]["clone3_fallbacks"], 0, "{exit}");
     // `--kind` filters, and the trail still verifies.
     let only = env.show(&["--kind", "seccomp_denial"]);
     assert!(!only.is_empty() && only.iter().all(|r| r["kind"] == "seccomp_denial"));

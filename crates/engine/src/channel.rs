@@ -62,6 +62,10 @@ pub enum FromInit {
     ServiceExited {
         code: Option<i32>,
         signal: Option<i32>,
+        /// PID 1 had no other child left (waitpid: ECHILD), so no process of the ISC but PID 1
+        /// exists, and PID 1 only reports and exits: nothing in the ISC acts any more.
+        #[serde(default)]
+        alone: bool,
     },
 }
 
@@ -196,10 +200,10 @@ mod tests {
             b.recv::<ToInit>().unwrap(),
             Some(ToInit::Probe { id: 7, name: "mount".into() })
         );
-        b.send(&FromInit::ServiceExited { code: Some(3), signal: None }).unwrap();
+        b.send(&FromInit::ServiceExited { code: Some(3), signal: None, alone: true }).unwrap();
         assert_eq!(
             a.recv::<FromInit>().unwrap(),
-            Some(FromInit::ServiceExited { code: Some(3), signal: None })
+            Some(FromInit::ServiceExited { code: Some(3), signal: None, alone: true })
         );
         drop(b);
         assert_eq!(a.recv::<FromInit>().unwrap(), None);

@@ -337,11 +337,27 @@ fn reap(service: i32, channel: &Channel, probes: &mut Probes) {
             } else {
                 (None, Some(libc::WTERMSIG(st)))
             };
-            let _ = channel.send(&FromInit::ServiceExited { code, signal });
+            let alone = reap_all_but_live(probes);
+            let _ = channel.send(&FromInit::ServiceExited { code, signal, alone });
             let status = code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
             // SAFETY: PID 1 exits with the service's status.
             unsafe { libc::_exit(status) }
         }
+    }
+}
+
+/// Reaps whatever else has exited; true when no child is left at all (ECHILD). Every process
+/// of the ISC descends from PID 1 (orphans re-parent to it), so then PID 1 is the last one.
+fn reap_all_but_live(probes: &mut Probes) -> bool {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid on any child, non-blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if pid > 0 {
+            probes.running.remove(&pid);
+            continue;
+        }
+        return pid < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
     }
 }
 

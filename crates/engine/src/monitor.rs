@@ -93,10 +93,17 @@ pub trait StartHooks {
         Ok(())
     }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)>;
-    /// Called as soon as PID 1 is gone (so every process of the ISC is), before the exit
-    /// record is built: start exit-path work that takes wall time (e.g. draining the kernel's
-    /// audit queue) so it overlaps what follows. Forwarders must forward it.
+    /// Called once, as soon as no process of the ISC can act any more — when PID 1 reports
+    /// the service's end with no other process left (PID 1 then only exits), else when PID 1
+    /// is gone — and before the exit record is built: start exit-path work that takes wall
+    /// time (e.g. draining the kernel's audit queue) so it overlaps what follows. Forwarders
+    /// must forward it.
     fn service_ended(&mut self) {}
+    /// Called once with the exit record, right after `service_ended` — possibly while PID 1 is
+    /// still being torn down (the cgroup still exists) — so that recording the end, and making
+    /// that durable, overlaps the teardown. [`run`] returns the same record once PID 1 is gone.
+    /// Forwarders must forward it.
+    fn exit_known(&mut self, _record: &ExitRecord) {}
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
     fn exit_reason(&mut self) -> Option<String> {
         None
@@ -139,6 +146,9 @@ impl StartHooks for HookChain<'_> {
     }
     fn service_ended(&mut self) {
         self.0.iter_mut().for_each(|h| h.service_ended())
+    }
+    fn exit_known(&mut self, record: &ExitRecord) {
+        self.0.iter_mut().for_each(|h| h.exit_known(record))
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|h| h.exit_reason())
@@ -356,28 +366,41 @@ pub fn run(
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
     let mut sup = Supervisor::new(spec, &parent_chan, &registration);
-    let wait_status = sup.run(&child, sfd.as_raw_fd(), [(out_r, dests.0), (err_r, dests.1)]);
+    // The end is handled once: as soon as PID 1 reports it with nothing else left in the ISC
+    // (from inside the supervisor's loop), else once PID 1 is gone.
+    let mut record: Option<ExitRecord> = None;
+    let mut on_end = |code: Option<i32>, signal: Option<i32>| {
+        hooks.service_ended();
+        crate::timing::mark("service ended");
+        let r = ExitRecord {
+            name: spec.name.clone(),
+            code,
+            signal,
+            status: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+            host_uid_base: range.host_base,
+            start_ms,
+            run_ms: t0.elapsed().as_millis() as u64,
+            reason: hooks.exit_reason(),
+            limit_events: hooks.limit_events(),
+        };
+        hooks.exit_known(&r);
+        crate::timing::mark("exit record built");
+        record = Some(r);
+    };
+    let outputs = [(out_r, dests.0), (err_r, dests.1)];
+    let wait_status = sup.run(&child, sfd.as_raw_fd(), outputs, &mut on_end);
     guard.pidfd = None;
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
+    let ended_reported = sup.ended_reported;
     // The ISC is gone: unregister it now (its entry, control socket and name lock), before
     // the exit path's threads start and compete with it for the CPU.
     drop(sup);
     drop(registration);
-    hooks.service_ended();
+    if !ended_reported {
+        on_end(code, signal);
+    }
     crate::timing::mark("service exited");
-    let record = ExitRecord {
-        name: spec.name.clone(),
-        code,
-        signal,
-        status: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
-        host_uid_base: range.host_base,
-        start_ms,
-        run_ms: t0.elapsed().as_millis() as u64,
-        reason: hooks.exit_reason(),
-        limit_events: hooks.limit_events(),
-    };
-    crate::timing::mark("exit record built");
-    Ok(record)
+    Ok(record.expect("the end was handled"))
 }
 
 /// Opens the v1 `tasks` files the child joins through (see `StartHooks::self_attach_files`).

@@ -58,6 +58,7 @@ pub const PROBES: &[&str] = &[
     "keyctl",
     "open_by_handle_at",
     "init_module",
+    "clone3",
     "orphan_reap",
     "write:PATH",
     "open_write:PATH",
@@ -150,6 +151,8 @@ pub fn run(spec: &str) -> ProbeOutcome {
             spec,
             raw_syscall(libc::SYS_init_module, [0, 0, c"".as_ptr() as usize, 0]),
         ),
+        // size 0: the kernel itself would answer EINVAL; ENOSYS can only be the filter's.
+        "clone3" => ProbeOutcome::from_io(spec, raw_syscall(libc::SYS_clone3, [0, 0, 0, 0])),
         "orphan_reap" => ProbeOutcome::from_io(spec, orphan_reap()),
         "write" => ProbeOutcome::from_io(spec, try_create(Path::new(arg))),
         "open_write" => ProbeOutcome::from_io(

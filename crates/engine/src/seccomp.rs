@@ -142,7 +142,7 @@ impl Profile {
     /// A stable key for the on-disk cache.
     pub fn cache_key(&self) -> String {
         let mut h = blake3::Hasher::new();
-        h.update(b"isc-seccomp-v2\0");
+        h.update(b"isc-seccomp-v3\0");
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         for n in &self.allowed {
             h.update(n.as_bytes());
@@ -155,8 +155,9 @@ impl Profile {
         self.allowed.contains(&name)
     }
 
-    /// Compiles the filter. Unlisted syscalls fail with EPERM; `clone3` fails with ENOSYS so
-    /// libc falls back to `clone`, whose flags (unlike clone3's, passed in memory) we can check;
+    /// Compiles the filter. Unlisted syscalls fail with EPERM; `clone3` passes here and fails
+    /// with ENOSYS in [`clone3_companion`], installed with it, so that libc falls back to
+    /// `clone`, whose flags (unlike clone3's, passed in memory) we can check;
     /// `clone` may not create namespaces; `socket` only for the families in `SOCKET_FAMILIES`;
     /// another architecture (i386 `int 0x80`) kills the process; x32 numbers are refused.
     pub fn compile(&self) -> Result<BpfProgram, SeccompError> {
@@ -178,7 +179,7 @@ impl Profile {
         p.jump(BPF_JGE, X32_SYSCALL_BIT, 0, 1);
         p.ret(RET_EPERM);
         p.jump(BPF_JEQ, libc::SYS_clone3 as u32, 0, 1);
-        p.ret(SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        p.ret(SECCOMP_RET_ALLOW);
         if allow_clone {
             // ld args[0] (low word holds every CLONE_NEW* flag); any set → EPERM.
             p.jump(BPF_JEQ, libc::SYS_clone as u32, 0, 4);
@@ -311,9 +312,32 @@ pub fn load_or_compile(profile: &Profile, cache_dir: &Path) -> Result<BpfProgram
     Ok(prog)
 }
 
-/// Installs the filter on the calling thread. Requires no_new_privs (set earlier).
-/// `log` asks the kernel to audit-log every non-allow action (SECCOMP_FILTER_FLAG_LOG).
+/// The filter installed beside every profile's: `clone3` fails with ENOSYS, everything else
+/// is left to the profile. It is a filter of its own because it is never logged: glibc tries
+/// `clone3` before `clone` at every fork, thread and posix_spawn, and a logged ENOSYS would put
+/// one kernel audit record per process creation on the host's audit stream. When several
+/// filters answer, the kernel keeps the most restrictive action and logs it only if the filter
+/// that returned it asked to (kernel/seccomp.c, `seccomp_log`), so the profile allows `clone3`
+/// and this one refuses it.
+pub fn clone3_companion() -> BpfProgram {
+    let mut p = Bpf::default();
+    p.ld(OFF_NR);
+    p.jump(BPF_JEQ, libc::SYS_clone3 as u32, 0, 1);
+    p.ret(SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+    p.ret(SECCOMP_RET_ALLOW);
+    p.0
+}
+
+/// Installs the profile's filter on the calling thread, after its unlogged `clone3`
+/// companion (first, so that no moment exists where the profile's `clone3` allowance stands
+/// alone). Requires no_new_privs (set earlier). `log` asks the kernel to audit-log every
+/// non-allow action of the profile (SECCOMP_FILTER_FLAG_LOG).
 pub fn install(prog: &BpfProgram, log: bool) -> Result<(), SeccompError> {
+    install_one(&clone3_companion(), false)?;
+    install_one(prog, log)
+}
+
+fn install_one(prog: &BpfProgram, log: bool) -> Result<(), SeccompError> {
     let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr().cast_mut() };
     let flags: libc::c_ulong = if log { libc::SECCOMP_FILTER_FLAG_LOG } else { 0 };
     // SAFETY: seccomp(2) SECCOMP_SET_MODE_FILTER reads `fprog` and the instructions it points to
@@ -402,6 +426,32 @@ mod tests {
         }
     }
 
+    /// What the kernel does with several filters: the most restrictive action wins
+    /// (`ACTION_ONLY` compared as signed, so KILL_PROCESS first).
+    fn effective(progs: &[&BpfProgram], nr: u32, arch: u32, arg0: u64) -> u32 {
+        let rank = |r: u32| (r & 0xffff_0000) as i32;
+        progs.iter().map(|p| run(p, nr, arch, arg0)).min_by_key(|r| rank(*r)).unwrap()
+    }
+
+    #[test]
+    fn clone3_is_refused_by_the_unlogged_companion_alone() {
+        let p = Profile::new(&[], &[]).unwrap().compile().unwrap();
+        let x86 = AUDIT_ARCH_X86_64;
+        let clone3 = libc::SYS_clone3 as u32;
+        // The logged profile lets it through; the companion (installed without
+        // SECCOMP_FILTER_FLAG_LOG) refuses it, so the refusal is never logged…
+        assert_eq!(run(&p, clone3, x86, 0), SECCOMP_RET_ALLOW);
+        assert_eq!(
+            run(&clone3_companion(), clone3, x86, 0),
+            SECCOMP_RET_ERRNO | libc::ENOSYS as u32
+        );
+        assert_eq!(effective(&[&clone3_companion(), &p], clone3, x86, 0), SECCOMP_RET_ERRNO | 38);
+        // …and the companion decides nothing else.
+        for nr in [libc::SYS_read, libc::SYS_ptrace, libc::SYS_clone] {
+            assert_eq!(run(&clone3_companion(), nr as u32, x86, 0), SECCOMP_RET_ALLOW);
+        }
+    }
+
     #[test]
     fn compiled_filter_decides_exactly_like_the_profile() {
         let p = Profile::new(&["personality".into()], &["getppid".into()]).unwrap();
@@ -409,7 +459,7 @@ mod tests {
         let x86 = AUDIT_ARCH_X86_64;
         for (name, nr) in KNOWN {
             let name = name.strip_prefix("SYS_").unwrap();
-            let got = run(&prog, *nr as u32, x86, 0);
+            let got = effective(&[&clone3_companion(), &prog], *nr as u32, x86, 0);
             let want = match name {
                 "clone3" => SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
                 "socket" => RET_EPERM, // family 0 (AF_UNSPEC) is not allowed
