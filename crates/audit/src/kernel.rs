@@ -216,6 +216,8 @@ pub struct KernelAuditReader {
     domains: HashMap<String, u32>,
     /// Times the kernel reported dropped multicast messages (ENOBUFS).
     overflows: u64,
+    /// An eventfd that ends a wait early (see [`KernelAuditReader::wake_on`]).
+    wake: Option<std::os::fd::RawFd>,
 }
 
 impl KernelAuditReader {
@@ -253,7 +255,15 @@ impl KernelAuditReader {
             queue: Default::default(),
             domains: HashMap::new(),
             overflows: 0,
+            wake: None,
         })
+    }
+
+    /// Lets a write to the eventfd `fd` (owned by the caller, open while this reader waits)
+    /// end a wait of [`KernelAuditReader::next_event`] early, as a timeout does: a reader
+    /// sleeping on a quiet socket can be told to act at once. The event is consumed.
+    pub fn wake_on(&mut self, fd: std::os::fd::RawFd) {
+        self.wake = Some(fd);
     }
 
     /// Waits up to `timeout` for the next seccomp or Landlock event; `Ok(None)` on timeout.
@@ -267,11 +277,13 @@ impl KernelAuditReader {
                 return Ok(Some(e));
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let mut pfd =
-                libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfds = [
+                libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.wake.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            ];
             let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: one valid pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            // SAFETY: two valid pollfds (a negative fd is ignored) for the duration of the call.
+            let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -280,6 +292,12 @@ impl KernelAuditReader {
                 return Err(KernelAuditError::Recv(e));
             }
             if rc == 0 {
+                return Ok(None);
+            }
+            if pfds[1].revents & libc::POLLIN != 0 {
+                let mut n = 0u64;
+                // SAFETY: an 8-byte read from the eventfd resets its counter.
+                unsafe { libc::read(pfds[1].fd, (&mut n as *mut u64).cast(), 8) };
                 return Ok(None);
             }
             self.buf.clear();
@@ -431,6 +449,7 @@ mod tests {
             queue: Default::default(),
             domains: HashMap::new(),
             overflows: 0,
+            wake: None,
         };
         r.handle(
             AUDIT_LANDLOCK_DOMAIN,

@@ -23,30 +23,40 @@ pub(crate) struct HostFacts {
 }
 
 impl HostFacts {
+    /// From system calls, not /proc text: sysinfo(2)'s `totalram` is MemTotal, and
+    /// sched_getaffinity(2) is `Cpus_allowed_list` (its cpuset and affinity). Formatting
+    /// /proc/meminfo and /proc/self/status cost more than the rest of the check.
     fn read() -> Result<HostFacts, CgroupError> {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .map_err(|source| CgroupError::ReadProc { path: p.into(), source })
-        };
-        let meminfo = read("/proc/meminfo")?;
-        let mem_total = field(&meminfo, "MemTotal:")
-            .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| CgroupError::Capacity("/proc/meminfo has no MemTotal line".into()))?;
-        let online = read("/sys/devices/system/cpu/online")?;
+        // SAFETY: an all-zero sysinfo is valid; sysinfo(2) fills it.
+        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a local struct.
+        if unsafe { libc::sysinfo(&mut si) } != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(CgroupError::ReadProc { path: "sysinfo(2)".into(), source });
+        }
+        let mem_total = si.totalram as u64 * u64::from(si.mem_unit.max(1));
+        let online = crate::fsops::read_pseudo(std::path::Path::new(ONLINE))
+            .map_err(|source| CgroupError::ReadProc { path: ONLINE.into(), source })?;
         let online_cpus = parse_cpu_list(online.trim()).map_err(CgroupError::Capacity)?.len();
-        let status = read("/proc/self/status")?;
-        let allowed = field(&status, "Cpus_allowed_list:").ok_or_else(|| {
-            CgroupError::Capacity("/proc/self/status has no Cpus_allowed_list".into())
-        })?;
-        let allowed_cpus = parse_cpu_list(allowed).map_err(CgroupError::Capacity)?;
+        // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; the size is the set's.
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            != 0
+        {
+            let source = std::io::Error::last_os_error();
+            return Err(CgroupError::ReadProc { path: "sched_getaffinity(2)".into(), source });
+        }
+        let allowed_cpus = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: CPU_ISSET reads the local set within CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .map(|c| c as u32)
+            .collect();
         Ok(HostFacts { mem_total, online_cpus, allowed_cpus })
     }
 }
 
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
-}
+const ONLINE: &str = "/sys/devices/system/cpu/online";
 
 /// Refuse limits this host cannot honour: memory below [`MIN_MEMORY_BYTES`] or above
 /// `MemTotal`, a CPU quota above the online CPUs, cpuset CPUs outside the caller's own set.

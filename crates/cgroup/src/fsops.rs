@@ -32,7 +32,7 @@ impl CgroupFs for RealFs {
         std::fs::remove_dir(path)
     }
     fn read(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+        read_pseudo(path)
     }
     fn write(&self, path: &Path, value: &str) -> io::Result<()> {
         // No O_CREAT: a missing interface file means a missing controller, not a new file.
@@ -46,6 +46,26 @@ impl CgroupFs for RealFs {
 }
 
 /// Write `value` to `dir/file`, mapping the error to one that names the file and value.
+/// Reads a procfs, sysfs or cgroupfs file whole. They report a size of 0, so
+/// `fs::read_to_string` starts with a 32-byte probe and doubles its buffer from there: eight
+/// read(2) calls for a 3 KiB mountinfo, each resuming the kernel's seq_file walk. A 16 KiB
+/// buffer takes such files in one read and the end-of-file read.
+pub(crate) fn read_pseudo(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut out = Vec::new();
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 pub(crate) fn write(
     fs: &dyn CgroupFs,
     dir: &Path,

@@ -107,7 +107,7 @@ impl Layout {
     /// Detect the layout from this process's `/proc/self/cgroup` and `/proc/self/mountinfo`.
     pub fn detect() -> Result<Layout, CgroupError> {
         let read = |p: &str| {
-            std::fs::read_to_string(p)
+            crate::fsops::read_pseudo(Path::new(p))
                 .map_err(|source| CgroupError::ReadProc { path: PathBuf::from(p), source })
         };
         let layout =

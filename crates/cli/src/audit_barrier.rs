@@ -2,16 +2,16 @@
 //!
 //! kauditd delivers records to the multicast group asynchronously, in queue order. To know that
 //! every denial an ISC caused before it ended has been delivered, we put a record of our own
-//! at the end of that queue and read until it comes out: a short-lived thread of the monitor
-//! installs a filter that denies `getppid` with SECCOMP_RET_ERRNO and
-//! SECCOMP_FILTER_FLAG_LOG, calls it once and exits.
+//! at the end of that queue and read until it comes out. The kernel-denial collector thread
+//! itself emits it: when it starts it installs, on itself only, a filter that denies `getppid`
+//! with SECCOMP_RET_ERRNO and SECCOMP_FILTER_FLAG_LOG; told to drain, it calls `getppid` once.
 //!
-//! A thread, not a child: without SECCOMP_FILTER_FLAG_TSYNC a filter binds only the thread
-//! that installs it (seccomp(2)), and so does `no_new_privs` (prctl(2): a per-thread
-//! attribute), so the rest of the monitor is untouched; and a thread costs a few tens of
-//! microseconds where forking the monitor copied its page tables. The kernel's record names
-//! the thread group (`pid=` is the tgid, kernel/auditsc.c `audit_log_task`), so the record to
-//! wait for is the one whose pid is this process's.
+//! Without SECCOMP_FILTER_FLAG_TSYNC a filter binds only the thread that installs it
+//! (seccomp(2)), and so does `no_new_privs` (prctl(2): a per-thread attribute), so the rest of
+//! the monitor is untouched, and no thread or process has to be created on the exit path to
+//! emit the record. The kernel's record names the thread group (`pid=` is the tgid,
+//! kernel/auditsc.c `audit_log_task`), so the record to wait for is the one whose pid is this
+//! process's.
 
 use std::io;
 
@@ -36,37 +36,35 @@ pub fn record_pid() -> u32 {
     std::process::id()
 }
 
-/// Emits the barrier record from a new thread and returns at once; join the handle (its
-/// result says whether the logged call was made) before relying on the record. Set the
-/// reader's expectation ([`record_pid`]) before calling, so the record cannot be missed.
-pub fn emit() -> io::Result<isc_engine::beside::Beside<io::Result<()>>> {
-    isc_engine::beside::spawn("isc-audit-barrier", 64 * 1024, || {
-        let mut prog = program();
-        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-        // SAFETY: prctl and seccomp act on this thread only (no TSYNC); `fprog` points at a
-        // live local program; getppid has no arguments. The thread exits right after.
-        unsafe {
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_LOG,
-                &fprog as *const libc::sock_fprog,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            libc::syscall(libc::SYS_getppid);
+/// Installs the barrier filter on the calling thread (only): from now on its `getppid`
+/// fails with EPERM and is logged. The thread must never need `getppid` for anything else.
+pub fn arm_this_thread() -> io::Result<()> {
+    let mut prog = program();
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: prctl and seccomp act on this thread only (no TSYNC); `fprog` points at a live
+    // local program.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(())
-    })
+        if libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_LOG,
+            &fprog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
-/// Waits for the barrier thread; its error, if the record could not be emitted.
-pub fn join(h: isc_engine::beside::Beside<io::Result<()>>) -> io::Result<()> {
-    h.join().ok_or_else(|| io::Error::other("the audit barrier thread panicked"))?
+/// Puts the barrier record at the end of kauditd's queue; the calling thread must be armed
+/// ([`arm_this_thread`]). Set the reader's expectation ([`record_pid`]) first.
+pub fn emit_here() {
+    // SAFETY: getppid has no arguments; on an armed thread the filter refuses and logs it.
+    unsafe { libc::syscall(libc::SYS_getppid) };
 }
 
 #[cfg(test)]
@@ -74,11 +72,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_filter_binds_only_the_barrier_thread() {
-        join(emit().unwrap()).unwrap();
+    fn the_filter_binds_only_the_armed_thread() {
+        let armed = std::thread::spawn(|| {
+            arm_this_thread().unwrap();
+            // SAFETY: getppid has no arguments.
+            let rc = unsafe { libc::syscall(libc::SYS_getppid) };
+            (rc, io::Error::last_os_error().raw_os_error())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(armed, (-1, Some(libc::EPERM)), "the armed thread's getppid is refused");
         // SAFETY: getppid cannot fail; this thread has no filter.
         let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
-        assert!(ppid > 0, "getppid outside the barrier thread must still work: {ppid}");
+        assert!(ppid > 0, "getppid outside the armed thread must still work: {ppid}");
         // SAFETY: reading this thread's no_new_privs bit.
         assert_eq!(unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }, 0);
     }

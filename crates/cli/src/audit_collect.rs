@@ -87,8 +87,8 @@ pub(crate) struct NetSource {
 
 pub(crate) struct Collector {
     pub(crate) stop: Arc<AtomicBool>,
-    /// Pid the barrier record carries (see `audit_barrier`), set just before `stop`.
-    pub(crate) barrier: Arc<std::sync::atomic::AtomicI32>,
+    /// An eventfd the reader also waits on: telling it to drain wakes it at once.
+    pub(crate) wake: Option<std::os::fd::OwnedFd>,
     pub(crate) thread: JoinHandle<DenialCounts>,
 }
 
@@ -101,23 +101,36 @@ pub(crate) fn start_ticker(log: &AuditLog, name: &str) {
 }
 
 /// The collector thread: reads the kernel's audit multicast group and appends this ISC's
-/// denials until `stop`, then drains what the kernel still sends. It also ticks the log
-/// (see `on_started`), and hands that to the log's ticker thread if the reader fails.
+/// denials until `stop`, then emits the drain's barrier record itself (`audit_barrier`) and
+/// reads until it comes out. It also ticks the log (see `on_started`), and hands that to the
+/// log's ticker thread if the reader fails.
 pub(crate) fn collect(
     mut reader: KernelAuditReader,
     log: &AuditLog,
     name: &str,
     who: Attribution,
     stop: &AtomicBool,
-    barrier: &std::sync::atomic::AtomicI32,
 ) -> DenialCounts {
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let mut stopping_since: Option<Instant> = None;
+    // Pid the barrier record carries once emitted; 0: drain by quiet period instead.
+    let mut barrier_pid = 0u32;
+    let armed = match crate::audit_barrier::arm_this_thread() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(isc = name, error = %e, "no audit barrier; the drain waits for a quiet period");
+            false
+        }
+    };
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if stopping && stopping_since.is_none() {
             stopping_since = Some(Instant::now());
+            if armed {
+                barrier_pid = crate::audit_barrier::record_pid();
+                crate::audit_barrier::emit_here();
+            }
         }
         let wait = if stopping {
             DRAIN_QUIET
@@ -154,8 +167,7 @@ pub(crate) fn collect(
                 json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
             );
         }
-        let barrier_pid = barrier.load(Ordering::SeqCst);
-        if barrier_pid > 0 && ev.as_ref().and_then(KernelEvent::pid) == Some(barrier_pid as u32) {
+        if barrier_pid > 0 && ev.as_ref().and_then(KernelEvent::pid) == Some(barrier_pid) {
             // Everything the kernel queued before the ISC ended has now been delivered.
             break;
         }

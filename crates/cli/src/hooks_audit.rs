@@ -125,8 +125,6 @@ pub struct AuditSession {
     net_status: serde_json::Value,
     net_collector: Option<NetCollector>,
     memory_limit: Option<u64>,
-    /// The thread emitting the drain's barrier record (see `audit_barrier`).
-    barrier_thread: Option<isc_engine::beside::Beside<std::io::Result<()>>>,
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
     exit_sync: Option<isc_engine::beside::Beside<()>>,
@@ -166,7 +164,6 @@ impl AuditSession {
             net_status: json!({"collected": false, "reason": "no [network] section"}),
             net_collector: None,
             memory_limit: None,
-            barrier_thread: None,
             exit_recorded: false,
             exit_sync: None,
         })
@@ -293,16 +290,21 @@ impl AuditSession {
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
             }
         }
-        if let Some(reader) = self.reader.take() {
+        if let Some(mut reader) = self.reader.take() {
             let stop = Arc::new(AtomicBool::new(false));
-            let barrier = Arc::new(std::sync::atomic::AtomicI32::new(0));
+            // SAFETY: eventfd(2) with flags only; the fd is owned right below.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            let wake = (raw >= 0).then(|| {
+                reader.wake_on(raw);
+                // SAFETY: a fresh fd nobody else owns; it outlives the reader (joined first).
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            });
             let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
-            let bar = Arc::clone(&barrier);
             let spawned = std::thread::Builder::new()
                 .name("isc-audit-kernel".into())
-                .spawn(move || collect(reader, &log, &name, attribution, &flag, &bar));
+                .spawn(move || collect(reader, &log, &name, attribution, &flag));
             match spawned {
-                Ok(thread) => self.collector = Some(Collector { stop, barrier, thread }),
+                Ok(thread) => self.collector = Some(Collector { stop, wake, thread }),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the kernel denial collector");
                     start_ticker(&self.log, &self.name);
@@ -345,50 +347,28 @@ impl AuditSession {
     fn stop_net_collector(&mut self) -> Option<DenialCounts> {
         let c = self.net_collector.take()?;
         c.stop.store(true, Ordering::SeqCst);
-        if let Some(fd) = &c.wake {
-            let one = 1u64;
-            // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
-            unsafe {
-                libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), (&one as *const u64).cast(), 8)
-            };
-        }
+        wake(c.wake.as_ref());
         let counts = c.thread.join().ok();
         drop(c.wake);
         counts
     }
 
-    /// Tells the kernel-denial collector to drain and stop: sets the barrier it waits for,
-    /// then emits it. Idempotent; call once every ISC process is gone.
+    /// Tells the kernel-denial collector to drain and stop: it emits the barrier record and
+    /// reads until it comes out. Idempotent; call once no ISC process can act any more.
     fn start_drain(&mut self) {
         let Some(c) = &self.collector else { return };
-        if c.stop.load(Ordering::SeqCst) {
+        if c.stop.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Expect the barrier first, then emit it: its record cannot come out before this.
-        c.barrier.store(crate::audit_barrier::record_pid() as i32, Ordering::SeqCst);
-        c.stop.store(true, Ordering::SeqCst);
-        match crate::audit_barrier::emit() {
-            Ok(h) => self.barrier_thread = Some(h),
-            Err(e) => self.no_barrier(&e),
-        }
-    }
-
-    /// The collector then stops once the socket has been quiet (`DRAIN_QUIET`).
-    fn no_barrier(&self, e: &std::io::Error) {
-        tracing::warn!(error = %e, "no audit barrier; draining by quiet period");
-        if let Some(c) = &self.collector {
-            c.barrier.store(0, Ordering::SeqCst);
-        }
+        wake(c.wake.as_ref());
     }
 
     fn stop_collector(&mut self) -> Option<DenialCounts> {
         self.start_drain();
-        if let Some(h) = self.barrier_thread.take() {
-            if let Err(e) = crate::audit_barrier::join(h) {
-                self.no_barrier(&e);
-            }
-        }
-        self.collector.take()?.thread.join().ok()
+        let c = self.collector.take()?;
+        let counts = c.thread.join().ok();
+        drop(c.wake);
+        counts
     }
 
     /// Records how the run ended — `isc_exit`, plus `isc_oom` after an OOM kill — once the
@@ -473,6 +453,15 @@ impl Drop for AuditSession {
         if let Some(t) = self.exit_sync.take() {
             t.join();
         }
+    }
+}
+
+/// Ends a collector's wait at once (see the readers' `wake_on`).
+fn wake(fd: Option<&std::os::fd::OwnedFd>) {
+    if let Some(fd) = fd {
+        let one = 1u64;
+        // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
+        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), (&one as *const u64).cast(), 8) };
     }
 }
 
