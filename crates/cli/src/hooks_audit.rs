@@ -200,8 +200,9 @@ impl AuditSession {
         r
     }
 
-    /// `isc_create`: what is about to be started, before any process exists.
-    pub fn created(&mut self, spec: &IscSpec, limits: &Limits) -> Result<()> {
+    /// `isc_create`: what is about to be started, before any process exists. `spec_hash` is
+    /// `isc_engine::monitor::spec_hash(spec)`, computed once per start by the caller.
+    pub fn created(&mut self, spec: &IscSpec, spec_hash: &str, limits: &Limits) -> Result<()> {
         self.memory_limit = limits.memory;
         let weakened = spec.weakening != isc_engine::Weakening::default();
         self.log
@@ -211,7 +212,7 @@ impl AuditSession {
                 caller(),
                 json!({
                     "image_id": spec.image_id,
-                    "spec_hash": isc_engine::monitor::spec_hash(spec),
+                    "spec_hash": spec_hash,
                     "exec": spec.exec,
                     "uid": spec.uid,
                     "gid": spec.gid,

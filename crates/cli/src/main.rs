@@ -377,7 +377,9 @@ pub(crate) fn run_manifest(
         hooks_vault::VaultHooks::prepare(manifest, dirs, &mut spec, audit.log()),
     )?;
     isc_engine::timing::mark("secrets and volumes prepared");
-    audit.created(&spec, &launch::limits(manifest))?;
+    // Hashed once: the isc_create record and the published state must name the same spec.
+    let spec_hash = isc_engine::monitor::spec_hash(&spec);
+    audit.created(&spec, &spec_hash, &launch::limits(manifest))?;
     isc_engine::timing::mark("isc_create recorded");
     let mut cgroup = audit.step(
         "creating the cgroup",
@@ -387,6 +389,7 @@ pub(crate) fn run_manifest(
     let mut vault = vault;
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
+    opts.spec_hash = Some(spec_hash);
     tweak(&mut opts);
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
     opts.manifest = serde_json::to_value(manifest).ok();

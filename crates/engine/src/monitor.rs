@@ -65,6 +65,8 @@ pub struct RunOptions {
     /// A network namespace made ahead by a helper thread (see `netns`): spawn it as early as
     /// possible. Without one (or when the ISC keeps a network capability) `clone3` makes it.
     pub netns: Option<std::sync::Arc<PreparedNetns>>,
+    /// [`spec_hash`] of the spec, if the caller already computed it (it serialises the spec).
+    pub spec_hash: Option<String>,
 }
 
 impl RunOptions {
@@ -77,6 +79,7 @@ impl RunOptions {
             output: Output::Relay,
             manifest: None,
             netns: None,
+            spec_hash: None,
         }
     }
 }
@@ -356,7 +359,7 @@ pub fn run(
         image_id: spec.image_id.clone(),
         rootfs: spec.rootfs.clone(),
         started_unix_ms: start_ms as u128,
-        spec_hash: spec_hash(spec),
+        spec_hash: opts.spec_hash.clone().unwrap_or_else(|| spec_hash(spec)),
         manifest: opts.manifest.clone(),
     };
     registration.publish(&state)?;
