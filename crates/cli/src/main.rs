@@ -9,6 +9,7 @@ mod cmd_net;
 mod cmd_secret;
 mod cmd_verify;
 mod cmd_volume;
+mod dock_daemon;
 mod hooks_audit;
 mod hooks_image;
 mod hooks_net;
