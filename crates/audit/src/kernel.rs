@@ -40,6 +40,10 @@ pub enum KernelAuditError {
     /// poll(2)/recv(2) failed.
     #[error("cannot receive from the kernel audit socket: {0}")]
     Recv(std::io::Error),
+    /// This process is not in the initial network namespace, where alone the kernel
+    /// multicasts audit records (kernel/audit.c `kauditd_send_multicast_skb` uses `init_net`).
+    #[error("the kernel sends audit records only to the initial network namespace, and this process runs in another; run isc in the host's network namespace to collect kernel denials")]
+    OtherNetns,
 }
 
 /// A seccomp action the kernel logged.
@@ -207,6 +211,21 @@ pub fn parse_seccomp(text: &str) -> Option<SeccompEvent> {
     })
 }
 
+/// Is this process in the initial network namespace? Kernel threads live there, and kthreadd
+/// is PID 2 of the initial PID namespace (the host's PID 1 may refuse to be inspected, as on
+/// this VM). When that cannot be established, assume so and let the socket tell.
+fn in_initial_netns() -> bool {
+    use std::os::linux::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.st_dev(), m.st_ino())).ok();
+    match (ino("/proc/self/ns/net"), ino("/proc/2/ns/net")) {
+        (Some(own), Some(kernel)) if own != kernel => {
+            let comm = std::fs::read_to_string("/proc/2/comm").unwrap_or_default();
+            comm.trim() != "kthreadd"
+        }
+        _ => true,
+    }
+}
+
 /// Reads typed events from the kernel audit multicast group.
 pub struct KernelAuditReader {
     fd: OwnedFd,
@@ -221,8 +240,12 @@ pub struct KernelAuditReader {
 }
 
 impl KernelAuditReader {
-    /// Opens the socket and joins the read-only group (needs `CAP_AUDIT_READ`).
+    /// Opens the socket and joins the read-only group (needs `CAP_AUDIT_READ` and the initial
+    /// network namespace: a socket elsewhere binds fine but would never receive a record).
     pub fn open() -> Result<KernelAuditReader, KernelAuditError> {
+        if !in_initial_netns() {
+            return Err(KernelAuditError::OtherNetns);
+        }
         // SAFETY: plain socket(2) call; the returned descriptor is checked and then owned.
         let fd = unsafe {
             libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_AUDIT)

@@ -100,6 +100,12 @@ pub(crate) fn start_ticker(log: &AuditLog, name: &str) {
     }
 }
 
+/// Did a wait that began at `asked` last its whole `wait`? poll(2) takes whole milliseconds,
+/// so a wait may end up to one short of a non-integral duration.
+fn ran_its_course(asked: Instant, wait: Duration) -> bool {
+    asked.elapsed() + Duration::from_millis(1) >= wait
+}
+
 /// The collector thread: reads the kernel's audit multicast group and appends this ISC's
 /// denials until `stop`, then emits the drain's barrier record itself (`audit_barrier`) and
 /// reads until it comes out. It also ticks the log (see `on_started`), and hands that to the
@@ -137,6 +143,7 @@ pub(crate) fn collect(
         } else {
             log.next_tick_in().map_or(IDLE_POLL, |d| d.clamp(Duration::from_millis(1), IDLE_POLL))
         };
+        let asked = Instant::now();
         let ev = match reader.next_event(wait) {
             Ok(ev) => ev,
             Err(e) => {
@@ -185,7 +192,10 @@ pub(crate) fn collect(
                 }
             }
             Some(_) => {}
-            None if stopping => break,
+            // With a barrier outstanding only the barrier (or DRAIN_MAX) ends the drain. Without
+            // one, a wait that ran its full course means quiet; a wait ended early by the wake
+            // (already pending when a just-started collector first polls) means nothing.
+            None if stopping && barrier_pid == 0 && ran_its_course(asked, wait) => break,
             None => {}
         }
         if stopping_since.is_some_and(|t| t.elapsed() >= DRAIN_MAX) {
@@ -232,7 +242,9 @@ pub(crate) fn collect_net(
     let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let d = src.reader.next(if stopping { NET_DRAIN_QUIET } else { IDLE_POLL });
+        let wait = if stopping { NET_DRAIN_QUIET } else { IDLE_POLL };
+        let asked = Instant::now();
+        let d = src.reader.next(wait);
         if let Some(n) = limiter.take_summary() {
             append(log, name, Kind::NetDrop, summary(n));
         }
@@ -246,7 +258,8 @@ pub(crate) fn collect_net(
                 }
             }
             Some(_) => {}
-            None if stopping => break,
+            // Quiet only if the wait ran its full course (the wake may end one early).
+            None if stopping && ran_its_course(asked, wait) => break,
             None => {}
         }
     }
