@@ -278,12 +278,16 @@ fn weakening(names: &[String]) -> Result<isc_engine::Weakening> {
 /// help, other verbs, unknown or hidden flags, a value that looks like a flag — returns `None`
 /// and goes through clap, which also produces every error message.
 fn fast_run_args(args: &[std::ffi::OsString]) -> Option<Cli> {
-    let env_or = |var: &str, default: &str| {
-        std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| default.into())
+    // clap's `env` fallbacks; a variable set but empty is clap's to judge (it refuses an empty
+    // root or state and takes an empty log filter), so such a line goes through clap.
+    let env_or = |var: &str, default: &str| match std::env::var_os(var) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(v),
+        None => Some(default.into()),
     };
-    let mut root = PathBuf::from(env_or("ISC_ROOT", "/var/lib/isc"));
-    let mut state = PathBuf::from(env_or("ISC_STATE", "/run/isc"));
-    let mut log = env_or("ISC_LOG", "warn").into_string().ok()?;
+    let mut root = PathBuf::from(env_or("ISC_ROOT", "/var/lib/isc")?);
+    let mut state = PathBuf::from(env_or("ISC_STATE", "/run/isc")?);
+    let mut log = env_or("ISC_LOG", "warn")?.into_string().ok()?;
     let (mut saw_run, mut file, mut json) = (false, None, false);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -496,6 +500,58 @@ mod tests {
             let fast = fast_run_args(&argv(line)).unwrap_or_else(|| panic!("not taken: {line}"));
             let slow = Cli::try_parse_from(argv(line)).unwrap();
             assert_eq!(fields(fast), fields(slow), "{line}");
+        }
+    }
+
+    /// The fast path repeats clap's `env` fallbacks for `--root`, `--state` and `--log`. The
+    /// environment is the process's, so this test checks them in child copies of itself with
+    /// the variables set, leaving the other tests' environment alone.
+    #[test]
+    fn the_fast_path_reads_the_environment_as_clap_does() {
+        const INNER: &str = "ISC_TEST_FAST_PATH_ENV";
+        match std::env::var("ISC_TEST_FAST_PATH_ENV").as_deref() {
+            Ok("set") => {
+                for line in
+                    ["isc run", "isc run a.toml --json", "isc --root /r run", "isc --log=info run"]
+                {
+                    let fast =
+                        fast_run_args(&argv(line)).unwrap_or_else(|| panic!("not taken: {line}"));
+                    let slow = Cli::try_parse_from(argv(line)).unwrap();
+                    assert_eq!(fields(fast), fields(slow), "{line}");
+                }
+                let (root, state, log, ..) = fields(fast_run_args(&argv("isc run")).unwrap());
+                assert_eq!(
+                    (root.to_str(), state.to_str(), log.as_str()),
+                    (Some("/env/root"), Some("/env/state"), "debug")
+                );
+            }
+            // Set but empty: clap refuses an empty root and keeps an empty log filter; the
+            // fast path leaves both to it rather than guess.
+            Ok("empty") => {
+                assert!(fast_run_args(&argv("isc run a.toml")).is_none());
+                assert!(Cli::try_parse_from(argv("isc run a.toml")).is_err(), "empty ISC_ROOT");
+            }
+            _ => {
+                let name = "tests::the_fast_path_reads_the_environment_as_clap_does";
+                for (mode, value) in [("set", None), ("empty", Some(""))] {
+                    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+                    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(INNER, mode);
+                    cmd.env("ISC_ROOT", value.unwrap_or("/env/root"));
+                    cmd.env("ISC_STATE", value.unwrap_or("/env/state"));
+                    cmd.env("ISC_LOG", value.unwrap_or("debug"));
+                    let out = cmd.output().unwrap();
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    assert!(
+                        out.status.success(),
+                        "{mode}: {stdout}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    assert!(
+                        stdout.contains("1 passed"),
+                        "{mode}: the inner test did not run: {stdout}"
+                    );
+                }
+            }
         }
     }
 
