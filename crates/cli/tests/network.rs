@@ -18,14 +18,28 @@ use std::time::{Duration, Instant};
 use isc_engine::probe::ProbeOutcome;
 use isc_net::link::Rtnl;
 use isc_net::{Denial, Direction, NflogReader};
-use netns::{in_private_netns, start_isc, stop_isc, HeldNetns as Netns, RunningIsc};
+use netns::{in_private_netns, start_isc, stop_isc, HeldNetns, RunningIsc};
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
 const EACCES: i32 = 13;
 const NFLOG_GROUP: u16 = 100;
 
+/// A held namespace (`isc_testkit::HeldNetns`) with this suite's servers and clients.
+struct Netns(HeldNetns);
+
+impl std::ops::Deref for Netns {
+    type Target = HeldNetns;
+    fn deref(&self) -> &HeldNetns {
+        &self.0
+    }
+}
+
 impl Netns {
+    fn new() -> Netns {
+        Netns(HeldNetns::new())
+    }
+
     /// The outside network behind `up-isc0`: host 192.0.2.1/24 and 2001:db8::1/64; outside
     /// .2 and .3, ::2 and ::3, with default routes back to the host.
     fn outside() -> Netns {

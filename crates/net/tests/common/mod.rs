@@ -1,86 +1,32 @@
-//! Test harness: every test re-executes itself under `unshare --net --mount`, so the "host" is
-//! a fresh network namespace; ISCs and the "outside" are further namespaces held by `unshare
-//! --net sleep` children. Nothing here can touch the machine's real network namespace.
+//! Test harness: every test re-executes itself under `unshare --net --mount` (`isc_testkit`),
+//! so the "host" is a fresh network namespace; ISCs and the "outside" are further namespaces
+//! held by `unshare --net sleep` children. Nothing here can touch the machine's real network
+//! namespace. Here: this suite's traffic helpers on those namespaces.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use isc_net::link::{in_netns, Rtnl};
+use isc_net::link::Rtnl;
+use isc_testkit::HeldNetns;
 
-const INNER: &str = "ISC_NET_TEST_INNER";
-const OUTER_NS: &str = "ISC_NET_TEST_OUTER_NS";
+pub use isc_testkit::in_private_netns;
 
-fn netns_inode(path: &str) -> u64 {
-    std::fs::metadata(path).unwrap().ino()
-}
+/// A held namespace (`isc_testkit::HeldNetns`) with this suite's traffic helpers.
+pub struct Netns(pub HeldNetns);
 
-/// Run `body` inside a private network + mount namespace by re-executing this test.
-pub fn in_private_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(INNER).is_some() {
-        let outer: u64 = std::env::var(OUTER_NS).unwrap().parse().unwrap();
-        let here = netns_inode("/proc/thread-self/ns/net");
-        assert_ne!(here, outer, "refusing to run network tests in the original namespace");
-        Rtnl::open().unwrap().set_up("lo").unwrap();
-        isc_net::enable_forwarding().unwrap();
-        body();
-        return;
+impl std::ops::Deref for Netns {
+    type Target = HeldNetns;
+    fn deref(&self) -> &HeldNetns {
+        &self.0
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
-        .env(OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
-        .output()
-        .expect("run unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "inner test failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "inner test did not run:\n{stdout}\n{stderr}");
-}
-
-/// A network namespace held by a sleeping child (`unshare --net sleep`).
-pub struct Netns {
-    child: Child,
-    pub file: File,
 }
 
 impl Netns {
     pub fn new() -> Netns {
-        let me = netns_inode("/proc/thread-self/ns/net");
-        let child = Command::new("unshare")
-            .args(["--net", "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn unshare --net");
-        let path = format!("/proc/{}/ns/net", child.id());
-        let start = Instant::now();
-        while netns_inode(&path) == me {
-            assert!(start.elapsed() < Duration::from_secs(5), "child never entered its namespace");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let file = File::open(&path).unwrap();
-        let ns = Netns { child, file };
-        ns.run(|| Rtnl::open()?.set_up("lo"));
-        ns
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Run `f` on a thread inside this namespace.
-    pub fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, isc_net::LinkError> + Send + 'static,
-    ) -> T {
-        in_netns(&self.file, f).unwrap()
+        Netns(HeldNetns::new())
     }
 
     /// Start a TCP server (answers "ok\n" then closes) on `addr` inside this namespace.
@@ -132,13 +78,6 @@ impl Netns {
         let ns = format!("--net=/proc/{}/ns/net", self.pid());
         let st = Command::new("nsenter").arg(ns).arg("--").arg("ip").args(args).status().unwrap();
         assert!(st.success(), "ip {args:?} failed");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
