@@ -290,37 +290,7 @@ fn assert_nothing_left(env: &Env, name: &str) {
     assert!(entries.is_empty(), "registry entries left: {entries:?}");
 }
 
-const NET_INNER: &str = "ISC_CLI_AUDIT_NET_TEST_INNER";
-const NET_OUTER_NS: &str = "ISC_CLI_AUDIT_NET_TEST_OUTER_NS";
-
-fn netns_inode(path: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).unwrap().ino()
-}
-
-/// Runs `body` inside a private network + mount namespace by re-executing this test there
-/// (like tests/network.rs): nothing touches the machine's real network.
-fn in_private_netns(test: &str, body: impl FnOnce()) {
-    if std::env::var_os(NET_INNER).is_some() {
-        let outer: u64 = std::env::var(NET_OUTER_NS).unwrap().parse().unwrap();
-        assert_ne!(netns_inode("/proc/thread-self/ns/net"), outer, "not in a private netns");
-        isc_net::link::Rtnl::open().unwrap().set_up("lo").unwrap();
-        isc_net::enable_forwarding().unwrap();
-        body();
-        return;
-    }
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(NET_INNER, "1")
-        .env(NET_OUTER_NS, netns_inode("/proc/thread-self/ns/net").to_string())
-        .output()
-        .expect("run unshare (util-linux)");
-    let (so, se) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "inner test failed:\n{so}\n{se}");
-    assert!(so.contains("1 passed"), "inner test did not run:\n{so}\n{se}");
-}
+use isc_testkit::in_private_netns;
 
 /// A networked ISC running `sleep` under `isc run` (Landlock off, so nftables alone decides).
 struct NetIsc {
