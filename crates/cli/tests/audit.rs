@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use isc_testkit::in_private_netns;
 use serde_json::Value;
 
 const ISC: &str = env!("CARGO_BIN_EXE_isc");
@@ -289,8 +290,6 @@ fn assert_nothing_left(env: &Env, name: &str) {
         .unwrap_or_default();
     assert!(entries.is_empty(), "registry entries left: {entries:?}");
 }
-
-use isc_testkit::in_private_netns;
 
 /// A networked ISC running `sleep` under `isc run` (Landlock off, so nftables alone decides).
 struct NetIsc {
