@@ -290,6 +290,43 @@ fn exit_codes_and_signals_propagate() {
     assert_nothing_left(&env);
 }
 
+/// The service exits while a process it started still runs: PID 1 then has a child left, so
+/// the end is handled only once PID 1 is gone (its PID namespace, and the orphan with it), not
+/// at its report. The phase marks show which way the end went.
+#[test]
+fn a_service_that_leaves_a_process_behind_ends_with_it() {
+    let env = Env::new("leaver");
+    let m =
+        env.manifest("leaver", &["/bin/sh", "-c", "/usr/bin/sleep 30 & echo started; exit 7"], "");
+    let t = Instant::now();
+    let out = env.cmd().env("ISC_TIMINGS", "1").arg("run").arg(&m).arg("--json").output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "the orphan kept the ISC alive");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"started\n");
+    assert_eq!(exit_record(&out)["code"], 7);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |label: &str| {
+        stderr
+            .lines()
+            .position(|l| l.ends_with(label))
+            .unwrap_or_else(|| panic!("{label}: {stderr}"))
+    };
+    assert!(at("PID 1 gone") < at("service ended"), "handled before PID 1 was gone: {stderr}");
+    // And a service that leaves nothing is handled at PID 1's report, before it is gone.
+    let m = env.manifest("alone", &["/bin/sh", "-c", "exit 3"], "");
+    let out = env.cmd().env("ISC_TIMINGS", "1").arg("run").arg(&m).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |label: &str| {
+        stderr
+            .lines()
+            .position(|l| l.ends_with(label))
+            .unwrap_or_else(|| panic!("{label}: {stderr}"))
+    };
+    assert!(at("service ended") < at("PID 1 gone"), "not handled at the report: {stderr}");
+    assert_nothing_left(&env);
+}
+
 #[test]
 fn sigterm_stops_gracefully_then_sigkill_after_the_timeout() {
     let env = Env::new("stop");
