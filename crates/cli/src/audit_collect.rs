@@ -3,6 +3,7 @@
 //! ISC's NFLOG group (dropped packets). Both attribute, rate-limit and append; the kernel one
 //! also ticks the log (interval syncs, timed checkpoints). `hooks_audit` starts and stops them.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,15 +70,6 @@ pub(crate) struct DenialCounts {
     overflows: u64,
 }
 
-/// The `isc-audit-net` thread.
-pub(crate) struct NetCollector {
-    pub(crate) stop: Arc<AtomicBool>,
-    /// An eventfd the reader also waits on: stopping wakes it at once (it otherwise sleeps up
-    /// to `IDLE_POLL` on a quiet NFLOG socket).
-    pub(crate) wake: Option<std::os::fd::OwnedFd>,
-    pub(crate) thread: JoinHandle<DenialCounts>,
-}
-
 /// This ISC's NFLOG group, bound before the service runs.
 pub(crate) struct NetSource {
     pub(crate) reader: NflogReader,
@@ -85,11 +77,55 @@ pub(crate) struct NetSource {
     pub(crate) group: u16,
 }
 
+/// A collector thread (`isc-audit-kernel` or `isc-audit-net`) and what stops it.
 pub(crate) struct Collector {
-    pub(crate) stop: Arc<AtomicBool>,
-    /// An eventfd the reader also waits on: telling it to drain wakes it at once.
-    pub(crate) wake: Option<std::os::fd::OwnedFd>,
-    pub(crate) thread: JoinHandle<DenialCounts>,
+    stop: Arc<AtomicBool>,
+    /// An eventfd its reader also waits on: stopping wakes it at once (it otherwise sleeps up
+    /// to `IDLE_POLL` on a quiet socket).
+    wake: Option<OwnedFd>,
+    thread: JoinHandle<DenialCounts>,
+}
+
+impl Collector {
+    /// A fresh eventfd for a reader's `wake_on`, to hand to [`Collector::spawn`] with it;
+    /// `None` if none can be made (the reader then notices `stop` at its next timeout).
+    pub(crate) fn wake_fd() -> Option<OwnedFd> {
+        // SAFETY: eventfd(2) with flags only; the fd is owned right below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: a fresh fd nobody else owns.
+        (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Runs `collect(stop)` on a thread named `name`; `wake` must be the eventfd its reader
+    /// waits on (it is kept open until the thread is joined).
+    pub(crate) fn spawn(
+        name: &str,
+        wake: Option<OwnedFd>,
+        collect: impl FnOnce(&AtomicBool) -> DenialCounts + Send + 'static,
+    ) -> std::io::Result<Collector> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || collect(&flag))?;
+        Ok(Collector { stop, wake, thread })
+    }
+
+    /// Tells it to drain and stop, waking it. Idempotent.
+    pub(crate) fn signal(&self) {
+        if self.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(fd) = &self.wake {
+            let one = 1u64;
+            // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Signals it and waits for its counts (`None` if it panicked).
+    pub(crate) fn finish(self) -> Option<DenialCounts> {
+        self.signal();
+        self.thread.join().ok()
+    }
 }
 
 /// Starts the audit log's own ticker thread (interval syncs, timed checkpoints).

@@ -12,8 +12,8 @@
 //! kernel allows). The monitor binds it once the network is set up (before the service is
 //! released) and an `isc-audit-net` thread appends `net_drop` records.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::audit_collect::{
     collect, collect_net, pidns_inode, start_ticker, Attribution, Collector, DenialCounts,
-    NetCollector, NetSource,
+    NetSource,
 };
 use crate::launch::Dirs;
 
@@ -123,7 +123,7 @@ pub struct AuditSession {
     begun: std::time::SystemTime,
     net: Option<NetSource>,
     net_status: serde_json::Value,
-    net_collector: Option<NetCollector>,
+    net_collector: Option<Collector>,
     memory_limit: Option<u64>,
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
@@ -274,38 +274,28 @@ impl AuditSession {
             pidns_ino: self.pidns_ino,
         };
         if let Some(mut src) = self.net.take() {
-            let stop = Arc::new(AtomicBool::new(false));
-            // SAFETY: eventfd(2) with flags only; the fd is owned right below.
-            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            let wake = (raw >= 0).then(|| {
-                src.reader.wake_on(raw);
-                // SAFETY: a fresh fd nobody else owns; it outlives the reader (joined first).
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-            });
-            let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
-            let spawned = std::thread::Builder::new()
-                .name("isc-audit-net".into())
-                .spawn(move || collect_net(src, &log, &name, &flag));
-            match spawned {
-                Ok(thread) => self.net_collector = Some(NetCollector { stop, wake, thread }),
+            let wake = Collector::wake_fd();
+            if let Some(fd) = &wake {
+                src.reader.wake_on(fd.as_raw_fd());
+            }
+            let (log, name) = (Arc::clone(&self.log), self.name.clone());
+            match Collector::spawn("isc-audit-net", wake, move |stop| {
+                collect_net(src, &log, &name, stop)
+            }) {
+                Ok(c) => self.net_collector = Some(c),
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
             }
         }
         if let Some(mut reader) = self.reader.take() {
-            let stop = Arc::new(AtomicBool::new(false));
-            // SAFETY: eventfd(2) with flags only; the fd is owned right below.
-            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            let wake = (raw >= 0).then(|| {
-                reader.wake_on(raw);
-                // SAFETY: a fresh fd nobody else owns; it outlives the reader (joined first).
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-            });
-            let (log, name, flag) = (Arc::clone(&self.log), self.name.clone(), Arc::clone(&stop));
-            let spawned = std::thread::Builder::new()
-                .name("isc-audit-kernel".into())
-                .spawn(move || collect(reader, &log, &name, attribution, &flag));
-            match spawned {
-                Ok(thread) => self.collector = Some(Collector { stop, wake, thread }),
+            let wake = Collector::wake_fd();
+            if let Some(fd) = &wake {
+                reader.wake_on(fd.as_raw_fd());
+            }
+            let (log, name) = (Arc::clone(&self.log), self.name.clone());
+            match Collector::spawn("isc-audit-kernel", wake, move |stop| {
+                collect(reader, &log, &name, attribution, stop)
+            }) {
+                Ok(c) => self.collector = Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the kernel denial collector");
                     start_ticker(&self.log, &self.name);
@@ -346,30 +336,19 @@ impl AuditSession {
     }
 
     fn stop_net_collector(&mut self) -> Option<DenialCounts> {
-        let c = self.net_collector.take()?;
-        c.stop.store(true, Ordering::SeqCst);
-        wake(c.wake.as_ref());
-        let counts = c.thread.join().ok();
-        drop(c.wake);
-        counts
+        self.net_collector.take()?.finish()
     }
 
     /// Tells the kernel-denial collector to drain and stop: it emits the barrier record and
     /// reads until it comes out. Idempotent; call once no ISC process can act any more.
     fn start_drain(&mut self) {
-        let Some(c) = &self.collector else { return };
-        if c.stop.swap(true, Ordering::SeqCst) {
-            return;
+        if let Some(c) = &self.collector {
+            c.signal();
         }
-        wake(c.wake.as_ref());
     }
 
     fn stop_collector(&mut self) -> Option<DenialCounts> {
-        self.start_drain();
-        let c = self.collector.take()?;
-        let counts = c.thread.join().ok();
-        drop(c.wake);
-        counts
+        self.collector.take()?.finish()
     }
 
     /// Records how the run ended — `isc_exit`, plus `isc_oom` after an OOM kill — once the
@@ -454,15 +433,6 @@ impl Drop for AuditSession {
         if let Some(t) = self.exit_sync.take() {
             t.join();
         }
-    }
-}
-
-/// Ends a collector's wait at once (see the readers' `wake_on`).
-fn wake(fd: Option<&std::os::fd::OwnedFd>) {
-    if let Some(fd) = fd {
-        let one = 1u64;
-        // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
-        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(fd), (&one as *const u64).cast(), 8) };
     }
 }
 

@@ -292,8 +292,8 @@ impl StartHooks for CgroupHooks {
     }
 
     fn exit_reason(&mut self) -> Option<String> {
-        let limits = self.limits.clone();
-        self.end_events().and_then(|ev| exit_reason(ev, &limits))
+        self.end_events();
+        self.end_events.as_ref().and_then(|ev| exit_reason(ev, &self.limits))
     }
 
     fn limit_events(&mut self) -> Option<serde_json::Value> {

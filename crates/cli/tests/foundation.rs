@@ -290,6 +290,17 @@ fn exit_codes_and_signals_propagate() {
     assert_nothing_left(&env);
 }
 
+/// Runs `m` with phase marks on (`ISC_TIMINGS`); the output and the line index of each mark.
+fn run_marked(env: &Env, m: &Path, args: &[&str]) -> (std::process::Output, Vec<String>) {
+    let out = env.cmd().env("ISC_TIMINGS", "1").arg("run").arg(m).args(args).output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stderr).lines().map(String::from).collect();
+    (out, lines)
+}
+
+fn mark_at(lines: &[String], label: &str) -> usize {
+    lines.iter().position(|l| l.ends_with(label)).unwrap_or_else(|| panic!("{label}: {lines:#?}"))
+}
+
 /// The service exits while a process it started still runs: PID 1 then has a child left, so
 /// the end is handled only once PID 1 is gone (its PID namespace, and the orphan with it), not
 /// at its report. The phase marks show which way the end went.
@@ -299,31 +310,23 @@ fn a_service_that_leaves_a_process_behind_ends_with_it() {
     let m =
         env.manifest("leaver", &["/bin/sh", "-c", "/usr/bin/sleep 30 & echo started; exit 7"], "");
     let t = Instant::now();
-    let out = env.cmd().env("ISC_TIMINGS", "1").arg("run").arg(&m).arg("--json").output().unwrap();
+    let (out, marks) = run_marked(&env, &m, &["--json"]);
     assert!(t.elapsed() < Duration::from_secs(5), "the orphan kept the ISC alive");
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(7), "{marks:#?}");
     assert_eq!(out.stdout, b"started\n");
     assert_eq!(exit_record(&out)["code"], 7);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let at = |label: &str| {
-        stderr
-            .lines()
-            .position(|l| l.ends_with(label))
-            .unwrap_or_else(|| panic!("{label}: {stderr}"))
-    };
-    assert!(at("PID 1 gone") < at("service ended"), "handled before PID 1 was gone: {stderr}");
+    assert!(
+        mark_at(&marks, "PID 1 gone") < mark_at(&marks, "service ended"),
+        "handled before PID 1 was gone: {marks:#?}"
+    );
     // And a service that leaves nothing is handled at PID 1's report, before it is gone.
     let m = env.manifest("alone", &["/bin/sh", "-c", "exit 3"], "");
-    let out = env.cmd().env("ISC_TIMINGS", "1").arg("run").arg(&m).output().unwrap();
+    let (out, marks) = run_marked(&env, &m, &[]);
     assert_eq!(out.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let at = |label: &str| {
-        stderr
-            .lines()
-            .position(|l| l.ends_with(label))
-            .unwrap_or_else(|| panic!("{label}: {stderr}"))
-    };
-    assert!(at("service ended") < at("PID 1 gone"), "not handled at the report: {stderr}");
+    assert!(
+        mark_at(&marks, "service ended") < mark_at(&marks, "PID 1 gone"),
+        "not handled at the report: {marks:#?}"
+    );
     assert_nothing_left(&env);
 }
 

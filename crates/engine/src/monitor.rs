@@ -482,26 +482,23 @@ fn clone_child(
     let pid = unsafe {
         libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
     };
-    let clone_error = (pid < 0).then(io::Error::last_os_error);
+    let clone_error = io::Error::last_os_error();
     if pid == 0 {
         init::child_main(ctx);
     }
-    // SAFETY: on success the kernel wrote a new pidfd owned by us.
-    let launched = (pid > 0)
-        .then(|| Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } });
-    if let Some(entered) = entered {
-        // A child still set up: KillOnDrop is not armed yet, so kill it here on failure.
-        if let Err(e) = entered.leave() {
-            if let Some(l) = &launched {
-                drop(KillOnDrop { pidfd: Some(l.pidfd.as_raw_fd()) });
-            }
-            return Err(e.into());
-        }
+    // Back to the host's network namespace whatever clone3 did.
+    let left = entered.map(netns::Entered::leave).transpose();
+    if pid < 0 {
+        return Err(MonitorError::Clone(clone_error));
     }
-    match (launched, clone_error) {
-        (Some(l), _) => Ok(l),
-        (None, e) => Err(MonitorError::Clone(e.unwrap_or_else(io::Error::last_os_error))),
+    // SAFETY: the kernel wrote a new pidfd owned by us.
+    let launched = Launched { pid: pid as i32, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } };
+    if let Err(e) = left {
+        // KillOnDrop is not armed yet: the child set up in the wrong place dies here.
+        drop(KillOnDrop { pidfd: Some(launched.pidfd.as_raw_fd()) });
+        return Err(e.into());
     }
+    Ok(launched)
 }
 
 pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
