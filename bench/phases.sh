@@ -21,11 +21,16 @@ d, n = sys.argv[1], int(sys.argv[2])
 runs = []
 for i in range(1, n + 1):
     rows = [l.split(None, 3) for l in open(f"{d}/{i}") if l.startswith("isc-timing:")]
-    runs.append([(r[3].strip(), int(r[1])) for r in rows])
-labels = [l for l, _ in runs[0]]
-print(f"{'at us':>7} {'phase us':>9}  end of phase ({n} runs, medians)")
-for k, label in enumerate(labels):
-    at = statistics.median(r[k][1] for r in runs)
-    dur = statistics.median(r[k][1] - (r[k - 1][1] if k else 0) for r in runs)
-    print(f"{at:7.0f} {dur:9.0f}  {label}")
+    runs.append({r[3].strip(): int(r[1]) for r in rows})
+# Marks come from several threads and processes, so their order differs between runs: each
+# label's median is taken on its own, and the phases are listed in the order of those medians.
+labels = {l for r in runs for l in r}
+at = {l: statistics.median(r[l] for r in runs if l in r) for l in labels}
+print(f"{'at us':>7} {'delta us':>9}  end of phase ({n} runs, medians per mark, sorted)")
+prev = 0
+for l in sorted(labels, key=lambda l: at[l]):
+    seen = sum(1 for r in runs if l in r)
+    note = "" if seen == n else f"  (in {seen} of {n} runs)"
+    print(f"{at[l]:7.0f} {at[l] - prev:9.0f}  {l}{note}")
+    prev = at[l]
 PY

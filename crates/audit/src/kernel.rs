@@ -284,7 +284,8 @@ impl KernelAuditReader {
 
     /// Lets a write to the eventfd `fd` (owned by the caller, open while this reader waits)
     /// end a wait of [`KernelAuditReader::next_event`] early, as a timeout does: a reader
-    /// sleeping on a quiet socket can be told to act at once. The event is consumed.
+    /// sleeping on a quiet socket can be told to act at once. The event is consumed; if a
+    /// record is readable too, that record is returned rather than the early end.
     pub fn wake_on(&mut self, fd: std::os::fd::RawFd) {
         self.wake = Some(fd);
     }
@@ -321,7 +322,11 @@ impl KernelAuditReader {
                 let mut n = 0u64;
                 // SAFETY: an 8-byte read from the eventfd resets its counter.
                 unsafe { libc::read(pfds[1].fd, (&mut n as *mut u64).cast(), 8) };
-                return Ok(None);
+                // A wake only matters when there is nothing to read: a drain told to start
+                // reads what is already queued before it decides anything.
+                if pfds[0].revents & libc::POLLIN == 0 {
+                    return Ok(None);
+                }
             }
             self.buf.clear();
             // SAFETY: recv writes at most `capacity` bytes into the buffer's allocation.

@@ -40,9 +40,20 @@ pub(crate) struct Attribution {
     pub(crate) uid_lo: u32,
     pub(crate) uid_hi: u32,
     pub(crate) pidns_ino: Option<u64>,
+    /// PID 1's host pid: its barrier record (`isc_engine::seccomp::AUDIT_BARRIER_SYSCALL`)
+    /// ends the drain.
+    pub(crate) init_pid: u32,
 }
 
 impl Attribution {
+    /// PID 1's end-of-denials record: it calls the barrier number once the service has ended
+    /// with nothing else left. The service cannot forge it: the record's pid is the caller's
+    /// host tgid, and no process of the ISC but PID 1 has PID 1's.
+    fn is_init_barrier(&self, ev: &KernelEvent) -> bool {
+        matches!(ev, KernelEvent::Seccomp(s)
+            if s.pid == self.init_pid && s.syscall == isc_engine::seccomp::AUDIT_BARRIER_SYSCALL)
+    }
+
     fn owns(&self, ev: &KernelEvent) -> bool {
         if let KernelEvent::Seccomp(s) = ev {
             if s.uid.is_some_and(|u| (self.uid_lo..self.uid_hi).contains(&u)) {
@@ -158,6 +169,9 @@ pub(crate) fn collect(
     let mut stopping_since: Option<Instant> = None;
     // Pid the barrier record carries once emitted; 0: drain by quiet period instead.
     let mut barrier_pid = 0u32;
+    // Told to drain, the collector first reads what is already in the socket: PID 1's barrier
+    // is usually there, and then no record of our own (one more kauditd round trip) is needed.
+    let mut own_barrier_due = false;
     let armed = match crate::audit_barrier::arm_this_thread() {
         Ok(()) => true,
         Err(e) => {
@@ -169,12 +183,11 @@ pub(crate) fn collect(
         let stopping = stop.load(Ordering::Relaxed);
         if stopping && stopping_since.is_none() {
             stopping_since = Some(Instant::now());
-            if armed {
-                barrier_pid = crate::audit_barrier::record_pid();
-                crate::audit_barrier::emit_here();
-            }
+            own_barrier_due = armed;
         }
-        let wait = if stopping {
+        let wait = if own_barrier_due {
+            Duration::ZERO
+        } else if stopping {
             DRAIN_QUIET
         } else {
             log.next_tick_in().map_or(IDLE_POLL, |d| d.clamp(Duration::from_millis(1), IDLE_POLL))
@@ -210,9 +223,21 @@ pub(crate) fn collect(
                 json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
             );
         }
+        if ev.as_ref().is_some_and(|e| who.is_init_barrier(e)) {
+            // PID 1 queued it after the service's last syscall: nothing of the ISC can follow.
+            break;
+        }
         if barrier_pid > 0 && ev.as_ref().and_then(KernelEvent::pid) == Some(barrier_pid) {
             // Everything the kernel queued before the ISC ended has now been delivered.
             break;
+        }
+        if ev.is_none() && own_barrier_due {
+            // The socket is empty and PID 1's barrier not seen (the ISC did not end alone, or
+            // its record is still on its way): queue ours.
+            own_barrier_due = false;
+            barrier_pid = crate::audit_barrier::record_pid();
+            crate::audit_barrier::emit_here();
+            continue;
         }
         match ev {
             Some(ev) if who.owns(&ev) => {
@@ -371,7 +396,12 @@ mod tests {
 
     #[test]
     fn attribution_by_uid_range_works_without_the_process() {
-        let who = Attribution { uid_lo: 1_000_000_000, uid_hi: 1_000_065_536, pidns_ino: None };
+        let who = Attribution {
+            uid_lo: 1_000_000_000,
+            uid_hi: 1_000_065_536,
+            pidns_ino: None,
+            init_pid: 0,
+        };
         let ev = |uid| {
             KernelEvent::Seccomp(isc_audit::kernel::SeccompEvent {
                 audit_id: "1.2:3".into(),
@@ -388,5 +418,28 @@ mod tests {
         assert!(who.owns(&ev(1_000_001_000)));
         assert!(!who.owns(&ev(0)));
         assert!(!who.owns(&ev(1_000_065_536)));
+    }
+
+    #[test]
+    fn only_pid_1_calling_the_barrier_number_ends_the_drain() {
+        let who = Attribution { uid_lo: 10, uid_hi: 20, pidns_ino: None, init_pid: 4242 };
+        let ev = |pid, syscall| {
+            KernelEvent::Seccomp(isc_audit::kernel::SeccompEvent {
+                audit_id: "1.2:3".into(),
+                pid,
+                uid: Some(15),
+                comm: "x".into(),
+                exe: None,
+                syscall,
+                arch: "c000003e".into(),
+                code: 0x50000,
+                sig: 0,
+            })
+        };
+        let barrier = isc_engine::seccomp::AUDIT_BARRIER_SYSCALL;
+        assert!(who.is_init_barrier(&ev(4242, barrier)));
+        // The service calling the same number, or PID 1 being denied anything else, is a denial.
+        assert!(!who.is_init_barrier(&ev(4243, barrier)));
+        assert!(!who.is_init_barrier(&ev(4242, 101)));
     }
 }

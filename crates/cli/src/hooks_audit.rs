@@ -272,6 +272,7 @@ impl AuditSession {
             uid_lo: st.host_uid_base,
             uid_hi: st.host_uid_base.saturating_add(isc_engine::creds::RANGE_SIZE),
             pidns_ino: self.pidns_ino,
+            init_pid: u32::try_from(st.init_pid).unwrap_or(0),
         };
         if let Some(mut src) = self.net.take() {
             let wake = Collector::wake_fd();

@@ -338,6 +338,12 @@ fn reap(service: i32, channel: &Channel, probes: &mut Probes) {
                 (None, Some(libc::WTERMSIG(st)))
             };
             let alone = reap_all_but_live(probes);
+            if alone {
+                // Nothing of the ISC can act any more: mark the end of its denials in the
+                // kernel's audit queue before the monitor hears of it, so its drain is over as
+                // soon as this record is delivered (no round trip of its own).
+                seccomp::emit_audit_barrier();
+            }
             let _ = channel.send(&FromInit::ServiceExited { code, signal, alone });
             let status = code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
             // SAFETY: PID 1 exits with the service's status.

@@ -219,6 +219,23 @@ impl Profile {
     }
 }
 
+/// The syscall number PID 1 calls, once the service has ended with no other process left,
+/// to put a record at the end of the kernel's audit queue (see `isc-cli`'s `audit_collect`).
+/// No kernel syscall has this number (x86_64 is below 500) and no manifest can name it, so
+/// every profile's filter refuses it like any unknown number (EPERM, logged when the profile
+/// logs): the record, carrying PID 1's host pid, tells the monitor's collector that every
+/// denial of the ISC is already queued before it — kauditd delivers in queue order, and each
+/// record is queued in the denied syscall's own context (kernel/audit.c `audit_log_end`).
+pub const AUDIT_BARRIER_SYSCALL: i64 = 0x000f_ffff;
+
+/// Puts the barrier record in the audit queue from the calling process (see
+/// [`AUDIT_BARRIER_SYSCALL`]); a no-op where nothing logs the refusal.
+pub fn emit_audit_barrier() {
+    // SAFETY: a syscall number no kernel implements, without arguments: the filter refuses it
+    // (or, without one, the kernel answers ENOSYS); nothing is read or written.
+    unsafe { libc::syscall(AUDIT_BARRIER_SYSCALL) };
+}
+
 const BPF_MAXINSNS: usize = 4096;
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
@@ -431,6 +448,20 @@ mod tests {
     fn effective(progs: &[&BpfProgram], nr: u32, arch: u32, arg0: u64) -> u32 {
         let rank = |r: u32| (r & 0xffff_0000) as i32;
         progs.iter().map(|p| run(p, nr, arch, arg0)).min_by_key(|r| rank(*r)).unwrap()
+    }
+
+    #[test]
+    fn the_audit_barrier_is_refused_by_the_logged_profile_even_allowing_everything_it_can() {
+        // The most permissive profile a manifest can ask for still refuses the barrier number,
+        // and it is the logged filter (not the companion) that decides it.
+        let names: Vec<String> = ["personality", "getppid", "sysinfo"].map(String::from).into();
+        for profile in [Profile::new(&[], &[]).unwrap(), Profile::new(&names, &[]).unwrap()] {
+            let p = profile.compile().unwrap();
+            let nr = AUDIT_BARRIER_SYSCALL as u32;
+            assert_eq!(run(&p, nr, AUDIT_ARCH_X86_64, 0), RET_EPERM);
+            assert_eq!(run(&clone3_companion(), nr, AUDIT_ARCH_X86_64, 0), SECCOMP_RET_ALLOW);
+        }
+        assert!(AUDIT_BARRIER_SYSCALL as u32 & X32_SYSCALL_BIT == 0);
     }
 
     #[test]
