@@ -174,8 +174,13 @@ pub fn verify_files(
 type Step = Result<(), Box<Finding>>;
 
 impl Walker<'_> {
-    fn walk_file(&mut self, path: &Path, buf: &[u8], is_last: bool) -> Step {
+    fn walk_file(&mut self, path: &Path, whole: &[u8], is_last: bool) -> Step {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        // The records end at the reserved tail (NUL bytes, `segment`). Anything but NULs after
+        // its start (a crash persisted a later page before an earlier one) is outside the
+        // chain: it counts as a torn tail, as the writer that found it counted it.
+        let buf = crate::segment::records_part(whole);
+        let data_end = whole.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut spans = Vec::new();
         let mut pos = 0usize;
         while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
@@ -191,10 +196,10 @@ impl Walker<'_> {
             self.check_line(&at, pre, &buf[*start..*end], buf, end + 1, i == 0)?;
         }
         let line_no = spans.len() as u64;
-        let torn = (pos < buf.len()).then(|| TornTail {
+        let torn = (pos < data_end).then(|| TornTail {
             file: path.to_owned(),
             offset: pos as u64,
-            len: (buf.len() - pos) as u64,
+            len: (data_end - pos) as u64,
         });
         if let Some(t) = &torn {
             if is_last {

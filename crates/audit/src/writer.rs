@@ -1,9 +1,9 @@
 //! The single-writer core: under the directory's `flock`, follow what other processes appended,
-//! encode a batch of records (plus checkpoints and rotation headers), write it with one `write(2)`
-//! and sync it as configured.
+//! encode a batch of records (plus checkpoints and rotation headers), write it with one `pwrite(2)`
+//! over the file's reserved tail (see `segment`), note where the records now end in the lock
+//! file, and sync as configured.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -16,8 +16,8 @@ use crate::error::AuditError;
 use crate::keys::{checkpoint_message, sync_dir};
 use crate::record::{encode_line, format_time, to_hex, Actor, Fields, Kind};
 use crate::segment::{
-    file_index, file_name, genesis, list_files, read_from, scan_file, scan_region, TornTail,
-    LOCK_FILE,
+    file_index, file_name, genesis, list_files, read_from, records_end, scan_file, scan_region,
+    TornTail, LOCK_FILE, RESERVE,
 };
 use crate::Durability;
 
@@ -71,7 +71,10 @@ pub(crate) struct Active {
     pub path: PathBuf,
     pub name: String,
     pub file: File,
+    /// Where its records end (and the reserved tail begins).
     pub len: u64,
+    /// Its size on disk, reserved tail included.
+    pub physical: u64,
     pub last_seq: u64,
     pub last_hash: blake3::Hash,
     pub last_checkpoint_seq: u64,
@@ -132,9 +135,10 @@ impl Drop for DirLock {
 }
 
 pub(crate) fn open_log_file(path: &Path, create_new: bool) -> Result<File, AuditError> {
+    // Not O_APPEND: records go over the reserved tail, at the end the lock file records.
     OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create_new(create_new)
         .mode(0o640)
         .open(path)
@@ -147,9 +151,9 @@ pub(crate) fn load_active(
     dir: &Path,
     lock: &File,
 ) -> Result<(Active, Option<TornTail>), AuditError> {
-    let named = read_lock_content(lock, &dir.join(LOCK_FILE))?;
+    let (named, hint) = read_lock_content(lock, &dir.join(LOCK_FILE))?.unzip();
     let files = list_files(dir)?;
-    let active_path = match named.filter(|n| file_index(n).is_some()) {
+    let active_path = match named.clone().filter(|n| file_index(n).is_some()) {
         Some(n) if dir.join(&n).exists() => dir.join(n),
         _ => match files.last() {
             Some(p) => p.clone(),
@@ -157,13 +161,14 @@ pub(crate) fn load_active(
                 let path = dir.join(file_name(1));
                 let file = open_log_file(&path, true)?;
                 sync_dir(dir);
-                write_lock_content(lock, &dir.join(LOCK_FILE), &file_name(1))?;
+                write_lock_content(lock, &dir.join(LOCK_FILE), &file_name(1), 0)?;
                 return Ok((
                     Active {
                         name: file_name(1),
                         path,
                         file,
                         len: 0,
+                        physical: 0,
                         last_seq: 0,
                         last_hash: genesis(),
                         last_checkpoint_seq: 0,
@@ -175,13 +180,16 @@ pub(crate) fn load_active(
         },
     };
     let file = open_log_file(&active_path, false)?;
-    let tail = scan_file(&file, &active_path)?;
     let name = active_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    // The lock file's end is about the file it names.
+    let hint = hint.flatten().filter(|_| named.as_deref() == Some(name.as_str()));
+    let tail = scan_file(&file, &active_path, hint)?;
     let mut active = Active {
         path: active_path.clone(),
         name,
         file,
         len: tail.len,
+        physical: tail.physical,
         last_seq: 0,
         last_hash: genesis(),
         last_checkpoint_seq: 0,
@@ -203,7 +211,7 @@ pub(crate) fn load_active(
             let pos = files.iter().position(|p| *p == active_path);
             if let Some(prev) = pos.and_then(|i| i.checked_sub(1)).map(|i| &files[i]) {
                 let pf = open_log_file(prev, false)?;
-                let pt = scan_file(&pf, prev)?;
+                let pt = scan_file(&pf, prev, None)?;
                 if let Some((seq, hash)) = pt.scan.last {
                     active.last_seq = seq;
                     active.last_hash = hash;
@@ -237,21 +245,32 @@ fn rotate_detail(
     d
 }
 
-fn read_lock_content(lock: &File, path: &Path) -> Result<Option<String>, AuditError> {
+/// The lock file's content: the active file's name and, when written by a writer that keeps a
+/// reserved tail, where its records end (`NAME END`, END zero-padded so that every update is
+/// one same-length `pwrite`). An end is a hint (see `segment::records_end`).
+fn read_lock_content(
+    lock: &File,
+    path: &Path,
+) -> Result<Option<(String, Option<u64>)>, AuditError> {
     let mut buf = [0u8; 64];
     let n = lock
         .read_at(&mut buf, 0)
         .map_err(|source| AuditError::Read { path: path.to_owned(), source })?;
     let s = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
-    Ok((!s.is_empty()).then(|| s.to_owned()))
+    let mut parts = s.split_whitespace();
+    let Some(name) = parts.next() else { return Ok(None) };
+    Ok(Some((name.to_owned(), parts.next().and_then(|e| e.parse().ok()))))
 }
 
-fn write_lock_content(lock: &File, path: &Path, name: &str) -> Result<(), AuditError> {
+fn lock_line(name: &str, end: u64) -> String {
+    format!("{name} {end:020}\n")
+}
+
+fn write_lock_content(lock: &File, path: &Path, name: &str, end: u64) -> Result<(), AuditError> {
     let fail =
         |e: std::io::Error| AuditError::Unwritable { path: path.to_owned(), reason: e.to_string() };
-    let text = format!("{name}\n");
     lock.set_len(0).map_err(fail)?;
-    lock.write_all_at(text.as_bytes(), 0).map_err(fail)?;
+    lock.write_all_at(lock_line(name, end).as_bytes(), 0).map_err(fail)?;
     Ok(())
 }
 
@@ -259,18 +278,21 @@ impl Io {
     /// Catches up with records other processes appended since we last held the lock.
     /// Returns a torn tail another process left behind, if any.
     fn refresh(&mut self) -> Result<Option<TornTail>, AuditError> {
-        let named = read_lock_content(&self.lock, &self.lock_path)?;
-        if named.as_deref().is_some_and(|n| n != self.active.name) {
+        let content = read_lock_content(&self.lock, &self.lock_path)?;
+        if content.as_ref().is_some_and(|(n, _)| *n != self.active.name) {
             let (active, torn) = load_active(&self.dir, &self.lock)?;
             self.active = active;
             return Ok(torn);
         }
-        let len = self
+        let hint = content.and_then(|(_, end)| end);
+        let physical = self
             .active
             .file
             .metadata()
             .map_err(|source| AuditError::Read { path: self.active.path.clone(), source })?
             .len();
+        self.active.physical = physical;
+        let len = records_end(&self.active.file, &self.active.path, physical, hint)?;
         if len < self.active.len {
             return Err(AuditError::Corrupt {
                 path: self.active.path.clone(),
@@ -345,14 +367,50 @@ impl Io {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = (&self.active.file).write_all(buf) {
+        let end = self.active.len + buf.len() as u64;
+        let res = if end <= self.active.physical {
+            self.active.file.write_all_at(buf, self.active.len)
+        } else {
+            // Out of reserved tail: the same write lays a new one down after the records, as
+            // written zeros (not fallocate: unwritten extents would need a metadata commit
+            // again at their first overwrite). The sync after this one commits the growth.
+            let physical = (end + RESERVE).next_multiple_of(4096);
+            let mut grown = Vec::with_capacity((physical - self.active.len) as usize);
+            grown.extend_from_slice(buf);
+            grown.resize((physical - self.active.len) as usize, 0);
+            match self.active.file.write_all_at(&grown, self.active.len) {
+                Ok(()) => {
+                    self.active.physical = physical;
+                    Ok(())
+                }
+                // No room for a reserve (a nearly full or tiny filesystem): the records alone,
+                // as an append; the reserve comes back with the next growth that fits.
+                Err(_) => {
+                    let _ = self.active.file.set_len(self.active.len);
+                    self.active.physical = self.active.len;
+                    let r = self.active.file.write_all_at(buf, self.active.len);
+                    if r.is_ok() {
+                        self.active.physical = end;
+                    }
+                    r
+                }
+            }
+        };
+        if let Err(e) = res {
             let f = Failure::io(&self.active.path, &e);
             // Nothing in `buf` was acknowledged to anyone: cut the partial write off so the file
-            // keeps ending on a record boundary.
+            // keeps ending on a record boundary (its reserved tail goes with it).
             let _ = self.active.file.set_len(self.active.len);
+            self.active.physical = self.active.len;
             return Err(f);
         }
-        self.active.len += buf.len() as u64;
+        self.active.len = end;
+        // Where the records end now, for the next writer (a hint: checked before use, so a
+        // failure here costs the next one a search, not a record).
+        let line = lock_line(&self.active.name, end);
+        if let Err(e) = self.lock.write_all_at(line.as_bytes(), 0) {
+            tracing::debug!(error = %e, "audit lock file not updated; the next writer searches");
+        }
         self.dirty = true;
         self.stats.writes += 1;
         Ok(())
@@ -400,7 +458,12 @@ impl Io {
         let path = self.dir.join(&name);
         let file = open_log_file(&path, true)?;
         sync_dir(&self.dir);
-        write_lock_content(&self.lock, &self.lock_path, &name)?;
+        write_lock_content(&self.lock, &self.lock_path, &name, 0)?;
+        if flush_old {
+            // The file left behind keeps only its records (synced above); trimming its reserved
+            // tail needs no sync of its own.
+            let _ = self.active.file.set_len(self.active.len);
+        }
         let header = rotate_detail(&self.active.name, seq_hash(&self.active), torn);
         tracing::info!(from = %self.active.name, to = %name, torn = torn.is_some(), "rotated audit log");
         self.active = Active {
@@ -408,6 +471,7 @@ impl Io {
             name,
             file,
             len: 0,
+            physical: 0,
             last_seq: self.active.last_seq,
             last_hash: self.active.last_hash,
             last_checkpoint_seq: self.active.last_checkpoint_seq,

@@ -2,7 +2,7 @@
 //! tail as a full scan would (opening happens on every ISC start).
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 use isc_audit::{verify_dir, Actor, AuditConfig, AuditLog, Durability, Kind};
 
@@ -35,8 +35,12 @@ fn a_log_larger_than_the_tail_window_reopens_at_the_right_head() {
 
     // A torn last line in a large file is found and reported at its exact offset.
     let file = isc_audit::list_files(&dir).unwrap().pop().unwrap();
-    let before = std::fs::metadata(&file).unwrap().len();
-    OpenOptions::new().append(true).open(&file).unwrap().write_all(b"{\"seq\":99999,\"ti").unwrap();
+    // Where the records end (the file's reserved tail of NULs follows): a writer that died
+    // mid-write left part of a record there.
+    let bytes = std::fs::read(&file).unwrap();
+    let before = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+    let f = OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(b"{\"seq\":99999,\"ti", before).unwrap();
     let (_log, report) = AuditLog::open(&dir, cfg).unwrap();
     let torn = report.torn_tail.expect("torn tail reported");
     assert_eq!((torn.offset, torn.len), (before, 16));

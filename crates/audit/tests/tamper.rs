@@ -31,7 +31,42 @@ fn fixture() -> Fixture {
     }
     let key = log.verifying_key();
     drop(log);
+    // The tampering below edits the records as text: drop the active file's reserved tail of
+    // NULs (the shape of a rotated file); `a_reserved_tail_...` covers the tail itself.
+    let file = only_file(&dir);
+    let text_len = fs::read(&file).unwrap().iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(text_len as u64).unwrap();
     Fixture { _tmp: tmp, dir, key }
+}
+
+#[test]
+fn a_reserved_tail_is_free_space_and_data_beyond_a_gap_is_named() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = AuditConfig::new(tmp.path().join("keys"));
+    cfg.durability = Durability::None;
+    let (log, _) = AuditLog::open(&dir, cfg).unwrap();
+    log.append(Some("web"), Kind::IscStart, Actor::Isc, json!({})).unwrap();
+    let key = log.verifying_key();
+    drop(log);
+    let file = only_file(&dir);
+    let bytes = fs::read(&file).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(bytes.len() >= end + 256 * 1024, "a reserved tail follows the records");
+    assert!(bytes[end..].iter().all(|&b| b == 0));
+    assert!(verify_dir(&dir, &key, false).unwrap().is_ok(), "the tail is free space");
+    // Bytes after a run of NULs (a later page persisted before an earlier one, or an edit) are
+    // outside the chain: named as an incomplete end at the records' end.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(b"{\"seq\":9", end as u64 + 100)
+        .unwrap();
+    let e = verify_dir(&dir, &key, false).unwrap().first_error.unwrap();
+    assert_eq!(e.kind, FindingKind::Truncated);
+    assert_eq!(e.offset, end as u64);
 }
 
 fn only_file(dir: &Path) -> PathBuf {
