@@ -121,8 +121,6 @@ pub struct TornTail {
 /// What scanning a run of complete lines found.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RegionScan {
-    /// Number of complete lines.
-    pub lines: u64,
     /// Seq and hash of the last complete record.
     pub last: Option<(u64, blake3::Hash)>,
     /// Seq of the last checkpoint record seen.
@@ -157,7 +155,6 @@ pub(crate) fn scan_region(buf: &[u8], path: &Path, base: u64) -> Result<RegionSc
             scan.last_checkpoint_seq = Some(head.seq);
         }
         scan.last = Some((head.seq, hash));
-        scan.lines += 1;
         pos += nl + 1;
         scan.complete_len = pos as u64;
     }
@@ -207,6 +204,9 @@ pub(crate) fn scan_file(
     let physical =
         file.metadata().map_err(|source| AuditError::Read { path: path.to_owned(), source })?.len();
     let len = records_end(file, path, physical, hint)?;
+    if let Some(tail) = ends_in_checkpoint(file, path, len, physical)? {
+        return Ok(tail);
+    }
     for window in TAIL_WINDOWS {
         if len <= window {
             break;
@@ -235,6 +235,43 @@ pub(crate) fn scan_file(
         len: len - scan.complete_len,
     });
     Ok(FileTail { len, physical, scan, torn })
+}
+
+/// The common case at open: the file's last line is a checkpoint (every `isc run` ends with
+/// one), so its head is the whole chain state needed, read from the last 1 KiB without parsing
+/// the lines before it.
+fn ends_in_checkpoint(
+    file: &File,
+    path: &Path,
+    len: u64,
+    physical: u64,
+) -> Result<Option<FileTail>, AuditError> {
+    const LAST_LINE_WINDOW: u64 = 1024;
+    if len == 0 {
+        return Ok(None);
+    }
+    let from = len.saturating_sub(LAST_LINE_WINDOW);
+    let buf = read_from(file, path, from, len)?;
+    let Some((b'\n', body)) = buf.split_last() else { return Ok(None) };
+    // The last line must start inside the window (after a newline, or at the file's start).
+    let start = match memchr::memrchr(b'\n', body) {
+        Some(nl) => nl + 1,
+        None if from == 0 => 0,
+        None => return Ok(None),
+    };
+    let line = &body[start..];
+    let Some((_, hash)) = split_hash(line) else { return Ok(None) };
+    let Ok(head) = serde_json::from_slice::<LineHead<'_>>(line) else { return Ok(None) };
+    if head.kind != "checkpoint" {
+        return Ok(None);
+    }
+    let scan = RegionScan {
+        last: Some((head.seq, hash)),
+        last_checkpoint_seq: Some(head.seq),
+        first_seq: Some(head.seq),
+        complete_len: len,
+    };
+    Ok(Some(FileTail { len, physical, scan, torn: None }))
 }
 
 /// The hash every log starts from.

@@ -323,10 +323,12 @@ fn fast_run_args(args: &[std::ffi::OsString]) -> Option<Cli> {
 fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Result<ExitCode> {
     // Made while the manifest loads and the audit trail opens (see isc_engine::netns).
     let netns = std::sync::Arc::new(isc_engine::netns::PreparedNetns::spawn());
+    isc_engine::timing::mark("network namespace helper started");
     let manifest = match file {
         Some(f) => Manifest::load(f)?,
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
+    isc_engine::timing::mark("manifest parsed");
     let (record, image_id) =
         run_manifest(&manifest, weaken, dirs, &|o| o.netns = Some(std::sync::Arc::clone(&netns)))?;
     isc_engine::timing::mark("image released");
@@ -361,7 +363,7 @@ pub(crate) fn run_manifest(
         );
     }
     // Fail closed: nothing is prepared for an ISC the audit trail cannot record.
-    isc_engine::timing::mark("manifest loaded");
+    isc_engine::timing::mark("no ISC of that name running");
     let mut audit = hooks_audit::AuditSession::begin(dirs, &manifest.name)?;
     isc_engine::timing::mark("audit trail opened");
     // Networks of monitors that died (SIGKILL) are torn down before their stale registry

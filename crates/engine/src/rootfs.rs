@@ -141,35 +141,33 @@ fn mount_proc(sys: &dyn Syscall, root: &Path, mask: bool) -> Result<(), RootfsEr
     if !mask {
         return Ok(());
     }
+    // Entries this kernel lacks are skipped on the mount's own ENOENT rather than a stat before
+    // each (one syscall per entry); any other failure to mask fails the start.
     for name in MASKED_PROC_FILES {
         let target = proc_dir.join(name);
-        if !target.exists() {
-            continue;
-        }
-        sys.mount(Some(Path::new("/dev/null")), &target, None, libc::MS_BIND, None)
-            .map_err(|source| RootfsError::Mask { path: target.clone(), source })?;
+        let r = sys.mount(Some(Path::new("/dev/null")), &target, None, libc::MS_BIND, None);
+        absent_or(r, false).map_err(|source| RootfsError::Mask { path: target.clone(), source })?;
     }
     for name in MASKED_PROC_DIRS {
         let target = proc_dir.join(name);
-        if !target.is_dir() {
-            continue;
-        }
-        sys.mount(
+        let r = sys.mount(
             Some(Path::new("tmpfs")),
             &target,
             Some("tmpfs"),
             MS_NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
             Some("size=0,mode=000"),
-        )
-        .map_err(|source| RootfsError::Mask { path: target.clone(), source })?;
+        );
+        // ENOTDIR: an entry that is a file on this kernel (e.g. `interrupts`) is not a
+        // directory to hide, as before.
+        absent_or(r, true).map_err(|source| RootfsError::Mask { path: target.clone(), source })?;
     }
     for name in READONLY_PROC_DIRS {
         let target = proc_dir.join(name);
-        if !target.exists() {
-            continue;
-        }
         let err = |source| RootfsError::Mask { path: target.clone(), source };
-        sys.mount(Some(&target), &target, None, libc::MS_BIND | libc::MS_REC, None).map_err(err)?;
+        match sys.mount(Some(&target), &target, None, libc::MS_BIND | libc::MS_REC, None) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            r => r.map_err(err)?,
+        }
         sys.mount_setattr(
             &target,
             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
@@ -178,6 +176,16 @@ fn mount_proc(sys: &dyn Syscall, root: &Path, mask: bool) -> Result<(), RootfsEr
         .map_err(|source| RootfsError::Mask { path: target.clone(), source })?;
     }
     Ok(())
+}
+
+/// Success, or the entry to mount over does not exist on this kernel (ENOENT; with
+/// `not_a_dir_too`, also ENOTDIR: it exists but is not a directory).
+fn absent_or(r: std::io::Result<()>, not_a_dir_too: bool) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) if not_a_dir_too && e.raw_os_error() == Some(libc::ENOTDIR) => Ok(()),
+        r => r,
+    }
 }
 
 /// A tiny tmpfs with bind-mounted host nodes: a user namespace cannot mknod, and binding only
@@ -204,9 +212,9 @@ fn mount_dev(sys: &dyn Syscall, root: &Path) -> Result<(), RootfsError> {
         }
         sys.create_file(&target).map_err(err(&target))?;
         sys.mount(Some(&host), &target, None, libc::MS_BIND, None).map_err(err(&target))?;
-        sys.mount_setattr(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false)
-            .map_err(err(&target))?;
     }
+    // One recursive call makes the tmpfs and every node bound on it nosuid,noexec.
+    sys.mount_setattr(&dev, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, true).map_err(err(&dev))?;
     for (name, to) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
