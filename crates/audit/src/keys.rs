@@ -71,6 +71,59 @@ pub enum KeyError {
     Random(String),
 }
 
+/// The log's signing key as read at open: its seed, expanded into the key (an ed25519
+/// scalar multiplication, ~50 µs here) only when first needed. An `isc run` signs once, at its
+/// end, and its collector thread expands the key while the service runs
+/// (`AuditLog::prepare_signing`), so neither the start nor the end waits for it.
+pub struct LazySigningKey {
+    keys_dir: PathBuf,
+    seed: [u8; 32],
+    key: std::sync::OnceLock<SigningKey>,
+}
+
+impl LazySigningKey {
+    /// The key, expanded at the first call. That call also makes the public key file match it
+    /// (it is rewritten if another key's, as at every open before); a failure to write it is
+    /// logged: signing does not depend on it, off-host verification does.
+    pub fn get(&self) -> &SigningKey {
+        self.key.get_or_init(|| {
+            let key = SigningKey::from_bytes(&self.seed);
+            if let Err(e) = write_public_key(&self.keys_dir, &key.verifying_key()) {
+                tracing::error!(error = %e, "audit public key file not updated");
+            }
+            key
+        })
+    }
+}
+
+/// Opens the signing key of `keys_dir` like [`load_or_create_signing_key`] (same checks, same
+/// creation on first use), expanding it at once only when it was just created or its public
+/// key file is missing.
+pub fn open_signing_key(keys_dir: &Path) -> Result<LazySigningKey, KeyError> {
+    let path = keys_dir.join(SIGNING_KEY_FILE);
+    let lazy = |seed| LazySigningKey {
+        keys_dir: keys_dir.to_owned(),
+        seed,
+        key: std::sync::OnceLock::new(),
+    };
+    match read_seed(&path) {
+        Ok(seed) => {
+            let key = lazy(seed);
+            if !keys_dir.join(VERIFYING_KEY_FILE).exists() {
+                key.get();
+            }
+            Ok(key)
+        }
+        Err(KeyError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let created = load_or_create_signing_key(keys_dir)?;
+            let key = lazy(created.to_bytes());
+            let _ = key.key.set(created);
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Loads the signing key from `keys_dir`, creating it (mode 0600) and its public key file on first
 /// use. Safe against several processes racing to create it: the key is written to a private
 /// temporary file and published with `link(2)`, which fails if another process won.
@@ -125,6 +178,10 @@ fn create_signing_key(keys_dir: &Path, path: &Path) -> Result<SigningKey, KeyErr
 }
 
 fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    Ok(SigningKey::from_bytes(&read_seed(path)?))
+}
+
+fn read_seed(path: &Path) -> Result<[u8; 32], KeyError> {
     let meta =
         fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
     let mode = meta.permissions().mode() & 0o777;
@@ -133,9 +190,7 @@ fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     }
     let text = fs::read_to_string(path)
         .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
-    let seed =
-        from_hex::<32>(text.trim()).ok_or_else(|| KeyError::Malformed { path: path.to_owned() })?;
-    Ok(SigningKey::from_bytes(&seed))
+    from_hex::<32>(text.trim()).ok_or_else(|| KeyError::Malformed { path: path.to_owned() })
 }
 
 fn write_public_key(keys_dir: &Path, key: &VerifyingKey) -> Result<(), KeyError> {
@@ -189,6 +244,24 @@ pub(crate) fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, Verifier};
+
+    #[test]
+    fn an_opened_key_is_expanded_only_when_used_and_then_fixes_a_stale_public_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let created = open_signing_key(&keys).unwrap();
+        assert!(created.key.get().is_some(), "a new key is expanded to export its public key");
+        let public = keys.join(VERIFYING_KEY_FILE);
+        let exported = fs::read_to_string(&public).unwrap();
+        fs::write(&public, format!("{}\n", "00".repeat(32))).unwrap();
+        let lazy = open_signing_key(&keys).unwrap();
+        assert!(lazy.key.get().is_none(), "an existing key is not expanded at open");
+        assert_eq!(lazy.get().to_bytes(), created.get().to_bytes());
+        assert_eq!(fs::read_to_string(&public).unwrap(), exported, "public file rewritten");
+        fs::remove_file(&public).unwrap();
+        assert!(open_signing_key(&keys).unwrap().key.get().is_some(), "missing public file");
+        assert_eq!(fs::read_to_string(&public).unwrap(), exported);
+    }
 
     #[test]
     fn key_is_created_once_with_0600_and_public_key_exported() {

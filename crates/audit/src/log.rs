@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::json;
 
 use crate::error::AuditError;
-use crate::keys::{key_id, load_or_create_signing_key};
+use crate::keys::{open_signing_key, LazySigningKey};
 use crate::pipeline::{lock, FailedState, Pipeline};
 use crate::record::{format_time, Actor, Kind};
 use crate::segment::{TornTail, LOCK_FILE};
@@ -101,7 +101,7 @@ pub struct OpenReport {
 struct Inner {
     dir: PathBuf,
     cfg: AuditConfig,
-    public: VerifyingKey,
+    key: Arc<LazySigningKey>,
     io: Mutex<Io>,
     pipeline: Pipeline,
     tick: Condvar,
@@ -122,8 +122,7 @@ impl AuditLog {
     pub fn open(dir: &Path, cfg: AuditConfig) -> Result<(AuditLog, OpenReport), AuditError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| AuditError::CreateDir { path: dir.to_owned(), source })?;
-        let key = load_or_create_signing_key(&cfg.keys_dir)?;
-        let public = key.verifying_key();
+        let key = Arc::new(open_signing_key(&cfg.keys_dir)?);
         let lock_path = dir.join(LOCK_FILE);
         let lock_file = OpenOptions::new()
             .read(true)
@@ -145,8 +144,7 @@ impl AuditLog {
             dirty: false,
             last_sync: Instant::now(),
             last_checkpoint_at: Instant::now(),
-            key_id: key_id(&public),
-            key,
+            key: Arc::clone(&key),
             durability: cfg.durability,
             checkpoint_every: cfg.checkpoint_every,
             max_file_bytes: cfg.max_file_bytes,
@@ -171,7 +169,7 @@ impl AuditLog {
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             cfg,
-            public,
+            key,
             io: Mutex::new(io),
             pipeline: Pipeline::new(durable),
             tick: Condvar::new(),
@@ -378,7 +376,13 @@ impl AuditLog {
 
     /// The public key that verifies this log's checkpoints.
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.inner.public
+        self.inner.key.get().verifying_key()
+    }
+
+    /// Expands the signing key now if it is not yet (see `keys::LazySigningKey`): for a thread
+    /// with time to spare, so that the next checkpoint does not pay for it.
+    pub fn prepare_signing(&self) {
+        self.inner.key.get();
     }
 
     /// The log directory.

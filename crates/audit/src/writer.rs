@@ -9,11 +9,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::Signer;
 use serde_json::json;
 
 use crate::error::AuditError;
-use crate::keys::{checkpoint_message, sync_dir};
+use crate::keys::{checkpoint_message, key_id, sync_dir};
 use crate::record::{encode_line, format_time, to_hex, Actor, Fields, Kind};
 use crate::segment::{
     file_index, file_name, genesis, list_files, read_from, records_end, scan_file, scan_region,
@@ -91,8 +91,7 @@ pub(crate) struct Io {
     pub dirty: bool,
     pub last_sync: Instant,
     pub last_checkpoint_at: Instant,
-    pub key: SigningKey,
-    pub key_id: String,
+    pub key: std::sync::Arc<crate::keys::LazySigningKey>,
     pub durability: Durability,
     pub checkpoint_every: u64,
     pub max_file_bytes: u64,
@@ -344,12 +343,13 @@ impl Io {
     fn encode_checkpoint(&mut self, buf: &mut Vec<u8>) -> u64 {
         let covers = self.active.last_seq;
         let head = self.active.last_hash;
-        let sig = self.key.sign(&checkpoint_message(covers, covers, &head));
+        let key = self.key.get();
+        let sig = key.sign(&checkpoint_message(covers, covers, &head));
         let detail = json!({
             "covers_seq": covers,
             "count": covers,
             "head": head.to_hex().as_str(),
-            "key_id": self.key_id,
+            "key_id": key_id(&key.verifying_key()),
             "sig": to_hex(&sig.to_bytes()),
         });
         let seq =

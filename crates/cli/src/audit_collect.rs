@@ -164,6 +164,9 @@ pub(crate) fn collect(
     who: Attribution,
     stop: &AtomicBool,
 ) -> DenialCounts {
+    // The run's closing checkpoint is signed on the exit path: expand the key now, while the
+    // service runs.
+    log.prepare_signing();
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let mut stopping_since: Option<Instant> = None;
