@@ -88,6 +88,9 @@ pub(crate) struct NetSource {
     pub(crate) group: u16,
 }
 
+/// Work a collector thread runs with its counts once drained (see [`Collector::finish_then`]).
+pub(crate) type AfterDrain = Box<dyn FnOnce(DenialCounts) + Send>;
+
 /// A collector thread (`isc-audit-kernel` or `isc-audit-net`) and what stops it.
 pub(crate) struct Collector {
     stop: Arc<AtomicBool>,
@@ -95,6 +98,8 @@ pub(crate) struct Collector {
     /// to `IDLE_POLL` on a quiet socket).
     wake: Option<OwnedFd>,
     thread: JoinHandle<DenialCounts>,
+    /// Hands the thread what to do after its drain; dropped unused, the thread just ends.
+    then: Option<std::sync::mpsc::Sender<AfterDrain>>,
 }
 
 impl Collector {
@@ -116,8 +121,15 @@ impl Collector {
     ) -> std::io::Result<Collector> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || collect(&flag))?;
-        Ok(Collector { stop, wake, thread })
+        let (then, after) = std::sync::mpsc::channel::<AfterDrain>();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let counts = collect(&flag);
+            if let Ok(work) = after.recv() {
+                work(counts);
+            }
+            counts
+        })?;
+        Ok(Collector { stop, wake, thread, then: Some(then) })
     }
 
     /// Tells it to drain and stop, waking it. Idempotent.
@@ -133,9 +145,23 @@ impl Collector {
     }
 
     /// Signals it and waits for its counts (`None` if it panicked).
-    pub(crate) fn finish(self) -> Option<DenialCounts> {
+    pub(crate) fn finish(mut self) -> Option<DenialCounts> {
+        self.then = None;
         self.signal();
         self.thread.join().ok()
+    }
+
+    /// Signals it and, instead of waiting, has the thread itself run `work` with its counts
+    /// once drained: the exit path hands over recording the end so that nothing waits for
+    /// the drain but that record. Join the returned handle for it to be done.
+    pub(crate) fn finish_then(mut self, work: AfterDrain) -> JoinHandle<DenialCounts> {
+        if let Some(then) = self.then.take() {
+            // The thread only ends after receiving or after this sender is gone, so the send
+            // cannot fail while it runs; if it panicked, `work` is lost with it.
+            let _ = then.send(work);
+        }
+        self.signal();
+        self.thread
     }
 }
 

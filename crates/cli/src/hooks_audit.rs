@@ -127,7 +127,24 @@ pub struct AuditSession {
     memory_limit: Option<u64>,
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
-    exit_sync: Option<isc_engine::beside::Beside<()>>,
+    exit_sync: Option<ExitSync>,
+}
+
+/// The thread that records, signs and syncs the end (see `record_exit`).
+enum ExitSync {
+    /// The kernel collector, once drained.
+    Collector(std::thread::JoinHandle<DenialCounts>),
+    /// A thread of its own (no collector).
+    Beside(isc_engine::beside::Beside<()>),
+}
+
+impl ExitSync {
+    fn join(self) {
+        match self {
+            ExitSync::Collector(t) => drop(t.join()),
+            ExitSync::Beside(t) => drop(t.join()),
+        }
+    }
 }
 
 impl AuditSession {
@@ -353,52 +370,75 @@ impl AuditSession {
     }
 
     /// Records how the run ended — `isc_exit`, plus `isc_oom` after an OOM kill — once the
-    /// kernel's denials are drained, then signs a checkpoint over it and syncs it on a thread
-    /// of its own: that fdatasync is the slowest step of the exit path and overlaps PID 1's
-    /// teardown and the cgroup's and network's removal. The cgroup's counters come from the
-    /// record (`limit_events`). Runs once (from `exit_known`, else from `finish`).
+    /// kernel's denials are drained, then signs a checkpoint over it and syncs it. The kernel
+    /// collector thread does all of that itself right after its drain, so the monitor's exit
+    /// path (PID 1's teardown, the cgroup's and network's removal) waits for neither the drain
+    /// nor the `fdatasync`, the slowest steps; without a collector a thread of its own does it.
+    /// The cgroup's counters come from the record (`limit_events`). Runs once (from
+    /// `exit_known`, else from `finish`).
     fn record_exit(&mut self, record: &ExitRecord) {
         if self.exit_recorded {
             return;
         }
         self.exit_recorded = true;
-        let counts = self.stop_collector();
-        isc_engine::timing::mark("kernel denials drained");
         let net_counts = self.stop_net_collector();
         let event = |key: &str| record.limit_events.as_ref().and_then(|e| e[key].as_u64());
         let oom_kills = event("oom_kills");
-        if oom_kills.is_some_and(|n| n > 0) {
-            self.append(
-                Kind::IscOom,
-                Actor::Kernel,
-                json!({"oom_kills": oom_kills, "memory_limit": self.memory_limit}),
-            );
-        }
-        self.append(
-            Kind::IscExit,
-            Actor::Isc,
-            json!({
-                "code": record.code,
-                "signal": record.signal,
-                "status": record.status,
-                "reason": record.reason,
-                "oom_kills": oom_kills,
-                "pids_max_hits": event("pids_max_hits"),
-                "cpu_throttled_periods": event("cpu_throttled_periods"),
-                "run_ms": record.run_ms,
-                "host_uid_base": record.host_uid_base,
-                "kernel_denials": counts,
-                "net_denials": net_counts,
-            }),
-        );
-        let log = Arc::clone(&self.log);
-        let durable = move || {
+        let oom = oom_kills
+            .filter(|n| *n > 0)
+            .map(|_| json!({"oom_kills": oom_kills, "memory_limit": self.memory_limit}));
+        let mut exit = json!({
+            "code": record.code,
+            "signal": record.signal,
+            "status": record.status,
+            "reason": record.reason,
+            "oom_kills": oom_kills,
+            "pids_max_hits": event("pids_max_hits"),
+            "cpu_throttled_periods": event("cpu_throttled_periods"),
+            "run_ms": record.run_ms,
+            "host_uid_base": record.host_uid_base,
+            "kernel_denials": null,
+            "net_denials": net_counts,
+        });
+        let (log, name) = (Arc::clone(&self.log), self.name.clone());
+        let write_end = move |counts: Option<DenialCounts>| {
+            isc_engine::timing::mark("kernel denials drained");
+            let append = |kind, actor, detail| {
+                if let Err(e) = log.append(Some(&name), kind, actor, detail) {
+                    tracing::error!(isc = %name, kind = %kind, error = %e, "cannot append to the audit trail");
+                }
+            };
+            if let Some(oom) = oom {
+                append(Kind::IscOom, Actor::Kernel, oom);
+            }
+            exit["kernel_denials"] = json!(counts);
+            append(Kind::IscExit, Actor::Isc, exit);
             if let Err(e) = log.checkpoint().and_then(|()| log.sync()) {
                 tracing::error!(error = %e, "making the exit record durable");
             }
         };
-        // Inline if no thread: the work is the same, only not overlapped.
-        self.exit_sync = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, durable).ok();
+        self.exit_sync = match self.collector.take() {
+            Some(c) => {
+                Some(ExitSync::Collector(c.finish_then(Box::new(move |c| write_end(Some(c))))))
+            }
+            None => {
+                // Inline if no thread: the work is the same, only not overlapped.
+                let slot = Arc::new(std::sync::Mutex::new(Some(write_end)));
+                let on_thread = Arc::clone(&slot);
+                let spawned = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, move || {
+                    if let Some(work) = on_thread.lock().ok().and_then(|mut w| w.take()) {
+                        work(None);
+                    }
+                });
+                if let Err(e) = &spawned {
+                    tracing::warn!(error = %e, "no thread to record the end; recording it inline");
+                    if let Some(work) = slot.lock().ok().and_then(|mut w| w.take()) {
+                        work(None);
+                    }
+                }
+                spawned.ok().map(ExitSync::Beside)
+            }
+        };
     }
 
     /// Passes the result through, recording the failed start, or the end if `exit_known`
