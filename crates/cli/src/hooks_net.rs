@@ -230,9 +230,11 @@ fn sync_peers(state: &Path, changed: &str, gone: Option<&str>) -> Result<()> {
     for r in all.iter().filter(|r| r.allow_from.iter().any(|a| a == changed)) {
         let mut rec = r.clone();
         let old = std::mem::replace(&mut rec.policy.allow_from, addresses_of(&all, &r.allow_from));
-        isc_net::nft::Batch { ops: isc_net::nft::rules::peers_refresh_ops(&rec.policy, &old) }
-            .apply(&isc_net::NftCli::default())
-            .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
+        isc_net::nft::rules::apply_elems(&isc_net::nft::rules::peers_refresh_ops(
+            &rec.policy,
+            &old,
+        ))
+        .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
         // The record says which peer elements are in force: the next swap deletes exactly those.
         write_record(state, &rec)?;
     }
@@ -380,7 +382,12 @@ fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::re
             RefreshEvent::Changed { rules, changes } => {
                 let _lock = PeersLock::take(&cfg).map_err(|e| format!("{e:#}"))?;
                 let next = IscNetPolicy { egress: rules.to_vec(), ..policy.clone() };
-                isc_net::apply_egress(&next).map_err(|e| e.to_string())?;
+                // The elements in force are the record's; the record names old and new
+                // while they are swapped, so a teardown after a crash removes both.
+                let old = record_egress(&dirs.state, &name).unwrap_or(policy.egress.clone());
+                let both: Vec<_> = old.iter().chain(rules).cloned().collect();
+                update_record_egress(&dirs.state, &name, &both).map_err(|e| format!("{e:#}"))?;
+                isc_net::apply_egress(&next, &old).map_err(|e| e.to_string())?;
                 update_record_egress(&dirs.state, &name, rules).map_err(|e| format!("{e:#}"))?;
                 let changes: Vec<serde_json::Value> = changes
                     .iter()
@@ -415,6 +422,12 @@ fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::re
 
 /// Replaces the `egress` of `name`'s record (missing record: the ISC is stopping; nothing to
 /// do). Call under the peers lock, like every writer of records.
+/// The egress rules the record of `name` says are applied.
+fn record_egress(state: &Path, name: &str) -> Option<Vec<NetEgressRule>> {
+    let bytes = std::fs::read(record_path(state, name)).ok()?;
+    serde_json::from_slice::<NetRecord>(&bytes).ok().map(|r| r.policy.egress)
+}
+
 fn update_record_egress(state: &Path, name: &str, rules: &[NetEgressRule]) -> Result<()> {
     let path = record_path(state, name);
     let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
