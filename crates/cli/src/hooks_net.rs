@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use isc_engine::StartHooks;
@@ -285,6 +286,8 @@ pub struct NetHooks {
     request: Option<IscNetRequest>,
     lease: Option<IscNetLease>,
     refresher: Option<EgressRefresher>,
+    /// The egress rules in force once the refresher replaced the start's (it sets them).
+    egress_in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
 }
 
 impl NetHooks {
@@ -303,6 +306,7 @@ impl NetHooks {
             request,
             lease: None,
             refresher: None,
+            egress_in_force: Arc::default(),
         })
     }
 
@@ -326,11 +330,16 @@ impl NetHooks {
     /// Tears the network down: peers forget this ISC's addresses first, then its firewall
     /// objects, veth and lease go. Idempotent.
     pub fn finish(&mut self) -> Result<()> {
-        // First: once stopped, no refresh can re-create the egress chain being removed.
+        // First: once stopped, no refresh can re-add the egress elements being removed.
         if let Some(r) = self.refresher.take() {
             r.stop();
         }
-        let Some(lease) = self.lease.take() else { return Ok(()) };
+        let Some(mut lease) = self.lease.take() else { return Ok(()) };
+        // The egress elements to remove are those the refresher (stopped: joined) left in
+        // force, not the start's.
+        if let Some(egress) = self.egress_in_force.lock().ok().and_then(|mut e| e.take()) {
+            lease.set_egress_in_force(egress);
+        }
         let lock = PeersLock::take(&self.cfg);
         let _ = std::fs::remove_file(record_path(&self.state, &self.name));
         let peers = sync_peers(&self.state, &self.name, Some(&self.name));
@@ -354,7 +363,12 @@ impl StartHooks for NetHooks {
     /// Starts the egress DNS refresher (threads are allowed once the service runs).
     fn after_start(&mut self, _state: &isc_engine::state::IscState) {
         let (Some(req), Some(lease)) = (&self.request, &self.lease) else { return };
-        let apply = egress_applier(self.dirs.clone(), self.name.clone(), lease.policy().clone());
+        let apply = egress_applier(
+            self.dirs.clone(),
+            self.name.clone(),
+            lease.policy().clone(),
+            Arc::clone(&self.egress_in_force),
+        );
         let started = EgressRefresher::start(
             &self.name,
             req.egress.clone(),
@@ -374,7 +388,12 @@ impl StartHooks for NetHooks {
 /// What the refresher thread does with its events: a change replaces the ISC's egress rules
 /// and the `egress` of its record under the peers lock (a reconcile then rebuilds the table
 /// with the current answers); every event becomes a `net_policy` audit record.
-fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::refresh::Apply {
+fn egress_applier(
+    dirs: Dirs,
+    name: String,
+    policy: IscNetPolicy,
+    in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
+) -> isc_net::refresh::Apply {
     let cfg = net_config(&dirs);
     let mut audit: Option<isc_audit::AuditLog> = None;
     Box::new(move |ev| {
@@ -382,12 +401,22 @@ fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::re
             RefreshEvent::Changed { rules, changes } => {
                 let _lock = PeersLock::take(&cfg).map_err(|e| format!("{e:#}"))?;
                 let next = IscNetPolicy { egress: rules.to_vec(), ..policy.clone() };
-                // The elements in force are the record's; the record names old and new
-                // while they are swapped, so a teardown after a crash removes both.
-                let old = record_egress(&dirs.state, &name).unwrap_or(policy.egress.clone());
+                let old = in_force
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_else(|| policy.egress.clone());
+                // The record names old and new while they are swapped, so a teardown after
+                // a crash (it removes what the record names) removes both.
                 let both: Vec<_> = old.iter().chain(rules).cloned().collect();
                 update_record_egress(&dirs.state, &name, &both).map_err(|e| format!("{e:#}"))?;
-                isc_net::apply_egress(&next, &old).map_err(|e| e.to_string())?;
+                if let Err(e) = isc_net::apply_egress(&next, &old) {
+                    let _ = update_record_egress(&dirs.state, &name, &old);
+                    return Err(e.to_string());
+                }
+                if let Ok(mut e) = in_force.lock() {
+                    *e = Some(rules.to_vec());
+                }
                 update_record_egress(&dirs.state, &name, rules).map_err(|e| format!("{e:#}"))?;
                 let changes: Vec<serde_json::Value> = changes
                     .iter()
@@ -422,12 +451,6 @@ fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::re
 
 /// Replaces the `egress` of `name`'s record (missing record: the ISC is stopping; nothing to
 /// do). Call under the peers lock, like every writer of records.
-/// The egress rules the record of `name` says are applied.
-fn record_egress(state: &Path, name: &str) -> Option<Vec<NetEgressRule>> {
-    let bytes = std::fs::read(record_path(state, name)).ok()?;
-    serde_json::from_slice::<NetRecord>(&bytes).ok().map(|r| r.policy.egress)
-}
-
 fn update_record_egress(state: &Path, name: &str, rules: &[NetEgressRule]) -> Result<()> {
     let path = record_path(state, name);
     let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };

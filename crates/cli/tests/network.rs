@@ -686,12 +686,12 @@ fn bench_ruleset_apply() {
                 rules::apply_add_isc(&rc, &extra, &NftCli::default()).unwrap();
                 add.push(t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
-                rules::remove_isc(&extra).apply(&NftCli::default()).unwrap();
+                rules::apply_remove_isc(&rc, &extra).unwrap();
                 rm.push(t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
                 rules::add_isc(&rc, &extra).apply(&NftCli::default()).unwrap();
                 add_base.push(t.elapsed().as_secs_f64() * 1e3);
-                rules::remove_isc(&extra).apply(&NftCli::default()).unwrap();
+                rules::apply_remove_isc(&rc, &extra).unwrap();
             }
             let median = |v: &mut Vec<f64>| {
                 v.sort_by(|a, b| a.total_cmp(b));

@@ -179,6 +179,13 @@ impl IscNetLease {
             .map_err(|source| NetError::Nft { id: self.policy.id.clone(), source })
     }
 
+    /// Say which egress rules are in force now, when something other than
+    /// [`IscNetLease::refresh_egress`] replaced them (the monitor's DNS refresher, through
+    /// [`apply_egress`]): the teardown removes exactly those elements. Nothing is applied.
+    pub fn set_egress_in_force(&mut self, egress: Vec<EgressRule>) {
+        self.policy.egress = egress;
+    }
+
     /// Remove the firewall entries, the veth and the lease. All three are attempted; the first
     /// error is returned.
     pub fn teardown(mut self) -> Result<(), NetError> {
