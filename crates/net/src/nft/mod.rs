@@ -5,6 +5,7 @@
 //! and deleted by name (STACK.md §4; reading rule handles back is what broke netavark twice).
 //! The elements of one ISC also go straight to the kernel as an nfnetlink batch (`netlink`).
 
+pub mod egress;
 mod json;
 pub mod netlink;
 pub mod rules;
@@ -123,6 +124,8 @@ pub enum Field {
     Icmpv6Type,
     /// `meta mark`.
     Mark,
+    /// `FIELD & MASK` (an address field under a prefix mask).
+    Masked(Box<Field>, IpAddr),
     /// Concatenation of fields.
     Concat(Vec<Field>),
 }

@@ -28,6 +28,7 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::egress;
 use super::netlink::{self, SetShape};
 use super::slots::{self, block_marker, block_of, block_ops, slot_of};
 use super::{
@@ -48,10 +49,6 @@ pub const LISTEN: &str = "isc_listen";
 pub const FROM4: &str = "isc_from4";
 /// Set `ifname . ipv6_addr`.
 pub const FROM6: &str = "isc_from6";
-/// Interval set `ifname . ipv4_addr . inet_proto . inet_service`: declared destinations.
-pub const EGRESS4: &str = "isc_egress4";
-/// Interval set `ifname . ipv6_addr . inet_proto . inet_service`.
-pub const EGRESS6: &str = "isc_egress6";
 /// Map `ifname : mark`: the lease slot of the ISC behind that link (selects its log chains).
 pub const SLOT: &str = "isc_slot";
 /// Map `host v4 . proto . port : ISC v4 address` of published ports.
@@ -132,8 +129,6 @@ fn global_sets() -> Vec<Op> {
         set(LISTEN, &[Ifname, P, Service], false),
         set(FROM4, &[Ifname, Ipv4], false),
         set(FROM6, &[Ifname, Ipv6], false),
-        set(EGRESS4, &[Ifname, Ipv4, P, Service], true),
-        set(EGRESS6, &[Ifname, Ipv6, P, Service], true),
         map(SLOT, &[Ifname], Mark),
         map(DNAT4_ADDR, &[Ipv4, P, Service], Ipv4),
         map(DNAT4_PORT, &[Ipv4, P, Service], Service),
@@ -142,6 +137,9 @@ fn global_sets() -> Vec<Op> {
         Op::AddVmap { name: LOG_OUT.into(), key: vec![Mark] },
         Op::AddVmap { name: LOG_IN.into(), key: vec![Mark] },
     ]
+    .into_iter()
+    .chain(egress::sets())
+    .collect()
 }
 
 /// How the elements of `set` are laid out (for the netlink element batches), from the
@@ -193,12 +191,9 @@ fn out_chain(b: &mut Batch) {
     b.rule(c, vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), deny()]);
     b.rule(c, vec![m(Field::Ip6Daddr, link_local6()), deny()]);
     b.rule(c, vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Return)]);
-    // The egress allowlist: one element per declared destination of each ISC, keyed by its
-    // link (an interval set: destinations may be prefixes).
-    for (daddr, set) in [(Field::IpDaddr, EGRESS4), (Field::Ip6Daddr, EGRESS6)] {
-        let k = key(&[Field::Iifname, daddr, Field::L4proto, Field::ThDport]);
-        b.rule(c, vec![m(k, Val::SetRef(set.into())), verdict(Verdict::Accept)]);
-    }
+    // The egress allowlist: declared destinations of each ISC, keyed by its link, in one
+    // hash set per whole-byte prefix length (`egress`).
+    egress::rules(b, c);
     b.rule(c, vec![deny()]);
     deny_chain(b, DENY_OUT, Field::Iifname, LOG_OUT);
 }
@@ -349,25 +344,6 @@ fn listen_elems(p: &IscNetPolicy) -> Vec<Elem> {
         .collect()
 }
 
-/// One element per declared destination in `isc_egress4` / `6`: an interval set, because a
-/// destination may be a prefix. The kernel keeps a concatenated interval set as a pipapo
-/// set, whose insert and removal copy its lookup tables (kilobytes at 1000 ISCs), so that
-/// stays flat; only `nft` made it linear (it lists every element of an interval set first).
-fn egress_elems(p: &IscNetPolicy, egress: &[EgressRule], v4: bool) -> Vec<Elem> {
-    let mut v: Vec<(IpNet, Proto, u16)> = egress
-        .iter()
-        .filter(|e| matches!(e.net, IpNet::V4(_)) == v4)
-        .map(|e| (e.net.trunc(), e.proto, e.port))
-        .collect();
-    v.sort();
-    v.dedup();
-    v.into_iter()
-        .map(|(net, proto, port)| {
-            Elem::Key(vec![ifk(p), Val::Net(net), Val::Proto(proto), Val::Port(port)])
-        })
-        .collect()
-}
-
 fn from_elems(p: &IscNetPolicy, peers: &[IpAddr], v4: bool) -> Vec<Elem> {
     let mut v: Vec<IpAddr> = peers.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
     v.sort();
@@ -394,23 +370,28 @@ fn slot_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Elem> {
 
 /// Every element of `p`, set by set, the source addresses last (a reader of the ops sees the
 /// link allowed only once everything else is in; the kernel applies them at once anyway).
-fn isc_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<(&'static str, Vec<Elem>)> {
+fn isc_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<(String, Vec<Elem>)> {
     let (d4a, d4p) = dnat_elems(p, true);
     let (d6a, d6p) = dnat_elems(p, false);
-    vec![
+    let named = |v: Vec<(&'static str, Vec<Elem>)>| {
+        v.into_iter().map(|(s, e)| (s.to_string(), e)).collect::<Vec<_>>()
+    };
+    let mut v: Vec<(String, Vec<Elem>)> = named(vec![
         (SLOT, slot_elems(cfg, p)),
         (LISTEN, listen_elems(p)),
         (FROM4, from_elems(p, &p.allow_from, true)),
         (FROM6, from_elems(p, &p.allow_from, false)),
-        (EGRESS4, egress_elems(p, &p.egress, true)),
-        (EGRESS6, egress_elems(p, &p.egress, false)),
+    ]);
+    v.extend(egress::elems(&p.if_host, &p.egress));
+    v.extend(named(vec![
         (DNAT4_ADDR, d4a),
         (DNAT4_PORT, d4p),
         (DNAT6_ADDR, d6a),
         (DNAT6_PORT, d6p),
         (ADDR4, addr_elems(p, true)),
         (ADDR6, addr_elems(p, false)),
-    ]
+    ]));
+    v
 }
 
 fn push_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
@@ -443,8 +424,15 @@ fn swap_elems(b: &mut Batch, set: &str, old: Vec<Elem>, new: Vec<Elem>) {
 /// DNS refresh). Only this ISC's elements are touched.
 pub fn egress_refresh_ops(p: &IscNetPolicy, old: &[EgressRule]) -> Vec<Op> {
     let mut b = Batch::default();
-    for (set, v4) in [(EGRESS4, true), (EGRESS6, false)] {
-        swap_elems(&mut b, set, egress_elems(p, old, v4), egress_elems(p, &p.egress, v4));
+    let (old, new) = (egress::elems(&p.if_host, old), egress::elems(&p.if_host, &p.egress));
+    let mut sets: Vec<&String> = old.iter().chain(&new).map(|(s, _)| s).collect();
+    sets.sort();
+    sets.dedup();
+    let of = |v: &[(String, Vec<Elem>)], set: &str| {
+        v.iter().find(|(s, _)| s == set).map(|(_, e)| e.clone()).unwrap_or_default()
+    };
+    for set in sets {
+        swap_elems(&mut b, set, of(&old, set), of(&new, set));
     }
     b.ops
 }
@@ -463,7 +451,7 @@ pub fn peers_refresh_ops(p: &IscNetPolicy, old: &[IpAddr]) -> Vec<Op> {
 pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let mut b = Batch::default();
     for (set, elems) in isc_elems(cfg, p) {
-        push_elems(&mut b, set, elems);
+        push_elems(&mut b, &set, elems);
     }
     b.ops
 }
@@ -473,7 +461,7 @@ pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
 pub fn isc_remove_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let mut b = Batch::default();
     for (set, elems) in isc_elems(cfg, p).into_iter().rev() {
-        drop_elems(&mut b, set, elems);
+        drop_elems(&mut b, &set, elems);
     }
     b.ops
 }

@@ -55,12 +55,13 @@ fn reconcile_text_and_json_name_every_object() {
     assert!(text.contains("add element inet isc isc_addr4 { \"isca\" . 10.88.0.1 }"), "{text}");
     assert!(
         text.contains(
-            "add element inet isc isc_egress4 { \"isca\" . 198.51.100.0/24 . tcp . 443 }"
+            "add element inet isc isc_egress4_24 { \"isca\" . 198.51.100.0 . tcp . 443 }"
         ),
         "{text}"
     );
     assert!(
-        text.contains("add rule inet isc isc_out iifname . ip6 daddr . meta l4proto . th dport @isc_egress6 accept"),
+        text.contains("add rule inet isc isc_out iifname . ip6 daddr . meta l4proto . th dport @isc_egress6_128 accept")
+            && text.contains("add rule inet isc isc_out iifname . ip daddr & 255.255.255.0 . meta l4proto . th dport @isc_egress4_24 accept"),
         "{text}"
     );
     // Slot 1 (10.88.0.3): its own logging chain, to its monitor's own group besides the
@@ -105,7 +106,9 @@ fn removal_deletes_by_name_and_never_needs_handles() {
         "{text}"
     );
     assert!(
-        text.contains("delete element inet isc isc_egress6 { \"isca\" . 2001:db8::1 . udp . 53 }"),
+        text.contains(
+            "delete element inet isc isc_egress6_128 { \"isca\" . 2001:db8::1 . udp . 53 }"
+        ),
         "{text}"
     );
     assert!(!text.contains("handle"), "{text}");
@@ -183,10 +186,12 @@ fn refreshes_swap_only_this_iscs_elements() {
     p.egress.pop();
     let text = Batch { ops: egress_refresh_ops(&p, &old) }.to_text();
     assert!(
-        text.contains("delete element inet isc isc_egress6 { \"isca\" . 2001:db8::1 . udp . 53 }"),
+        text.contains(
+            "delete element inet isc isc_egress6_128 { \"isca\" . 2001:db8::1 . udp . 53 }"
+        ),
         "{text}"
     );
-    assert!(!text.contains("isc_egress4"), "the unchanged family is not touched: {text}");
+    assert!(!text.contains("isc_egress4"), "the unchanged set is not touched: {text}");
     assert!(!text.contains("flush"), "{text}");
     assert!(egress_refresh_ops(&p, &p.egress.clone()).is_empty());
 }

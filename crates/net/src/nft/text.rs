@@ -57,6 +57,7 @@ fn field(f: &Field) -> String {
         Field::FibDaddrType => "fib daddr type".into(),
         Field::Icmpv6Type => "icmpv6 type".into(),
         Field::Mark => "meta mark".into(),
+        Field::Masked(f, mask) => format!("{} & {mask}", field(f)),
         Field::Concat(fs) => fs.iter().map(field).collect::<Vec<_>>().join(" . "),
     }
 }
