@@ -698,7 +698,7 @@ fn bench_ruleset_apply() {
                 v[v.len() / 2]
             };
             println!(
-                "BENCH-RULES {n:>6} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+                "BENCH-RULES {n:>6} {:>12.1} {:>12.2} {:>12.2} {:>12.1}",
                 full.as_secs_f64() * 1e3,
                 median(&mut add),
                 median(&mut rm),

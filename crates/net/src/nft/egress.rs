@@ -64,7 +64,7 @@ pub(super) fn rules(b: &mut Batch, chain: &str) {
             let addr = if len == full {
                 daddr.clone()
             } else {
-                Field::Masked(Box::new(daddr.clone()), mask(v4, len))
+                Field::Masked(Box::new(daddr.clone()), Val::Addr(mask(v4, len)))
             };
             let k = Field::Concat(vec![Field::Iifname, addr, Field::L4proto, Field::ThDport]);
             b.rule(chain, vec![m(k, Val::SetRef(set_name(v4, len))), verdict(Verdict::Accept)]);

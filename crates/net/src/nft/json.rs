@@ -108,9 +108,9 @@ fn field(f: &Field) -> Expression<'static> {
         }
         Field::Icmpv6Type => payload("icmpv6", "type"),
         Field::Mark => meta(expr::MetaKey::Mark),
-        Field::Masked(f, mask) => Expression::BinaryOperation(Box::new(
-            expr::BinaryOperation::AND(field(f), Expression::String(s(&mask.to_string()))),
-        )),
+        Field::Masked(f, mask) => {
+            Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(field(f), val(mask))))
+        }
         Field::Concat(fs) => {
             Expression::Named(NamedExpression::Concat(fs.iter().map(field).collect()))
         }

@@ -124,8 +124,8 @@ pub enum Field {
     Icmpv6Type,
     /// `meta mark`.
     Mark,
-    /// `FIELD & MASK` (an address field under a prefix mask).
-    Masked(Box<Field>, IpAddr),
+    /// `FIELD & MASK` (an address under a prefix mask, a mark under a bit mask).
+    Masked(Box<Field>, Val),
     /// Concatenation of fields.
     Concat(Vec<Field>),
 }

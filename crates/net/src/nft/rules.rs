@@ -49,8 +49,10 @@ pub const LISTEN: &str = "isc_listen";
 pub const FROM4: &str = "isc_from4";
 /// Set `ifname . ipv6_addr`.
 pub const FROM6: &str = "isc_from6";
-/// Map `ifname : mark`: the lease slot of the ISC behind that link (selects its log chains).
+/// Map `ifname : mark`: the lease slot of the ISC behind that link (selects its log chain).
 pub const SLOT: &str = "isc_slot";
+/// Map `ifname : mark`: the slot with [`slots::IN_BIT`] set (traffic to the ISC).
+pub const SLOT_IN: &str = "isc_slot_in";
 /// Map `host v4 . proto . port : ISC v4 address` of published ports.
 pub const DNAT4_ADDR: &str = "isc_dnat4_addr";
 /// Map `host v4 . proto . port : ISC port`.
@@ -59,10 +61,9 @@ pub const DNAT4_PORT: &str = "isc_dnat4_port";
 pub const DNAT6_ADDR: &str = "isc_dnat6_addr";
 /// Map `host v6 . proto . port : ISC port`.
 pub const DNAT6_PORT: &str = "isc_dnat6_port";
-/// Map `mark : verdict`: slot → `goto isc_s<slot>_out` (static, see `slots`).
-pub const LOG_OUT: &str = "isc_log_out";
-/// Map `mark : verdict`: slot → `goto isc_s<slot>_in`.
-pub const LOG_IN: &str = "isc_log_in";
+/// Map `mark : verdict`: slot (with or without [`slots::IN_BIT`]) → `goto isc_s<slot>`
+/// (static entries, see `slots`).
+pub const LOG: &str = "isc_log";
 /// Shared chain for traffic from an ISC link.
 pub const CHAIN_OUT: &str = "isc_out";
 /// Shared chain for traffic to an ISC link.
@@ -130,12 +131,12 @@ fn global_sets() -> Vec<Op> {
         set(FROM4, &[Ifname, Ipv4], false),
         set(FROM6, &[Ifname, Ipv6], false),
         map(SLOT, &[Ifname], Mark),
+        map(SLOT_IN, &[Ifname], Mark),
         map(DNAT4_ADDR, &[Ipv4, P, Service], Ipv4),
         map(DNAT4_PORT, &[Ipv4, P, Service], Service),
         map(DNAT6_ADDR, &[Ipv6, P, Service], Ipv6),
         map(DNAT6_PORT, &[Ipv6, P, Service], Service),
-        Op::AddVmap { name: LOG_OUT.into(), key: vec![Mark] },
-        Op::AddVmap { name: LOG_IN.into(), key: vec![Mark] },
+        Op::AddVmap { name: LOG.into(), key: vec![Mark] },
     ]
     .into_iter()
     .chain(egress::sets())
@@ -159,15 +160,16 @@ pub(super) fn shape(set: &str) -> Option<SetShape> {
     })
 }
 
-/// A shared deny chain: the packet's mark becomes the slot of the ISC behind `field` and the
-/// slot's logging chain takes it (limit, log, drop); a link with no slot is dropped unlogged.
-/// One rule, so that a lookup miss stops it before the verdict map sees a stale mark.
-fn deny_chain(b: &mut Batch, chain: &str, field: Field, log_map: &str) {
+/// A shared deny chain: the packet's mark becomes the slot of the ISC behind `field` (from
+/// `slot_map`, which also says the direction) and the slot's logging chain takes it (limit,
+/// log, drop); a link with no slot is dropped unlogged. One rule, so that a lookup miss stops
+/// it before the verdict map sees a stale mark.
+fn deny_chain(b: &mut Batch, chain: &str, field: Field, slot_map: &str) {
     b.rule(
         chain,
         vec![
-            Stmt::MarkFromMap { field, map: SLOT.into() },
-            Stmt::Vmap { field: Field::Mark, map: log_map.into() },
+            Stmt::MarkFromMap { field, map: slot_map.into() },
+            Stmt::Vmap { field: Field::Mark, map: LOG.into() },
         ],
     );
     b.rule(chain, vec![verdict(Verdict::Drop)]);
@@ -195,7 +197,7 @@ fn out_chain(b: &mut Batch) {
     // hash set per whole-byte prefix length (`egress`).
     egress::rules(b, c);
     b.rule(c, vec![deny()]);
-    deny_chain(b, DENY_OUT, Field::Iifname, LOG_OUT);
+    deny_chain(b, DENY_OUT, Field::Iifname, SLOT);
 }
 
 /// The shared `isc_in` chain: replies and ND; peer ISCs only if allowed and only on listen
@@ -220,7 +222,7 @@ fn in_chain(b: &mut Batch) {
     b.rule(c, vec![m(Field::Iifname, s(IF_WILDCARD)), deny()]);
     b.rule(c, vec![m(svc(), Val::SetRef(LISTEN.into())), verdict(Verdict::Accept)]);
     b.rule(c, vec![deny()]);
-    deny_chain(b, DENY_IN, Field::Oifname, LOG_IN);
+    deny_chain(b, DENY_IN, Field::Oifname, SLOT_IN);
 }
 
 /// The one element of the base marker set.
@@ -364,8 +366,8 @@ fn dnat_elems(p: &IscNetPolicy, v4: bool) -> (Vec<Elem>, Vec<Elem>) {
         .unzip()
 }
 
-fn slot_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Elem> {
-    vec![Elem::Data(vec![ifk(p)], Val::Mark(slot_of(cfg.v4_prefix, p.addr_v4)))]
+fn slot_elems(cfg: &RulesConfig, p: &IscNetPolicy, dir: u32) -> Vec<Elem> {
+    vec![Elem::Data(vec![ifk(p)], Val::Mark(slot_of(cfg.v4_prefix, p.addr_v4) | dir))]
 }
 
 /// Every element of `p`, set by set, the source addresses last (a reader of the ops sees the
@@ -377,7 +379,8 @@ fn isc_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<(String, Vec<Elem>)> {
         v.into_iter().map(|(s, e)| (s.to_string(), e)).collect::<Vec<_>>()
     };
     let mut v: Vec<(String, Vec<Elem>)> = named(vec![
-        (SLOT, slot_elems(cfg, p)),
+        (SLOT, slot_elems(cfg, p, 0)),
+        (SLOT_IN, slot_elems(cfg, p, slots::IN_BIT)),
         (LISTEN, listen_elems(p)),
         (FROM4, from_elems(p, &p.allow_from, true)),
         (FROM6, from_elems(p, &p.allow_from, false)),

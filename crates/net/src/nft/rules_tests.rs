@@ -42,6 +42,7 @@ fn reconcile_text_and_json_name_every_object() {
     assert!(text.contains("add map inet isc isc_slot { type ifname : mark; }"), "{text}");
     assert!(text.contains("add element inet isc isc_slot { \"isca\" : 0 }"), "{text}");
     assert!(text.contains("add element inet isc isc_slot { \"iscb\" : 1 }"), "{text}");
+    assert!(text.contains("add element inet isc isc_slot_in { \"iscb\" : 65537 }"), "{text}");
     assert!(
         text.contains(
             "add rule inet isc isc_out iifname . ip saddr != @isc_addr4 goto isc_deny_out"
@@ -49,7 +50,7 @@ fn reconcile_text_and_json_name_every_object() {
         "{text}"
     );
     assert!(
-        text.contains("add rule inet isc isc_deny_in meta mark set oifname map @isc_slot meta mark vmap @isc_log_in"),
+        text.contains("add rule inet isc isc_deny_in meta mark set oifname map @isc_slot_in meta mark vmap @isc_log"),
         "{text}"
     );
     assert!(text.contains("add element inet isc isc_addr4 { \"isca\" . 10.88.0.1 }"), "{text}");
@@ -66,12 +67,14 @@ fn reconcile_text_and_json_name_every_object() {
     );
     // Slot 1 (10.88.0.3): its own logging chain, to its monitor's own group besides the
     // Dock-wide one; one block of chains serves both ISCs.
+    assert!(text.contains("add rule inet isc isc_s1 meta mark & 65536 == 65536 limit rate 10/second burst 20 packets log prefix \"isc:s1:in\" group 100 log prefix \"isc:s1:in\" group 32769"), "{text}");
+    assert!(text.contains("add rule inet isc isc_s1 meta mark & 65536 == 0 limit rate"), "{text}");
     assert!(
-        text.contains("log prefix \"isc:s1:in\" group 100 log prefix \"isc:s1:in\" group 32769"),
+        text.contains("add element inet isc isc_log { 1 : goto isc_s1, 65537 : goto isc_s1 }"),
         "{text}"
     );
-    assert!(text.contains("add element inet isc isc_log_in { 1 : goto isc_s1_in }"), "{text}");
-    assert_eq!(text.matches("add chain inet isc isc_s0_out\n").count(), 1, "{text}");
+    assert_eq!(text.matches("add chain inet isc isc_s0\n").count(), 1, "{text}");
+    assert_eq!(text.matches("add chain inet isc isc_s").count(), 64, "one block: {text}");
     assert_eq!(audit_nflog_group(cfg().v4_prefix, "10.88.0.1".parse().unwrap()), 0x8000);
     assert!(text.contains("dnat ip to ip daddr . meta l4proto . th dport map @isc_dnat4_addr : ip daddr . meta l4proto . th dport map @isc_dnat4_port"), "{text}");
     assert!(

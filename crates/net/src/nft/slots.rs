@@ -11,12 +11,14 @@
 //! base chain at commit (net/netfilter/nf_tables_api.c: `nft_add_set_elem`,
 //! `nf_tables_newrule`, `nf_tables_validate` -> `nft_table_validate`).
 //!
-//! So the chains and the `goto` elements are per slot and static: `isc_s<n>_out` / `_in`
-//! (limit, log to both groups, drop), reached through the maps `isc_log_out` / `isc_log_in`
-//! (`mark : verdict`). An ISC's only per-ISC object is the *data* element `ifname : slot` in
-//! `isc_slot`; the shared deny chains do `meta mark set iifname map @isc_slot meta mark vmap
-//! @isc_log_out` in one rule (no entry: the rule stops there, and the next one drops). A data
-//! element sets no validation flag. Blocks are added when the first ISC of a block starts
+//! So the chains and the `goto` elements are per slot and static: `isc_s<n>` (per direction:
+//! limit, log to both groups; then drop), reached through the map `isc_log` (`mark :
+//! verdict`; the slot, or the slot with [`IN_BIT`], for traffic to the ISC). An ISC's only
+//! logging objects are the *data* elements `ifname : slot` in `isc_slot` and `ifname : slot |
+//! IN_BIT` in `isc_slot_in`; the shared deny chains do `meta mark set iifname map @isc_slot
+//! meta mark vmap @isc_log` (`oifname`, `isc_slot_in` for traffic to it) in one rule (no
+//! entry: the rule stops there, and the next one drops). A data element sets no validation
+//! flag. Blocks are added when the first ISC of a block starts
 //! (one validation then per [`BLOCK`] slots) and removed only by a reconcile, which makes
 //! just the blocks of the running ISCs.
 //!
@@ -28,11 +30,14 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::rules::{s, RulesConfig, LOG_IN, LOG_OUT, MARKER_ELEM};
-use super::{verdict, Batch, Elem, KeyType, Op, Stmt, Val, Verdict};
+use super::rules::{s, RulesConfig, LOG, MARKER_ELEM};
+use super::{m, verdict, Batch, Elem, Field, KeyType, Op, Stmt, Val, Verdict};
 
 /// Slots per block of logging chains.
 pub const BLOCK: u32 = 64;
+
+/// The mark bit that says "traffic to the ISC" (`isc_slot_in` holds the slot with it set).
+pub const IN_BIT: u32 = 0x1_0000;
 
 /// The lease slot of the ISC whose IPv4 address is `addr_v4` (`prefix base + 2 * slot + 1`).
 pub fn slot_of(v4_prefix: Ipv4Net, addr_v4: Ipv4Addr) -> u32 {
@@ -49,9 +54,10 @@ pub fn audit_nflog_group(v4_prefix: Ipv4Net, addr_v4: Ipv4Addr) -> u16 {
     0x8000 | slot_of(v4_prefix, addr_v4) as u16
 }
 
-/// The logging chain of `slot` for traffic from (`out`) or to (`in`) its ISC.
-pub fn slot_chain(slot: u32, dir: &str) -> String {
-    format!("isc_s{slot}_{dir}")
+/// The logging chain of `slot` (both directions: one chain per slot, because every commit
+/// visits every chain of the table once, `nf_tables_commit` step 2).
+pub fn slot_chain(slot: u32) -> String {
+    format!("isc_s{slot}")
 }
 
 /// The block that holds `slot`.
@@ -64,25 +70,27 @@ fn block_ops_unmarked(cfg: &RulesConfig, block: u32) -> Batch {
     let burst = cfg.log_per_second.saturating_mul(2).max(1);
     for slot in block * BLOCK..(block + 1) * BLOCK {
         let group = 0x8000 | (slot & 0x7fff) as u16;
-        for (dir, map) in [("out", LOG_OUT), ("in", LOG_IN)] {
-            let chain = slot_chain(slot, dir);
-            b.push(Op::AddChain { name: chain.clone(), base: None });
-            b.push(Op::FlushChain(chain.clone()));
+        let chain = slot_chain(slot);
+        b.push(Op::AddChain { name: chain.clone(), base: None });
+        b.push(Op::FlushChain(chain.clone()));
+        // One rule (one limit) per direction: the direction bit of the mark must match
+        // exactly, so a packet over one direction's limit does not use the other's.
+        for (dir, bit) in [("out", 0), ("in", IN_BIT)] {
             let prefix = format!("isc:s{slot}:{dir}");
+            let dir_bit = Field::Masked(Box::new(Field::Mark), Val::Mark(IN_BIT));
             b.rule(
                 &chain,
                 vec![
+                    m(dir_bit, Val::Mark(bit)),
                     Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
                     Stmt::Log { prefix: prefix.clone(), group: cfg.nflog_group },
                     Stmt::Log { prefix, group },
                 ],
             );
-            b.rule(&chain, vec![verdict(Verdict::Drop)]);
-            b.push(Op::AddElems {
-                set: map.into(),
-                elems: vec![Elem::Map(vec![Val::Mark(slot)], Verdict::Goto(chain))],
-            });
         }
+        b.rule(&chain, vec![verdict(Verdict::Drop)]);
+        let to = |mark: u32| Elem::Map(vec![Val::Mark(mark)], Verdict::Goto(chain.clone()));
+        b.push(Op::AddElems { set: LOG.into(), elems: vec![to(slot), to(slot | IN_BIT)] });
     }
     b
 }

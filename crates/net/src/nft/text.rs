@@ -57,7 +57,7 @@ fn field(f: &Field) -> String {
         Field::FibDaddrType => "fib daddr type".into(),
         Field::Icmpv6Type => "icmpv6 type".into(),
         Field::Mark => "meta mark".into(),
-        Field::Masked(f, mask) => format!("{} & {mask}", field(f)),
+        Field::Masked(f, mask) => format!("{} & {}", field(f), val(mask)),
         Field::Concat(fs) => fs.iter().map(field).collect::<Vec<_>>().join(" . "),
     }
 }
@@ -74,6 +74,10 @@ fn verdict(v: &Verdict) -> String {
 
 fn stmt(s: &Stmt) -> String {
     match s {
+        // `FIELD & MASK VALUE` would not parse back: the comparison is written out.
+        Stmt::Match { field: f @ Field::Masked(..), eq: true, val: v } => {
+            format!("{} == {}", field(f), val(v))
+        }
         Stmt::Match { field: f, eq: true, val: v } => format!("{} {}", field(f), val(v)),
         Stmt::Match { field: f, eq: false, val: v } => format!("{} != {}", field(f), val(v)),
         Stmt::Vmap { field: f, map } => format!("{} vmap @{map}", field(f)),
