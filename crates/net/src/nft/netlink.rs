@@ -300,12 +300,46 @@ fn ext_msg(msg: &[u8], flags: u16) -> String {
 /// Apply `ops` (`add element` / `delete element` only) to table `inet isc` as one transaction
 /// in the calling thread's network namespace. `shape` says how each set's elements are laid
 /// out. An empty batch is a no-op.
+///
+/// Closing the socket at the end waits for an RCU grace period if the batch deleted anything
+/// (see [`NlSocket`]); that wait is part of this call.
 pub fn apply_elems(ops: &[Op], shape: &dyn Fn(&str) -> Option<SetShape>) -> Result<(), NlError> {
     if ops.is_empty() {
         return Ok(());
     }
+    NlSocket::open()?.apply(ops, shape)
+}
+
+/// An nfnetlink socket of the calling thread's network namespace, for element batches.
+///
+/// Dropping it closes the socket. After a batch that deleted anything that close blocks for
+/// an RCU grace period: the kernel frees a transaction's old objects in a work item after a
+/// grace period and flushes that work when a NETLINK_NETFILTER socket is released
+/// (net/netfilter/nf_tables_api.c, `nft_rcv_nl_event` on `NETLINK_URELEASE`). Keeping it
+/// apart from [`NlSocket::apply`] lets a caller (the bench) see the two costs apart.
+pub struct NlSocket(OwnedFd);
+
+impl NlSocket {
+    /// Open one (it belongs to the calling thread's network namespace).
+    pub fn open() -> Result<Self, NlError> {
+        socket().map(NlSocket)
+    }
+
+    /// Apply `ops` as one transaction (see [`apply_elems`]).
+    pub fn apply(
+        &self,
+        ops: &[Op],
+        shape: &dyn Fn(&str) -> Option<SetShape>,
+    ) -> Result<(), NlError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        send(&self.0, ops, shape)
+    }
+}
+
+fn send(fd: &OwnedFd, ops: &[Op], shape: &dyn Fn(&str) -> Option<SetShape>) -> Result<(), NlError> {
     let (buf, sent) = encode(ops, shape)?;
-    let fd = socket()?;
     let io = |_| NlError::Socket(std::io::Error::last_os_error());
     // SAFETY: sockaddr_nl is plain data, for which all zeroes is a valid value.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };

@@ -521,6 +521,11 @@ pub fn apply_elems(ops: &[Op]) -> Result<(), super::NftError> {
     Ok(netlink::apply_elems(ops, &shape)?)
 }
 
+/// [`apply_elems`] on a socket the caller closes (see [`netlink::NlSocket`]).
+pub fn apply_elems_on(sock: &netlink::NlSocket, ops: &[Op]) -> Result<(), super::NftError> {
+    Ok(sock.apply(ops, &shape)?)
+}
+
 /// Adds one ISC: [`add_isc_fast`] over nfnetlink, and if the kernel refuses it for a missing
 /// set (no table, a base of another configuration or version, or the first ISC of its block),
 /// [`add_isc`] through `nft`, in one transaction.
