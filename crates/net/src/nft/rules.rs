@@ -5,20 +5,21 @@
 //! - `forward`, `input`, `output` send traffic from an `isc*` link to the shared chain `isc_out`
 //!   and traffic to one to `isc_in`. Those chains look the ISC up in global sets whose keys
 //!   start with the interface name (`isc_addr4`: `ifname . ipv4_addr`, `isc_listen`,
-//!   `isc_from4`, `isc_egress4`: `ifname . ipv4_addr . inet_proto . inet_service`, an interval
-//!   set, ...), so the cost per packet is a few lookups whatever the number of ISCs;
+//!   `isc_from4`, the egress hash sets of `egress`, ...), so the cost per packet is a few
+//!   lookups whatever the number of ISCs;
 //! - `prerouting` DNATs published ports through the data maps `isc_dnat4_addr` /
 //!   `isc_dnat4_port` (and `6`), keyed on `daddr . l4proto . dport`; `postrouting`
 //!   masquerades ISC traffic leaving by a non-ISC link;
-//! - denials go to per-*slot* logging chains (`slots`), found through the data map
-//!   `isc_slot` (`ifname : mark`).
+//! - denials go to per-*slot* logging chains (`slots`), found through the data maps
+//!   `isc_slot` / `isc_slot_in` (`ifname : mark`).
 //!
 //! Why elements only: the kernel re-validates every chain reachable from a base chain on any
 //! commit that adds a jump/goto (a rule, or a verdict-map element) and `nft` lists every set
 //! and chain of the table (and every element of an interval set) before it applies anything.
-//! Per-ISC chains made both linear in the number of ISCs. Data elements set no validation
-//! flag, and they are sent straight over nfnetlink (`netlink`), so adding or removing an ISC
-//! costs the same with 1 or 1000 ISCs (docs/network.md, "Why this shape").
+//! Per-ISC chains made both linear in the number of ISCs. Elements of hash sets and data maps
+//! set no validation flag, and they are sent straight over nfnetlink (`netlink`), so adding
+//! or removing an ISC costs the same with 1 or 1000 ISCs (docs/network.md, "Why this
+//! shape").
 //!
 //! Adding an ISC is one transaction of element adds; removing it adds (a no-op if present)
 //! then deletes the same elements, so it is idempotent. The base (chains, rules, sets) is
