@@ -339,7 +339,9 @@ pub(crate) fn collect_net(
             append(log, name, Kind::NetDrop, summary(n));
         }
         match d {
-            Some(d) if d.isc_id == src.id => {
+            // The group is this ISC's alone; an empty id is a denial whose link was already
+            // deleted when it was read (isc_net::Denial).
+            Some(d) if d.isc_id == src.id || d.isc_id.is_empty() => {
                 if limiter.admit() {
                     append(log, name, Kind::NetDrop, net_drop_detail(&d, src.group));
                     counts.recorded += 1;

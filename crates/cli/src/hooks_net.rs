@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use isc_engine::StartHooks;
@@ -230,9 +231,11 @@ fn sync_peers(state: &Path, changed: &str, gone: Option<&str>) -> Result<()> {
     for r in all.iter().filter(|r| r.allow_from.iter().any(|a| a == changed)) {
         let mut rec = r.clone();
         let old = std::mem::replace(&mut rec.policy.allow_from, addresses_of(&all, &r.allow_from));
-        isc_net::nft::Batch { ops: isc_net::nft::rules::peers_refresh_ops(&rec.policy, &old) }
-            .apply(&isc_net::NftCli::default())
-            .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
+        isc_net::nft::rules::apply_elems(&isc_net::nft::rules::peers_refresh_ops(
+            &rec.policy,
+            &old,
+        ))
+        .with_context(|| format!("updating which ISCs may reach `{}`", r.name))?;
         // The record says which peer elements are in force: the next swap deletes exactly those.
         write_record(state, &rec)?;
     }
@@ -283,6 +286,8 @@ pub struct NetHooks {
     request: Option<IscNetRequest>,
     lease: Option<IscNetLease>,
     refresher: Option<EgressRefresher>,
+    /// The egress rules in force once the refresher replaced the start's (it sets them).
+    egress_in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
 }
 
 impl NetHooks {
@@ -301,6 +306,7 @@ impl NetHooks {
             request,
             lease: None,
             refresher: None,
+            egress_in_force: Arc::default(),
         })
     }
 
@@ -324,11 +330,16 @@ impl NetHooks {
     /// Tears the network down: peers forget this ISC's addresses first, then its firewall
     /// objects, veth and lease go. Idempotent.
     pub fn finish(&mut self) -> Result<()> {
-        // First: once stopped, no refresh can re-create the egress chain being removed.
+        // First: once stopped, no refresh can re-add the egress elements being removed.
         if let Some(r) = self.refresher.take() {
             r.stop();
         }
-        let Some(lease) = self.lease.take() else { return Ok(()) };
+        let Some(mut lease) = self.lease.take() else { return Ok(()) };
+        // The egress elements to remove are those the refresher (stopped: joined) left in
+        // force, not the start's.
+        if let Some(egress) = self.egress_in_force.lock().ok().and_then(|mut e| e.take()) {
+            lease.set_egress_in_force(egress);
+        }
         let lock = PeersLock::take(&self.cfg);
         let _ = std::fs::remove_file(record_path(&self.state, &self.name));
         let peers = sync_peers(&self.state, &self.name, Some(&self.name));
@@ -352,7 +363,12 @@ impl StartHooks for NetHooks {
     /// Starts the egress DNS refresher (threads are allowed once the service runs).
     fn after_start(&mut self, _state: &isc_engine::state::IscState) {
         let (Some(req), Some(lease)) = (&self.request, &self.lease) else { return };
-        let apply = egress_applier(self.dirs.clone(), self.name.clone(), lease.policy().clone());
+        let apply = egress_applier(
+            self.dirs.clone(),
+            self.name.clone(),
+            lease.policy().clone(),
+            Arc::clone(&self.egress_in_force),
+        );
         let started = EgressRefresher::start(
             &self.name,
             req.egress.clone(),
@@ -372,7 +388,12 @@ impl StartHooks for NetHooks {
 /// What the refresher thread does with its events: a change replaces the ISC's egress rules
 /// and the `egress` of its record under the peers lock (a reconcile then rebuilds the table
 /// with the current answers); every event becomes a `net_policy` audit record.
-fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::refresh::Apply {
+fn egress_applier(
+    dirs: Dirs,
+    name: String,
+    policy: IscNetPolicy,
+    in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
+) -> isc_net::refresh::Apply {
     let cfg = net_config(&dirs);
     let mut audit: Option<isc_audit::AuditLog> = None;
     Box::new(move |ev| {
@@ -380,7 +401,22 @@ fn egress_applier(dirs: Dirs, name: String, policy: IscNetPolicy) -> isc_net::re
             RefreshEvent::Changed { rules, changes } => {
                 let _lock = PeersLock::take(&cfg).map_err(|e| format!("{e:#}"))?;
                 let next = IscNetPolicy { egress: rules.to_vec(), ..policy.clone() };
-                isc_net::apply_egress(&next).map_err(|e| e.to_string())?;
+                let old = in_force
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_else(|| policy.egress.clone());
+                // The record names old and new while they are swapped, so a teardown after
+                // a crash (it removes what the record names) removes both.
+                let both: Vec<_> = old.iter().chain(rules).cloned().collect();
+                update_record_egress(&dirs.state, &name, &both).map_err(|e| format!("{e:#}"))?;
+                if let Err(e) = isc_net::apply_egress(&next, &old) {
+                    let _ = update_record_egress(&dirs.state, &name, &old);
+                    return Err(e.to_string());
+                }
+                if let Ok(mut e) = in_force.lock() {
+                    *e = Some(rules.to_vec());
+                }
                 update_record_egress(&dirs.state, &name, rules).map_err(|e| format!("{e:#}"))?;
                 let changes: Vec<serde_json::Value> = changes
                     .iter()

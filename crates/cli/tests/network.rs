@@ -665,8 +665,8 @@ fn bench_ruleset_apply() {
             allow_from: vec![],
         };
         println!(
-            "{:>6} {:>12} {:>12} {:>12} {:>12}",
-            "ISCs", "full_ms", "add_one_ms", "remove_one_ms", "add_base_ms"
+            "{:>6} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "ISCs", "full_ms", "add_one_ms", "remove_one_ms", "add_base_ms", "rm_no_close"
         );
         for n in [1u32, 100, 1000] {
             let all: Vec<IscNetPolicy> = (0..n).map(policy).collect();
@@ -680,29 +680,35 @@ fn bench_ruleset_apply() {
             // Medians of 11: the machine is shared, single runs are noisy.
             // add_one: what a start does (the base is in place); add_base: re-stating the base
             // too (a start on a missing or older table).
-            let (mut add, mut rm, mut add_base) = (vec![], vec![], vec![]);
+            let (mut add, mut rm, mut rm_work, mut add_base) = (vec![], vec![], vec![], vec![]);
             for _ in 0..11 {
                 let t = Instant::now();
                 rules::apply_add_isc(&rc, &extra, &NftCli::default()).unwrap();
                 add.push(t.elapsed().as_secs_f64() * 1e3);
+                // What a stop does (rules::apply_remove_isc), timed before and after the close
+                // of the socket: that close waits for an RCU grace period (NlSocket).
                 let t = Instant::now();
-                rules::remove_isc(&extra).apply(&NftCli::default()).unwrap();
+                let sock = isc_net::nft::netlink::NlSocket::open().unwrap();
+                rules::apply_elems_on(&sock, &rules::remove_isc(&rc, &extra).ops).unwrap();
+                rm_work.push(t.elapsed().as_secs_f64() * 1e3);
+                drop(sock);
                 rm.push(t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
                 rules::add_isc(&rc, &extra).apply(&NftCli::default()).unwrap();
                 add_base.push(t.elapsed().as_secs_f64() * 1e3);
-                rules::remove_isc(&extra).apply(&NftCli::default()).unwrap();
+                rules::apply_remove_isc(&rc, &extra).unwrap();
             }
             let median = |v: &mut Vec<f64>| {
                 v.sort_by(|a, b| a.total_cmp(b));
                 v[v.len() / 2]
             };
             println!(
-                "BENCH-RULES {n:>6} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+                "BENCH-RULES {n:>6} {:>12.1} {:>12.2} {:>12.2} {:>12.1} {:>12.2}",
                 full.as_secs_f64() * 1e3,
                 median(&mut add),
                 median(&mut rm),
-                median(&mut add_base)
+                median(&mut add_base),
+                median(&mut rm_work)
             );
         }
         isc_net::reconcile(&cfg, &[]).unwrap();

@@ -220,11 +220,14 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
         assert_eq!(n, 1, "one record per failure streak: {fails:?}");
         assert!(asked.load(Ordering::SeqCst) >= 3, "start, change and failure were asked");
 
+        let link = env.record("dnsapp")["policy"]["if_host"].as_str().unwrap().to_string();
         env.stop(app);
-        // Everything the ISC had in `inet isc` is gone: no refresh re-created its chain.
-        let chains = Command::new("nft").args(["list", "chains", "inet", "isc"]).output().unwrap();
-        let chains = String::from_utf8_lossy(&chains.stdout).into_owned();
-        assert!(!chains.contains("_egress"), "{chains}");
+        // Everything the ISC had in `inet isc` is gone: no refresh re-added its elements (its
+        // egress elements, and every other, are keyed by its link `isc<id>`).
+        let table = Command::new("nft").args(["list", "table", "inet", "isc"]).output().unwrap();
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        assert!(table.contains("set isc_egress4"), "{table}");
+        assert!(!table.contains(&format!("\"{link}\"")), "{table}");
         // The refresher's records (a second writer in the monitor) keep the trail verifiable.
         let verify = env.cmd().args(["audit", "verify"]).output().unwrap();
         assert!(

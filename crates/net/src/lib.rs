@@ -165,18 +165,25 @@ impl IscNetLease {
     /// Re-resolve a (new) egress declaration and replace the egress rules atomically.
     pub fn refresh_egress(&mut self, egress: &[EgressSpec]) -> Result<(), NetError> {
         let id = self.policy.id.clone();
-        self.policy.egress = policy::resolve_egress(egress)
+        let new = policy::resolve_egress(egress)
             .map_err(|source| NetError::Policy { id: id.clone(), source })?;
-        apply_egress(&self.policy)
+        let old = std::mem::replace(&mut self.policy.egress, new);
+        apply_egress(&self.policy, &old).inspect_err(|_| self.policy.egress = old.clone())
     }
 
     /// Replace the set of peer ISC addresses allowed to reach this ISC's listen ports (call it
     /// when an ISC named in `allow_from` starts or stops).
     pub fn set_allow_from(&mut self, peers: &[std::net::IpAddr]) -> Result<(), NetError> {
         let old = std::mem::replace(&mut self.policy.allow_from, peers.to_vec());
-        nft::Batch { ops: rules::peers_refresh_ops(&self.policy, &old) }
-            .apply(&NftCli::default())
+        rules::apply_elems(&rules::peers_refresh_ops(&self.policy, &old))
             .map_err(|source| NetError::Nft { id: self.policy.id.clone(), source })
+    }
+
+    /// Say which egress rules are in force now, when something other than
+    /// [`IscNetLease::refresh_egress`] replaced them (the monitor's DNS refresher, through
+    /// [`apply_egress`]): the teardown removes exactly those elements. Nothing is applied.
+    pub fn set_egress_in_force(&mut self, egress: Vec<EgressRule>) {
+        self.policy.egress = egress;
     }
 
     /// Remove the firewall entries, the veth and the lease. All three are attempted; the first
@@ -191,8 +198,7 @@ impl IscNetLease {
         }
         self.live = false;
         let id = self.policy.id.clone();
-        let nft = rules::remove_isc(&self.policy)
-            .apply(&NftCli::default())
+        let nft = rules::apply_remove_isc(&self.cfg.rules(), &self.policy)
             .map_err(|source| NetError::Nft { id: id.clone(), source });
         let link = link::delete_host_side(&self.lease.if_host)
             .map(|_| ())
@@ -212,12 +218,12 @@ impl Drop for IscNetLease {
     }
 }
 
-/// Replace the egress rules of the ISC of `policy` (its id, host link and `egress`) in one nft
-/// transaction: its egress chain is flushed and refilled by name, nothing else is touched, and
-/// connections already established stay (replies are accepted before the egress chain).
-pub fn apply_egress(policy: &IscNetPolicy) -> Result<(), NetError> {
-    nft::Batch { ops: rules::egress_refresh_ops(policy) }
-        .apply(&NftCli::default())
+/// Replace the egress elements of the ISC of `policy` (its id, host link and new `egress`),
+/// applied from `old`, in one transaction: only this ISC's elements of the egress sets are
+/// touched, and connections already established stay (replies are accepted before egress).
+/// `old` must be what is in force (the record's `egress`): elements not named are not removed.
+pub fn apply_egress(policy: &IscNetPolicy, old: &[EgressRule]) -> Result<(), NetError> {
+    rules::apply_elems(&rules::egress_refresh_ops(policy, old))
         .map_err(|source| NetError::Nft { id: policy.id.clone(), source })
 }
 
@@ -295,8 +301,7 @@ pub fn setup_isc(
 /// its address lease. `policy` is the one recorded when it was set up. Safe to call twice.
 pub fn teardown_stale(cfg: &NetConfig, policy: &IscNetPolicy) -> Result<(), NetError> {
     let id = policy.id.clone();
-    let nft = rules::remove_isc(policy)
-        .apply(&NftCli::default())
+    let nft = rules::apply_remove_isc(&cfg.rules(), policy)
         .map_err(|source| NetError::Nft { id: id.clone(), source });
     let link = link::delete_host_side(&policy.if_host)
         .map(|_| ())

@@ -1,11 +1,18 @@
-//! Reading denials from the NFLOG group the `isc_<id>_din` / `_dout` chains log to.
+//! Reading denials from the NFLOG groups the slot chains `isc_s<slot>_out` / `_in` log to.
 //!
 //! Protocol (include/uapi/linux/netfilter/nfnetlink_log.h): a NETLINK_NETFILTER socket sends an
 //! `NFULNL_MSG_CONFIG` message (subsystem `NFNL_SUBSYS_ULOG`) with `NFULA_CFG_CMD = BIND` for
 //! the group, then `NFULA_CFG_MODE = COPY_PACKET` with a small copy range (headers only). The
 //! kernel then sends one `NFULNL_MSG_PACKET` per logged packet with `NFULA_PREFIX` (our
-//! `isc:<id>:<in|out>`) and `NFULA_PAYLOAD` (the packet from its network header).
-//! The socket belongs to the network namespace of the thread that opens it.
+//! `isc:s<slot>:<in|out>`), `NFULA_IFINDEX_INDEV` / `_OUTDEV` and `NFULA_PAYLOAD` (the packet
+//! from its network header). The socket belongs to the network namespace of the thread that
+//! opens it.
+//!
+//! Which ISC: the logging chains are per lease slot, not per ISC (`nft::slots`), so the prefix
+//! names the slot; the ISC is the one behind the packet's ISC link — the input device of a
+//! packet from it, the output device of one to it — whose name is `isc<first 12 characters of
+//! the id>` (`alloc`). The name is looked up when the denial is read; a link deleted in
+//! between leaves `isc_id` empty (the slot still says whose it was).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,6 +31,8 @@ const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_CFG_CMD_UNBIND: u8 = 2;
 const NFULNL_COPY_PACKET: u8 = 2;
+const NFULA_IFINDEX_INDEV: u16 = 4;
+const NFULA_IFINDEX_OUTDEV: u16 = 5;
 const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 const NLMSG_ERROR: u16 = 2;
@@ -51,8 +60,11 @@ pub enum Direction {
 /// One denied packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    /// ISC id from the log prefix.
+    /// The ISC's id as its host link names it (its first 12 characters; ids `isc run` makes
+    /// have 12), or empty if the link was gone when the denial was read.
     pub isc_id: String,
+    /// The ISC's lease slot, from the log prefix.
+    pub slot: u32,
     /// Direction.
     pub direction: Direction,
     /// Source address.
@@ -117,16 +129,30 @@ fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// Parse `isc:<id>:<in|out>`.
-fn parse_prefix(prefix: &str) -> Option<(String, Direction)> {
-    let rest = prefix.strip_prefix("isc:")?;
-    let (id, dir) = rest.rsplit_once(':')?;
+/// Parse `isc:s<slot>:<in|out>`.
+fn parse_prefix(prefix: &str) -> Option<(u32, Direction)> {
+    let rest = prefix.strip_prefix("isc:s")?;
+    let (slot, dir) = rest.split_once(':')?;
     let dir = match dir {
         "in" => Direction::In,
         "out" => Direction::Out,
         _ => return None,
     };
-    Some((id.to_string(), dir))
+    Some((slot.parse().ok()?, dir))
+}
+
+/// The ISC id (as far as the link name holds it) behind interface `index`, if it is an ISC
+/// link that still exists.
+fn isc_of_link(index: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname(3) writes at most IF_NAMESIZE bytes, NUL included, into `name`.
+    let p = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    name.to_str().ok()?.strip_prefix("isc").map(str::to_string)
 }
 
 /// Parse addresses, protocol and destination port from an IP packet.
@@ -260,9 +286,12 @@ impl NflogReader {
             if group != self.group {
                 continue;
             }
-            let (mut prefix, mut payload) = (None, None);
+            let (mut prefix, mut payload, mut indev, mut outdev) = (None, None, None, None);
+            let index = |v: &[u8]| v.try_into().ok().map(u32::from_be_bytes);
             for (k, v) in attrs(&msg[20..]) {
                 match k {
+                    NFULA_IFINDEX_INDEV => indev = index(v),
+                    NFULA_IFINDEX_OUTDEV => outdev = index(v),
                     NFULA_PREFIX => {
                         prefix = Some(
                             String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v))
@@ -273,11 +302,16 @@ impl NflogReader {
                     _ => {}
                 }
             }
-            let Some((isc_id, direction)) = prefix.as_deref().and_then(parse_prefix) else {
+            let Some((slot, direction)) = prefix.as_deref().and_then(parse_prefix) else {
                 continue;
             };
             let Some((src, dst, proto, dport)) = payload.and_then(parse_packet) else { continue };
-            self.pending.push_back(Denial { isc_id, direction, src, dst, proto, dport });
+            let link = match direction {
+                Direction::Out => indev,
+                Direction::In => outdev,
+            };
+            let isc_id = link.and_then(isc_of_link).unwrap_or_default();
+            self.pending.push_back(Denial { isc_id, slot, direction, src, dst, proto, dport });
         }
     }
 }
@@ -296,10 +330,12 @@ mod tests {
 
     #[test]
     fn prefixes_and_packets_parse() {
-        assert_eq!(parse_prefix("isc:web-1:in"), Some(("web-1".into(), Direction::In)));
-        assert_eq!(parse_prefix("isc:a:b:out"), Some(("a:b".into(), Direction::Out)));
-        assert_eq!(parse_prefix("other:a:in"), None);
-        assert_eq!(parse_prefix("isc:a:sideways"), None);
+        assert_eq!(parse_prefix("isc:s7:in"), Some((7, Direction::In)));
+        assert_eq!(parse_prefix("isc:s32767:out"), Some((32767, Direction::Out)));
+        assert_eq!(parse_prefix("isc:web:in"), None);
+        assert_eq!(parse_prefix("other:s1:in"), None);
+        assert_eq!(parse_prefix("isc:s1:sideways"), None);
+        assert_eq!(isc_of_link(1), None, "lo is no ISC link");
         let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 88, 0, 1, 192, 0, 2, 7];
         v4.extend_from_slice(&[0x30, 0x39, 0x01, 0xbb]);
         let (s, d, p, port) = parse_packet(&v4).unwrap();

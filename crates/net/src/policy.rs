@@ -46,6 +46,14 @@ impl Proto {
             Proto::Udp => "udp",
         }
     }
+
+    /// The IANA protocol number (what `meta l4proto` loads).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
 }
 
 /// A port an ISC listens on.

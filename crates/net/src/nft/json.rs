@@ -28,6 +28,7 @@ fn key_type(k: KeyType) -> SetType {
         KeyType::Proto => SetType::InetProto,
         KeyType::Service => SetType::InetService,
         KeyType::Ifname => SetType::Ifname,
+        KeyType::Mark => SetType::Mark,
     }
 }
 
@@ -38,6 +39,7 @@ fn key_name(k: KeyType) -> &'static str {
         KeyType::Proto => "inet_proto",
         KeyType::Service => "inet_service",
         KeyType::Ifname => "ifname",
+        KeyType::Mark => "mark",
     }
 }
 
@@ -66,6 +68,7 @@ fn val(v: &Val) -> Expression<'static> {
             vs.iter().map(|v| expr::SetItem::Element(Expression::String(s(v)))).collect(),
         )),
         Val::SetRef(name) => Expression::String(s(&format!("@{name}"))),
+        Val::Mark(m) => Expression::Number(*m),
     }
 }
 
@@ -104,6 +107,10 @@ fn field(f: &Field) -> Expression<'static> {
             }))
         }
         Field::Icmpv6Type => payload("icmpv6", "type"),
+        Field::Mark => meta(expr::MetaKey::Mark),
+        Field::Masked(f, mask) => {
+            Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(field(f), val(mask))))
+        }
         Field::Concat(fs) => {
             Expression::Named(NamedExpression::Concat(fs.iter().map(field).collect()))
         }
@@ -118,6 +125,14 @@ fn verdict_expr(v: &Verdict) -> Expression<'static> {
         Verdict::Goto(t) => expr::Verdict::Goto(stmt::JumpTarget { target: s(t) }),
         Verdict::Return => expr::Verdict::Return,
     })
+}
+
+/// `FIELD map @NAME`.
+fn map(f: &Field, name: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Map(Box::new(expr::Map {
+        key: field(f),
+        data: Expression::String(s(&format!("@{name}"))),
+    })))
 }
 
 fn statement(st: &Stmt) -> Statement<'static> {
@@ -154,6 +169,15 @@ fn statement(st: &Stmt) -> Statement<'static> {
             flags: None,
         })),
         Stmt::Masquerade => Statement::Masquerade(None),
+        Stmt::MarkFromMap { field: f, map: name } => {
+            Statement::Mangle(stmt::Mangle { key: field(&Field::Mark), value: map(f, name) })
+        }
+        Stmt::DnatMap { v6, key, addr_map, port_map } => Statement::DNAT(Some(stmt::NAT {
+            addr: Some(map(key, addr_map)),
+            family: Some(if *v6 { stmt::NATFamily::IP6 } else { stmt::NATFamily::IP }),
+            port: Some(map(key, port_map)),
+            flags: None,
+        })),
         Stmt::Verdict(Verdict::Accept) => Statement::Accept(None),
         Stmt::Verdict(Verdict::Drop) => Statement::Drop(None),
         Stmt::Verdict(Verdict::Jump(t)) => Statement::Jump(stmt::JumpTarget { target: s(t) }),
@@ -173,6 +197,7 @@ fn elem(e: &Elem) -> Expression<'static> {
     match e {
         Elem::Key(vs) => key(vs),
         Elem::Map(vs, v) => Expression::List(vec![key(vs), verdict_expr(v)]),
+        Elem::Data(vs, d) => Expression::List(vec![key(vs), val(d)]),
     }
 }
 
@@ -241,6 +266,14 @@ fn op(o: &Op) -> Value {
                 "family": "inet", "table": TABLE, "name": name, "type": ty, "map": "verdict"
             }}});
         }
+        Op::AddMap { name, key, data } => NfCmd::Add(NfListObject::Map(Box::new(schema::Map {
+            family: NfFamily::INet,
+            table: s(TABLE),
+            name: s(name),
+            set_type: set_type(key),
+            map: SetTypeValue::Single(key_type(*data)),
+            ..Default::default()
+        }))),
         Op::AddRule { chain, stmts } => NfCmd::Add(NfListObject::Rule(schema::Rule {
             family: NfFamily::INet,
             table: s(TABLE),

@@ -3,10 +3,14 @@
 //!
 //! Only what isc emits is modelled. Everything is written, never read back: objects are added
 //! and deleted by name (STACK.md §4; reading rule handles back is what broke netavark twice).
+//! The elements of one ISC also go straight to the kernel as an nfnetlink batch (`netlink`).
 
+pub mod egress;
 mod json;
+pub mod netlink;
 pub mod rules;
 mod runner;
+pub mod slots;
 mod text;
 
 use std::net::IpAddr;
@@ -68,6 +72,8 @@ pub enum KeyType {
     Service,
     /// `ifname`.
     Ifname,
+    /// `mark` (32 bits, host byte order).
+    Mark,
 }
 
 /// A value in a set element or a rule's right-hand side.
@@ -87,6 +93,8 @@ pub enum Val {
     Strs(Vec<String>),
     /// A named set reference (`@name`).
     SetRef(String),
+    /// A packet mark.
+    Mark(u32),
 }
 
 /// Packet fields the rules look at.
@@ -114,6 +122,10 @@ pub enum Field {
     FibDaddrType,
     /// `icmpv6 type`.
     Icmpv6Type,
+    /// `meta mark`.
+    Mark,
+    /// `FIELD & MASK` (an address under a prefix mask, a mark under a bit mask).
+    Masked(Box<Field>, Val),
     /// Concatenation of fields.
     Concat(Vec<Field>),
 }
@@ -148,6 +160,11 @@ pub enum Stmt {
     Dnat { addr: IpAddr, port: u16 },
     /// `masquerade`.
     Masquerade,
+    /// `meta mark set FIELD map @MAP`: no match (the rule stops) when FIELD is not in MAP.
+    MarkFromMap { field: Field, map: String },
+    /// `dnat ip|ip6 to KEY map @ADDR_MAP : KEY map @PORT_MAP` (two data maps: nft 1.0.6
+    /// crashes on a JSON map declaration whose data is a concatenation).
+    DnatMap { v6: bool, key: Field, addr_map: String, port_map: String },
     /// A verdict.
     Verdict(Verdict),
 }
@@ -159,6 +176,17 @@ pub enum Elem {
     Key(Vec<Val>),
     /// A map entry `key : verdict`.
     Map(Vec<Val>, Verdict),
+    /// A data map entry `key : value`.
+    Data(Vec<Val>, Val),
+}
+
+impl Elem {
+    /// The key alone (what a `delete element` names).
+    pub fn key(&self) -> &[Val] {
+        match self {
+            Elem::Key(k) | Elem::Map(k, _) | Elem::Data(k, _) => k,
+        }
+    }
 }
 
 /// One command of a batch.
@@ -182,6 +210,8 @@ pub enum Op {
     DeleteSet(String),
     /// `add map NAME { type KEY : verdict }`.
     AddVmap { name: String, key: Vec<KeyType> },
+    /// `add map NAME { type KEY : DATA }` (a data map).
+    AddMap { name: String, key: Vec<KeyType>, data: KeyType },
     /// `add rule`.
     AddRule { chain: String, stmts: Vec<Stmt> },
     /// `add element`.

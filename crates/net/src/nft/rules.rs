@@ -1,64 +1,75 @@
-//! The `inet isc` ruleset: base chains, shared policy chains, global sets keyed by the ISC's
-//! host interface, and three small chains per ISC.
+//! The `inet isc` ruleset: base chains, shared policy chains, and global sets and maps keyed
+//! by the ISC's host interface. An ISC owns nothing in the table but *elements*.
 //!
 //! Shape (see docs/network.md for the full listing):
 //! - `forward`, `input`, `output` send traffic from an `isc*` link to the shared chain `isc_out`
 //!   and traffic to one to `isc_in`. Those chains look the ISC up in global sets whose keys
 //!   start with the interface name (`isc_addr4`: `ifname . ipv4_addr`, `isc_listen`,
-//!   `isc_from4`, ...) and in verdict maps keyed by interface name, so the cost per packet is
-//!   a few hash lookups whatever the number of ISCs;
-//! - `prerouting` DNATs published ports through `isc_dnat4` / `isc_dnat6`, keyed on
-//!   `daddr . l4proto . dport`; `postrouting` masquerades ISC traffic leaving by a non-ISC link;
-//! - per ISC only the chains `isc_<id>_deny` (rate-limited NFLOG with the ISC's id and the
-//!   direction in the prefix, then drop; reached through the map `isc_deny_by_if`),
-//!   `isc_<id>_egress` (one rule per declared destination, through `isc_egress_by_if`) and,
-//!   if it publishes a port, `isc_<id>_dnat`.
+//!   `isc_from4`, the egress hash sets of `egress`, ...), so the cost per packet is a few
+//!   lookups whatever the number of ISCs;
+//! - `prerouting` DNATs published ports through the data maps `isc_dnat4_addr` /
+//!   `isc_dnat4_port` (and `6`), keyed on `daddr . l4proto . dport`; `postrouting`
+//!   masquerades ISC traffic leaving by a non-ISC link;
+//! - denials go to per-*slot* logging chains (`slots`), found through the data maps
+//!   `isc_slot` / `isc_slot_in` (`ifname : mark`).
 //!
-//! Why global sets and no per-ISC sets: `nft` lists every set and chain of the table before it
-//! applies anything that references one (its cache), and the kernel looks sets up by name in
-//! a list and re-validates every chain reachable from a base chain on each commit that adds a
-//! jump. With five chains and five sets per ISC, and a verdict map nested in every ISC's
-//! chain, adding the 1001st ISC cost ten times the first (measured, nftables 1.0.6 / 6.18).
-//! Now the number of sets is constant, no verdict map is reached from a chain that a verdict
-//! map jumps to, and adding or removing an ISC is a constant batch of elements and 3 chains.
+//! Why elements only: the kernel re-validates every chain reachable from a base chain on any
+//! commit that adds a jump/goto (a rule, or a verdict-map element) and `nft` lists every set
+//! and chain of the table (and every element of an interval set) before it applies anything.
+//! Per-ISC chains made both linear in the number of ISCs. Elements of hash sets and data maps
+//! set no validation flag, and they are sent straight over nfnetlink (`netlink`), so adding
+//! or removing an ISC costs the same with 1 or 1000 ISCs (docs/network.md, "Why this
+//! shape").
 //!
-//! Adding an ISC is one batch of adds; removing it deletes its elements, then its chains, by
-//! name. Base rules are re-stated (flush + add) in every per-ISC batch so that the table is
-//! always complete, without reading anything back.
+//! Adding an ISC is one transaction of element adds; removing it adds (a no-op if present)
+//! then deletes the same elements, so it is idempotent. The base (chains, rules, sets) is
+//! stated through `nft` when its marker set is missing, never read back.
 
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::egress;
+use super::netlink::{self, SetShape};
+use super::slots::{self, block_marker, block_of, block_ops, slot_of};
 use super::{
     m, not, verdict, BaseChain, Batch, ChainKind, Elem, Field, Hook, KeyType, Op, Stmt, Val,
     Verdict,
 };
 use crate::policy::{EgressRule, IscNetPolicy, Proto};
 
-/// Map: host interface name → `goto isc_<id>_deny` (log as that ISC, drop).
-pub const DENY_BY_IF: &str = "isc_deny_by_if";
-/// Map: `host v4 . proto . port` → `goto isc_<id>_dnat`.
-pub const DNAT4: &str = "isc_dnat4";
-/// Map: `host v6 . proto . port` → `goto isc_<id>_dnat`.
-pub const DNAT6: &str = "isc_dnat6";
+pub use slots::audit_nflog_group;
+
 /// Set `ifname . ipv4_addr`: the one source address each ISC link may use.
 pub const ADDR4: &str = "isc_addr4";
 /// Set `ifname . ipv6_addr`.
 pub const ADDR6: &str = "isc_addr6";
 /// Set `ifname . inet_proto . inet_service`: listen ports of the ISC behind that link.
 pub const LISTEN: &str = "isc_listen";
-/// Map: host interface name → `jump isc_<id>_egress` (one rule per declared destination).
-pub const EGRESS_BY_IF: &str = "isc_egress_by_if";
 /// Set `ifname . ipv4_addr`: peer ISC addresses allowed into the ISC behind that link.
 pub const FROM4: &str = "isc_from4";
 /// Set `ifname . ipv6_addr`.
 pub const FROM6: &str = "isc_from6";
+/// Map `ifname : mark`: the lease slot of the ISC behind that link (selects its log chain).
+pub const SLOT: &str = "isc_slot";
+/// Map `ifname : mark`: the slot with [`slots::IN_BIT`] set (traffic to the ISC).
+pub const SLOT_IN: &str = "isc_slot_in";
+/// Map `host v4 . proto . port : ISC v4 address` of published ports.
+pub const DNAT4_ADDR: &str = "isc_dnat4_addr";
+/// Map `host v4 . proto . port : ISC port`.
+pub const DNAT4_PORT: &str = "isc_dnat4_port";
+/// Map `host v6 . proto . port : ISC v6 address`.
+pub const DNAT6_ADDR: &str = "isc_dnat6_addr";
+/// Map `host v6 . proto . port : ISC port`.
+pub const DNAT6_PORT: &str = "isc_dnat6_port";
+/// Map `mark : verdict`: slot (with or without [`slots::IN_BIT`]) → `goto isc_s<slot>`
+/// (static entries, see `slots`).
+pub const LOG: &str = "isc_log";
 /// Shared chain for traffic from an ISC link.
 pub const CHAIN_OUT: &str = "isc_out";
 /// Shared chain for traffic to an ISC link.
 pub const CHAIN_IN: &str = "isc_in";
-/// Shared chain: deny traffic from an ISC link (dispatch to its logging chain, else drop).
+/// Shared chain: deny traffic from an ISC link (log as its slot, drop).
 pub const DENY_OUT: &str = "isc_deny_out";
 /// Shared chain: deny traffic to an ISC link.
 pub const DENY_IN: &str = "isc_deny_in";
@@ -78,34 +89,11 @@ pub struct RulesConfig {
     pub log_per_second: u32,
 }
 
-/// Names of one ISC's chains.
-#[derive(Debug, Clone)]
-pub struct IscNames {
-    /// `isc_<id>_dnat`.
-    pub chain_dnat: String,
-    /// `isc_<id>_deny` (log by direction, then drop).
-    pub deny: String,
-    /// `isc_<id>_egress` (one accept rule per declared destination).
-    pub egress: String,
-}
-
-impl IscNames {
-    /// The names for ISC `id`.
-    pub fn new(id: &str) -> Self {
-        let n = |s: &str| format!("isc_{id}_{s}");
-        IscNames { chain_dnat: n("dnat"), deny: n("deny"), egress: n("egress") }
-    }
-
-    fn chains(&self) -> [&str; 3] {
-        [&self.chain_dnat, &self.deny, &self.egress]
-    }
-}
-
 fn base(name: &str, kind: ChainKind, hook: Hook, prio: i32) -> Op {
     Op::AddChain { name: name.into(), base: Some(BaseChain { kind, hook, prio }) }
 }
 
-fn s(v: &str) -> Val {
+pub(super) fn s(v: &str) -> Val {
     Val::Str(v.into())
 }
 
@@ -126,11 +114,16 @@ fn key(fields: &[Field]) -> Field {
 }
 
 fn global_sets() -> Vec<Op> {
-    use KeyType::{Ifname, Ipv4, Ipv6, Proto as P, Service};
+    use KeyType::{Ifname, Ipv4, Ipv6, Mark, Proto as P, Service};
     let set = |name: &str, key: &[KeyType], interval: bool| Op::AddSet {
         name: name.into(),
         key: key.to_vec(),
         interval,
+    };
+    let map = |name: &str, key: &[KeyType], data: KeyType| Op::AddMap {
+        name: name.into(),
+        key: key.to_vec(),
+        data,
     };
     vec![
         set(ADDR4, &[Ifname, Ipv4], false),
@@ -138,11 +131,49 @@ fn global_sets() -> Vec<Op> {
         set(LISTEN, &[Ifname, P, Service], false),
         set(FROM4, &[Ifname, Ipv4], false),
         set(FROM6, &[Ifname, Ipv6], false),
-        Op::AddVmap { name: DENY_BY_IF.into(), key: vec![Ifname] },
-        Op::AddVmap { name: EGRESS_BY_IF.into(), key: vec![Ifname] },
-        Op::AddVmap { name: DNAT4.into(), key: vec![Ipv4, P, Service] },
-        Op::AddVmap { name: DNAT6.into(), key: vec![Ipv6, P, Service] },
+        map(SLOT, &[Ifname], Mark),
+        map(SLOT_IN, &[Ifname], Mark),
+        map(DNAT4_ADDR, &[Ipv4, P, Service], Ipv4),
+        map(DNAT4_PORT, &[Ipv4, P, Service], Service),
+        map(DNAT6_ADDR, &[Ipv6, P, Service], Ipv6),
+        map(DNAT6_PORT, &[Ipv6, P, Service], Service),
+        Op::AddVmap { name: LOG.into(), key: vec![Mark] },
     ]
+    .into_iter()
+    .chain(egress::sets())
+    .collect()
+}
+
+/// How the elements of `set` are laid out (for the netlink element batches), from the
+/// declarations above; the marker sets hold one interface-name-typed element.
+pub(super) fn shape(set: &str) -> Option<SetShape> {
+    if set.starts_with("isc_base_") || set.starts_with("isc_blk") {
+        return Some(SetShape { key: vec![KeyType::Ifname], data: None, interval: false });
+    }
+    global_sets().into_iter().find_map(|op| match op {
+        Op::AddSet { name, key, interval } if name == set => {
+            Some(SetShape { key, data: None, interval })
+        }
+        Op::AddMap { name, key, data } if name == set => {
+            Some(SetShape { key, data: Some(data), interval: false })
+        }
+        _ => None,
+    })
+}
+
+/// A shared deny chain: the packet's mark becomes the slot of the ISC behind `field` (from
+/// `slot_map`, which also says the direction) and the slot's logging chain takes it (limit,
+/// log, drop); a link with no slot is dropped unlogged. One rule, so that a lookup miss stops
+/// it before the verdict map sees a stale mark.
+fn deny_chain(b: &mut Batch, chain: &str, field: Field, slot_map: &str) {
+    b.rule(
+        chain,
+        vec![
+            Stmt::MarkFromMap { field, map: slot_map.into() },
+            Stmt::Vmap { field: Field::Mark, map: LOG.into() },
+        ],
+    );
+    b.rule(chain, vec![verdict(Verdict::Drop)]);
 }
 
 /// The shared `isc_out` chain: anti-spoofing first (RFC 2827 ingress filtering, before the
@@ -163,11 +194,11 @@ fn out_chain(b: &mut Batch) {
     b.rule(c, vec![m(Field::IpDaddr, Val::Net("169.254.0.0/16".parse().expect("valid"))), deny()]);
     b.rule(c, vec![m(Field::Ip6Daddr, link_local6()), deny()]);
     b.rule(c, vec![m(Field::Oifname, s(IF_WILDCARD)), verdict(Verdict::Return)]);
-    // The ISC's egress chain accepts a declared destination or falls through (jump) to deny.
-    b.rule(c, vec![Stmt::Vmap { field: Field::Iifname, map: EGRESS_BY_IF.into() }]);
+    // The egress allowlist: declared destinations of each ISC, keyed by its link, in one
+    // hash set per whole-byte prefix length (`egress`).
+    egress::rules(b, c);
     b.rule(c, vec![deny()]);
-    b.rule(DENY_OUT, vec![Stmt::Vmap { field: Field::Iifname, map: DENY_BY_IF.into() }]);
-    b.rule(DENY_OUT, vec![verdict(Verdict::Drop)]);
+    deny_chain(b, DENY_OUT, Field::Iifname, SLOT);
 }
 
 /// The shared `isc_in` chain: replies and ND; peer ISCs only if allowed and only on listen
@@ -192,15 +223,14 @@ fn in_chain(b: &mut Batch) {
     b.rule(c, vec![m(Field::Iifname, s(IF_WILDCARD)), deny()]);
     b.rule(c, vec![m(svc(), Val::SetRef(LISTEN.into())), verdict(Verdict::Accept)]);
     b.rule(c, vec![deny()]);
-    b.rule(DENY_IN, vec![Stmt::Vmap { field: Field::Oifname, map: DENY_BY_IF.into() }]);
-    b.rule(DENY_IN, vec![verdict(Verdict::Drop)]);
+    deny_chain(b, DENY_IN, Field::Oifname, SLOT_IN);
 }
 
 /// The one element of the base marker set.
-const MARKER_ELEM: &str = "isc_base";
+pub(super) const MARKER_ELEM: &str = "isc_base";
 
 /// FNV-1a (64 bit): a hash that, unlike std's `DefaultHasher`, is the same in every build.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
@@ -269,8 +299,16 @@ fn base_ops_unmarked(cfg: &RulesConfig) -> Vec<Op> {
 
     let k4 = key(&[Field::IpDaddr, Field::L4proto, Field::ThDport]);
     let k6 = key(&[Field::Ip6Daddr, Field::L4proto, Field::ThDport]);
-    b.rule("prerouting", vec![Stmt::Vmap { field: k4, map: DNAT4.into() }]);
-    b.rule("prerouting", vec![Stmt::Vmap { field: k6, map: DNAT6.into() }]);
+    // Two data maps per family (address, port): nft 1.0.6 crashes on the JSON declaration of
+    // a map whose data is a concatenation. A key missing from the first stops the rule.
+    let dnat = |v6: bool, key: Field, addr_map: &str, port_map: &str| Stmt::DnatMap {
+        v6,
+        key,
+        addr_map: addr_map.into(),
+        port_map: port_map.into(),
+    };
+    b.rule("prerouting", vec![dnat(false, k4, DNAT4_ADDR, DNAT4_PORT)]);
+    b.rule("prerouting", vec![dnat(true, k6, DNAT6_ADDR, DNAT6_PORT)]);
 
     b.rule(
         "postrouting",
@@ -291,37 +329,6 @@ fn base_ops_unmarked(cfg: &RulesConfig) -> Vec<Op> {
     b.ops
 }
 
-/// The NFLOG group that only this ISC's denials go to (besides the Dock-wide
-/// `nflog_group`), read by its monitor for the audit trail. nfnetlink_log lets exactly one
-/// socket bind a group (a second binder gets EPERM, checked on 6.18), so concurrent monitors
-/// cannot share one group: each ISC gets `0x8000 + its lease slot`. The slot is unique among
-/// the ISCs of a Dock and is recovered from the ISC's IPv4 address (`prefix base + 2 * slot
-/// + 1`), so reconcile derives the same group from the policy alone.
-pub fn audit_nflog_group(v4_prefix: Ipv4Net, addr_v4: std::net::Ipv4Addr) -> u16 {
-    let slot = u32::from(addr_v4).wrapping_sub(u32::from(v4_prefix.network())) / 2;
-    0x8000 | (slot & 0x7fff) as u16
-}
-
-/// One chain per ISC for both directions (fewer chains: `nft` lists every chain before each
-/// batch): traffic from its link is logged as `out`, traffic to it as `in`, each direction
-/// with its own rate limit; then drop.
-fn deny_chain(b: &mut Batch, cfg: &RulesConfig, chain: &str, p: &IscNetPolicy, audit_group: u16) {
-    let burst = cfg.log_per_second.saturating_mul(2).max(1);
-    for (field, dir) in [(Field::Iifname, "out"), (Field::Oifname, "in")] {
-        let prefix = format!("isc:{}:{dir}", p.id);
-        b.rule(
-            chain,
-            vec![
-                m(field, s(&p.if_host)),
-                Stmt::Limit { per_second: cfg.log_per_second.max(1), burst },
-                Stmt::Log { prefix: prefix.clone(), group: cfg.nflog_group },
-                Stmt::Log { prefix, group: audit_group },
-            ],
-        );
-    }
-    b.rule(chain, vec![verdict(Verdict::Drop)]);
-}
-
 fn ifk(p: &IscNetPolicy) -> Val {
     s(&p.if_host)
 }
@@ -340,29 +347,6 @@ fn listen_elems(p: &IscNetPolicy) -> Vec<Elem> {
         .collect()
 }
 
-/// One rule per declared destination in `isc_<id>_egress`. Rules, not a set: a global
-/// concatenated interval set (pipapo) costs O(elements of all ISCs) per insert and removal
-/// (measured: half of a removal at 1000 ISCs), while these rules are only as many as this
-/// ISC declares, and only new connections reach them (replies are accepted before).
-fn egress_rules(b: &mut Batch, chain: &str, egress: &[EgressRule]) {
-    let mut v: Vec<(IpNet, Proto, u16)> =
-        egress.iter().map(|e| (e.net.trunc(), e.proto, e.port)).collect();
-    v.sort();
-    v.dedup();
-    for (net, proto, port) in v {
-        let daddr = if matches!(net, IpNet::V4(_)) { Field::IpDaddr } else { Field::Ip6Daddr };
-        b.rule(
-            chain,
-            vec![
-                m(daddr, Val::Net(net)),
-                m(Field::L4proto, Val::Proto(proto)),
-                m(Field::ThDport, Val::Port(port)),
-                verdict(Verdict::Accept),
-            ],
-        );
-    }
-}
-
 fn from_elems(p: &IscNetPolicy, peers: &[IpAddr], v4: bool) -> Vec<Elem> {
     let mut v: Vec<IpAddr> = peers.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
     v.sort();
@@ -370,17 +354,48 @@ fn from_elems(p: &IscNetPolicy, peers: &[IpAddr], v4: bool) -> Vec<Elem> {
     v.into_iter().map(|a| Elem::Key(vec![ifk(p), Val::Addr(a)])).collect()
 }
 
-fn dnat_elems(p: &IscNetPolicy, n: &IscNames, v4: bool) -> Vec<Elem> {
+/// The published ports of `p` in one family: (address map elements, port map elements).
+fn dnat_elems(p: &IscNetPolicy, v4: bool) -> (Vec<Elem>, Vec<Elem>) {
+    let to = if v4 { IpAddr::V4(p.addr_v4) } else { IpAddr::V6(p.addr_v6) };
     p.publish
         .iter()
         .filter(|pb| pb.host_addr.is_ipv4() == v4)
         .map(|pb| {
-            Elem::Map(
-                vec![Val::Addr(pb.host_addr), Val::Proto(pb.proto), Val::Port(pb.host_port)],
-                Verdict::Goto(n.chain_dnat.clone()),
-            )
+            let k = vec![Val::Addr(pb.host_addr), Val::Proto(pb.proto), Val::Port(pb.host_port)];
+            (Elem::Data(k.clone(), Val::Addr(to)), Elem::Data(k, Val::Port(pb.port)))
         })
-        .collect()
+        .unzip()
+}
+
+fn slot_elems(cfg: &RulesConfig, p: &IscNetPolicy, dir: u32) -> Vec<Elem> {
+    vec![Elem::Data(vec![ifk(p)], Val::Mark(slot_of(cfg.v4_prefix, p.addr_v4) | dir))]
+}
+
+/// Every element of `p`, set by set, the source addresses last (a reader of the ops sees the
+/// link allowed only once everything else is in; the kernel applies them at once anyway).
+fn isc_elems(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<(String, Vec<Elem>)> {
+    let (d4a, d4p) = dnat_elems(p, true);
+    let (d6a, d6p) = dnat_elems(p, false);
+    let named = |v: Vec<(&'static str, Vec<Elem>)>| {
+        v.into_iter().map(|(s, e)| (s.to_string(), e)).collect::<Vec<_>>()
+    };
+    let mut v: Vec<(String, Vec<Elem>)> = named(vec![
+        (SLOT, slot_elems(cfg, p, 0)),
+        (SLOT_IN, slot_elems(cfg, p, slots::IN_BIT)),
+        (LISTEN, listen_elems(p)),
+        (FROM4, from_elems(p, &p.allow_from, true)),
+        (FROM6, from_elems(p, &p.allow_from, false)),
+    ]);
+    v.extend(egress::elems(&p.if_host, &p.egress));
+    v.extend(named(vec![
+        (DNAT4_ADDR, d4a),
+        (DNAT4_PORT, d4p),
+        (DNAT6_ADDR, d6a),
+        (DNAT6_PORT, d6p),
+        (ADDR4, addr_elems(p, true)),
+        (ADDR6, addr_elems(p, false)),
+    ]));
+    v
 }
 
 fn push_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
@@ -390,22 +405,18 @@ fn push_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
 }
 
 /// Delete `elems` from `set` even if some are missing: `add` (a no-op for an element that is
-/// there) then `delete`, in the same transaction. nft 1.0.6 has no `destroy`.
+/// there with the same data) then `delete`, in the same transaction. This works on every
+/// kernel (`NFT_MSG_DESTROYSETELEM` needs 6.3) and through `nft` 1.0.6 (no `destroy`).
 fn drop_elems(b: &mut Batch, set: &str, elems: Vec<Elem>) {
     if elems.is_empty() {
         return;
     }
     b.push(Op::AddElems { set: set.to_string(), elems: elems.clone() });
-    let keys = elems
-        .into_iter()
-        .map(|e| match e {
-            Elem::Map(k, _) | Elem::Key(k) => Elem::Key(k),
-        })
-        .collect();
+    let keys = elems.iter().map(|e| Elem::Key(e.key().to_vec())).collect();
     b.push(Op::DeleteElems { set: set.to_string(), elems: keys });
 }
 
-/// Swap the elements of `p` in `set` from `old` to `new` (one transaction).
+/// Swap elements of one set from `old` to `new` (one transaction).
 fn swap_elems(b: &mut Batch, set: &str, old: Vec<Elem>, new: Vec<Elem>) {
     if old != new {
         drop_elems(b, set, old);
@@ -413,19 +424,20 @@ fn swap_elems(b: &mut Batch, set: &str, old: Vec<Elem>, new: Vec<Elem>) {
     }
 }
 
-/// Ops replacing the egress rules of `p` with its (re-resolved) `egress`: flush and refill
-/// its egress chain in one transaction (used by the DNS refresh). The chain and its dispatch
-/// entry are (re)added first: an ISC that declared no egress at start has neither.
-pub fn egress_refresh_ops(p: &IscNetPolicy) -> Vec<Op> {
-    let n = IscNames::new(&p.id);
+/// Ops replacing the egress elements of `p` applied from `old` with those of `p.egress` (the
+/// DNS refresh). Only this ISC's elements are touched.
+pub fn egress_refresh_ops(p: &IscNetPolicy, old: &[EgressRule]) -> Vec<Op> {
     let mut b = Batch::default();
-    b.push(Op::AddChain { name: n.egress.clone(), base: None });
-    b.push(Op::FlushChain(n.egress.clone()));
-    egress_rules(&mut b, &n.egress, &p.egress);
-    b.push(Op::AddElems {
-        set: EGRESS_BY_IF.into(),
-        elems: vec![Elem::Map(vec![ifk(p)], Verdict::Jump(n.egress.clone()))],
-    });
+    let (old, new) = (egress::elems(&p.if_host, old), egress::elems(&p.if_host, &p.egress));
+    let mut sets: Vec<&String> = old.iter().chain(&new).map(|(s, _)| s).collect();
+    sets.sort();
+    sets.dedup();
+    let of = |v: &[(String, Vec<Elem>)], set: &str| {
+        v.iter().find(|(s, _)| s == set).map(|(_, e)| e.clone()).unwrap_or_default()
+    };
+    for set in sets {
+        swap_elems(&mut b, set, of(&old, set), of(&new, set));
+    }
     b.ops
 }
 
@@ -439,86 +451,35 @@ pub fn peers_refresh_ops(p: &IscNetPolicy, old: &[IpAddr]) -> Vec<Op> {
     b.ops
 }
 
-/// Everything one ISC needs: its three chains (flushed and filled) and its elements in the
-/// global sets, dispatch entries last so the chains are complete when traffic reaches them.
+/// Everything one ISC needs: its elements in the global sets and maps.
 pub fn isc_add_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
-    let n = IscNames::new(&p.id);
     let mut b = Batch::default();
-    // The DNAT chain only for an ISC that publishes, the egress chain only for one that
-    // declares egress (fewer chains for `nft` to list and the kernel to validate).
-    let publishes = !p.publish.is_empty();
-    let egresses = !p.egress.is_empty();
-    let wanted = |c: &&str| (publishes || *c != n.chain_dnat) && (egresses || *c != n.egress);
-    for c in n.chains().into_iter().filter(wanted) {
-        b.push(Op::AddChain { name: c.to_string(), base: None });
-        b.push(Op::FlushChain(c.to_string()));
+    for (set, elems) in isc_elems(cfg, p) {
+        push_elems(&mut b, &set, elems);
     }
-    let audit_group = audit_nflog_group(cfg.v4_prefix, p.addr_v4);
-    deny_chain(&mut b, cfg, &n.deny, p, audit_group);
-    for pb in &p.publish {
-        let (daddr, to) = match pb.host_addr {
-            IpAddr::V4(_) => (Field::IpDaddr, IpAddr::V4(p.addr_v4)),
-            IpAddr::V6(_) => (Field::Ip6Daddr, IpAddr::V6(p.addr_v6)),
-        };
-        b.rule(
-            &n.chain_dnat,
-            vec![
-                m(daddr, Val::Addr(pb.host_addr)),
-                m(Field::L4proto, Val::Proto(pb.proto)),
-                m(Field::ThDport, Val::Port(pb.host_port)),
-                Stmt::Dnat { addr: to, port: pb.port },
-            ],
-        );
-    }
-    egress_rules(&mut b, &n.egress, &p.egress);
-    push_elems(&mut b, LISTEN, listen_elems(p));
-    push_elems(&mut b, FROM4, from_elems(p, &p.allow_from, true));
-    push_elems(&mut b, FROM6, from_elems(p, &p.allow_from, false));
-    let ifk = vec![ifk(p)];
-    b.push(Op::AddElems {
-        set: DENY_BY_IF.into(),
-        elems: vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny.clone()))],
-    });
-    if egresses {
-        b.push(Op::AddElems {
-            set: EGRESS_BY_IF.into(),
-            elems: vec![Elem::Map(ifk, Verdict::Jump(n.egress.clone()))],
-        });
-    }
-    push_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
-    push_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
-    // The source addresses last: until they are in, the link fails anti-spoofing.
-    push_elems(&mut b, ADDR4, addr_elems(p, true));
-    push_elems(&mut b, ADDR6, addr_elems(p, false));
     b.ops
 }
 
-/// Remove one ISC: its elements first (the addresses before anything else, so the link is
-/// cut off at once), then its chains, by name. Idempotent: every element and chain is added
-/// (a no-op if present) before it is deleted, so a half-removed ISC can be removed again.
-pub fn isc_remove_ops(p: &IscNetPolicy) -> Vec<Op> {
-    let n = IscNames::new(&p.id);
+/// Remove one ISC: its elements, the addresses first (in a reader's order; one commit).
+/// Idempotent: every element is added (a no-op if present) before it is deleted.
+pub fn isc_remove_ops(cfg: &RulesConfig, p: &IscNetPolicy) -> Vec<Op> {
     let mut b = Batch::default();
-    for c in n.chains() {
-        b.push(Op::AddChain { name: c.to_string(), base: None });
-    }
-    drop_elems(&mut b, ADDR4, addr_elems(p, true));
-    drop_elems(&mut b, ADDR6, addr_elems(p, false));
-    drop_elems(&mut b, DNAT4, dnat_elems(p, &n, true));
-    drop_elems(&mut b, DNAT6, dnat_elems(p, &n, false));
-    let ifk = vec![ifk(p)];
-    drop_elems(&mut b, DENY_BY_IF, vec![Elem::Map(ifk.clone(), Verdict::Goto(n.deny.clone()))]);
-    drop_elems(&mut b, EGRESS_BY_IF, vec![Elem::Map(ifk, Verdict::Jump(n.egress.clone()))]);
-    drop_elems(&mut b, LISTEN, listen_elems(p));
-    drop_elems(&mut b, FROM4, from_elems(p, &p.allow_from, true));
-    drop_elems(&mut b, FROM6, from_elems(p, &p.allow_from, false));
-    for c in n.chains() {
-        b.push(Op::FlushChain(c.to_string()));
-    }
-    for c in n.chains() {
-        b.push(Op::DeleteChain(c.to_string()));
+    for (set, elems) in isc_elems(cfg, p).into_iter().rev() {
+        drop_elems(&mut b, &set, elems);
     }
     b.ops
+}
+
+/// The blocks of logging chains the slots of `policies` need, each once.
+fn blocks_for<'a>(
+    cfg: &RulesConfig,
+    policies: impl IntoIterator<Item = &'a IscNetPolicy>,
+) -> Vec<Op> {
+    let mut blocks: Vec<u32> =
+        policies.into_iter().map(|p| block_of(slot_of(cfg.v4_prefix, p.addr_v4))).collect();
+    blocks.sort();
+    blocks.dedup();
+    blocks.into_iter().flat_map(|b| block_ops(cfg, b)).collect()
 }
 
 /// The full reconcile: `add table; delete table; <table from scratch>` in one transaction, so
@@ -528,55 +489,76 @@ pub fn full_reconcile(cfg: &RulesConfig, policies: &[IscNetPolicy]) -> Batch {
     b.push(Op::AddTable);
     b.push(Op::DeleteTable);
     b.ops.extend(base_ops(cfg));
+    b.ops.extend(blocks_for(cfg, policies));
     for p in policies {
         b.ops.extend(isc_add_ops(cfg, p));
     }
     b
 }
 
-/// The batch that adds one ISC on top of an existing (or missing) table, re-stating the base.
+/// The batch (for `nft`) that adds one ISC on top of an existing (or missing) table,
+/// re-stating the base and the ISC's block of logging chains.
 pub fn add_isc(cfg: &RulesConfig, p: &IscNetPolicy) -> Batch {
     let mut ops = base_ops(cfg);
+    ops.extend(blocks_for(cfg, [p]));
     ops.extend(isc_add_ops(cfg, p));
     Batch { ops }
 }
 
-/// The batch that adds one ISC when the base of this configuration is in place: its first
-/// command adds the (existing) element of the base marker set, so the whole transaction is
-/// refused when the table, or this version of its base, is missing.
+/// The element batch that adds one ISC when the base and its block of this configuration are
+/// in place: its first commands add the (existing) elements of the two marker sets, so the
+/// whole transaction is refused (ENOENT) when the table, this version of its base or the
+/// block is missing.
 pub fn add_isc_fast(cfg: &RulesConfig, p: &IscNetPolicy) -> Batch {
-    let mut ops =
-        vec![Op::AddElems { set: base_marker(cfg), elems: vec![Elem::Key(vec![s(MARKER_ELEM)])] }];
+    let marker = |set: String| Op::AddElems { set, elems: vec![Elem::Key(vec![s(MARKER_ELEM)])] };
+    let block = block_of(slot_of(cfg.v4_prefix, p.addr_v4));
+    let mut ops = vec![marker(base_marker(cfg)), marker(block_marker(cfg, block))];
     ops.extend(isc_add_ops(cfg, p));
     Batch { ops }
 }
 
-/// Adds one ISC: [`add_isc_fast`], and if `nft` refuses it (no table, or a base of another
-/// configuration or version), [`add_isc`].
+/// Apply element commands (`add`/`delete element` only) in one transaction over nfnetlink.
+pub fn apply_elems(ops: &[Op]) -> Result<(), super::NftError> {
+    Ok(netlink::apply_elems(ops, &shape)?)
+}
+
+/// [`apply_elems`] on a socket the caller closes (see [`netlink::NlSocket`]).
+pub fn apply_elems_on(sock: &netlink::NlSocket, ops: &[Op]) -> Result<(), super::NftError> {
+    Ok(sock.apply(ops, &shape)?)
+}
+
+/// Adds one ISC: [`add_isc_fast`] over nfnetlink, and if the kernel refuses it for a missing
+/// set (no table, a base of another configuration or version, or the first ISC of its block),
+/// [`add_isc`] through `nft`, in one transaction.
 ///
 /// Why not always [`add_isc`]: re-stating the base flushes the rules of the base chains, and a
-/// batch that deletes anything makes `nft` wait for an RCU grace period when it closes its
-/// netlink socket (the kernel flushes its transaction destroy work on `NETLINK_URELEASE`):
-/// 11-12 ms of every ISC start on the test machine (docs/network.md). The cost is that a base
-/// chain flushed by hand behind isc's back is no longer repaired by the next start, only by a
-/// reconcile (`isc net reconcile`, Dock start-up).
+/// batch that deletes anything waits for an RCU grace period when its netlink socket is
+/// closed (the kernel flushes its transaction destroy work on `NETLINK_URELEASE`): 11-12 ms,
+/// plus `nft`'s start and cache dump (docs/network.md). The cost is that a base chain flushed
+/// by hand behind isc's back is no longer repaired by the next start, only by a reconcile
+/// (`isc net reconcile`, Dock start-up).
 pub fn apply_add_isc(
     cfg: &RulesConfig,
     p: &IscNetPolicy,
     runner: &dyn super::NftRunner,
 ) -> Result<(), super::NftError> {
-    match add_isc_fast(cfg, p).apply(runner) {
-        Err(super::NftError::Rejected { stderr, .. }) => {
-            tracing::debug!(isc = %p.id, stderr = %stderr.trim(), "base of inet isc missing or of another version: re-stating it");
+    match apply_elems(&add_isc_fast(cfg, p).ops) {
+        Err(super::NftError::Kernel(e)) if e.errno() == Some(libc::ENOENT) => {
+            tracing::debug!(isc = %p.id, error = %e, "base or logging block of inet isc missing or of another version: stating it");
             add_isc(cfg, p).apply(runner)
         }
         other => other,
     }
 }
 
-/// The batch that removes one ISC.
-pub fn remove_isc(p: &IscNetPolicy) -> Batch {
-    Batch { ops: isc_remove_ops(p) }
+/// The element commands that remove one ISC (see [`isc_remove_ops`]).
+pub fn remove_isc(cfg: &RulesConfig, p: &IscNetPolicy) -> Batch {
+    Batch { ops: isc_remove_ops(cfg, p) }
+}
+
+/// Removes one ISC's elements over nfnetlink, in one transaction (idempotent).
+pub fn apply_remove_isc(cfg: &RulesConfig, p: &IscNetPolicy) -> Result<(), super::NftError> {
+    apply_elems(&remove_isc(cfg, p).ops)
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub enum NftError {
     Timeout { path: PathBuf, timeout: Duration },
     #[error("{path} rejected the ruleset ({status}): {stderr}")]
     Rejected { path: PathBuf, status: String, stderr: String },
+    #[error("element batch: {0}")]
+    Kernel(#[from] super::netlink::NlError),
 }
 
 /// Something that applies an nft JSON document atomically (a narrow seam for unit tests).

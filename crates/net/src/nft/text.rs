@@ -12,6 +12,7 @@ fn key_type(k: &[KeyType]) -> String {
             KeyType::Proto => "inet_proto",
             KeyType::Service => "inet_service",
             KeyType::Ifname => "ifname",
+            KeyType::Mark => "mark",
         })
         .collect::<Vec<_>>()
         .join(" . ")
@@ -29,6 +30,7 @@ fn val(v: &Val) -> String {
             format!("{{ {} }}", vs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))
         }
         Val::SetRef(n) => format!("@{n}"),
+        Val::Mark(m) => m.to_string(),
     }
 }
 
@@ -54,6 +56,8 @@ fn field(f: &Field) -> String {
         Field::CtState => "ct state".into(),
         Field::FibDaddrType => "fib daddr type".into(),
         Field::Icmpv6Type => "icmpv6 type".into(),
+        Field::Mark => "meta mark".into(),
+        Field::Masked(f, mask) => format!("{} & {}", field(f), val(mask)),
         Field::Concat(fs) => fs.iter().map(field).collect::<Vec<_>>().join(" . "),
     }
 }
@@ -70,6 +74,10 @@ fn verdict(v: &Verdict) -> String {
 
 fn stmt(s: &Stmt) -> String {
     match s {
+        // `FIELD & MASK VALUE` would not parse back: the comparison is written out.
+        Stmt::Match { field: f @ Field::Masked(..), eq: true, val: v } => {
+            format!("{} == {}", field(f), val(v))
+        }
         Stmt::Match { field: f, eq: true, val: v } => format!("{} {}", field(f), val(v)),
         Stmt::Match { field: f, eq: false, val: v } => format!("{} != {}", field(f), val(v)),
         Stmt::Vmap { field: f, map } => format!("{} vmap @{map}", field(f)),
@@ -80,6 +88,12 @@ fn stmt(s: &Stmt) -> String {
         Stmt::Dnat { addr: std::net::IpAddr::V4(a), port } => format!("dnat ip to {a}:{port}"),
         Stmt::Dnat { addr: std::net::IpAddr::V6(a), port } => format!("dnat ip6 to [{a}]:{port}"),
         Stmt::Masquerade => "masquerade".into(),
+        Stmt::MarkFromMap { field: f, map } => format!("meta mark set {} map @{map}", field(f)),
+        Stmt::DnatMap { v6, key, addr_map, port_map } => {
+            let k = field(key);
+            let fam = if *v6 { "ip6" } else { "ip" };
+            format!("dnat {fam} to {k} map @{addr_map} : {k} map @{port_map}")
+        }
         Stmt::Verdict(v) => verdict(v),
     }
 }
@@ -89,6 +103,7 @@ fn elem(e: &Elem) -> String {
     match e {
         Elem::Key(vs) => key(vs),
         Elem::Map(vs, v) => format!("{} : {}", key(vs), verdict(v)),
+        Elem::Data(vs, d) => format!("{} : {}", key(vs), val(d)),
     }
 }
 
@@ -130,6 +145,9 @@ pub(super) fn batch_to_text(b: &Batch) -> String {
             Op::DeleteSet(n) => format!("delete set {t} {n}"),
             Op::AddVmap { name, key } => {
                 format!("add map {t} {name} {{ type {} : verdict; }}", key_type(key))
+            }
+            Op::AddMap { name, key, data } => {
+                format!("add map {t} {name} {{ type {} : {}; }}", key_type(key), key_type(&[*data]))
             }
             Op::AddRule { chain, stmts } => {
                 format!(
