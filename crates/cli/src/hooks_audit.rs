@@ -413,9 +413,12 @@ impl AuditSession {
             }
             exit["kernel_denials"] = json!(counts);
             append(Kind::IscExit, Actor::Isc, exit);
-            if let Err(e) = log.checkpoint().and_then(|()| log.sync()) {
+            let signed = log.checkpoint();
+            isc_engine::timing::mark("isc_exit and its checkpoint written");
+            if let Err(e) = signed.and_then(|()| log.sync()) {
                 tracing::error!(error = %e, "making the exit record durable");
             }
+            isc_engine::timing::mark("isc_exit synced");
         };
         self.exit_sync = match self.collector.take() {
             Some(c) => {

@@ -413,9 +413,10 @@ pub(crate) fn run_manifest(
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut chain))
     };
     isc_engine::timing::mark("monitor returned");
-    // The ISC's processes are gone and its end is on the audit trail (`exit_known`), being
-    // made durable on a thread. The cgroup goes on a thread too, while the network goes here.
-    let teardown = cgroup.teardown_in_background();
+    // The ISC's processes are gone and its end is being recorded and made durable on the
+    // audit collector's thread (`exit_known`). The cgroup goes on a thread of its own while a
+    // network goes here, else here.
+    let teardown = cgroup.teardown(net.has_network());
     if let Err(e) = net.finish() {
         tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
     }
