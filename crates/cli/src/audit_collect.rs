@@ -94,9 +94,11 @@ pub(crate) type AfterDrain = Box<dyn FnOnce(DenialCounts) + Send>;
 /// A collector thread (`isc-audit-kernel` or `isc-audit-net`) and what stops it.
 pub(crate) struct Collector {
     stop: Arc<AtomicBool>,
+    /// Raised by [`LastCall::give`]: nothing more can reach its socket (see `collect_net`).
+    last_call: Arc<AtomicBool>,
     /// An eventfd its reader also waits on: stopping wakes it at once (it otherwise sleeps up
     /// to `IDLE_POLL` on a quiet socket).
-    wake: Option<OwnedFd>,
+    wake: Option<Arc<OwnedFd>>,
     thread: JoinHandle<DenialCounts>,
     /// Hands the thread what to do after its drain; dropped unused, the thread just ends.
     then: Option<std::sync::mpsc::Sender<AfterDrain>>,
@@ -112,36 +114,37 @@ impl Collector {
         (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
-    /// Runs `collect(stop)` on a thread named `name`; `wake` must be the eventfd its reader
-    /// waits on (it is kept open until the thread is joined).
+    /// Runs `collect(stop, last_call)` on a thread named `name`; `wake` must be the eventfd
+    /// its reader waits on (it is kept open until the thread is joined).
     pub(crate) fn spawn(
         name: &str,
         wake: Option<OwnedFd>,
-        collect: impl FnOnce(&AtomicBool) -> DenialCounts + Send + 'static,
+        collect: impl FnOnce(&AtomicBool, &AtomicBool) -> DenialCounts + Send + 'static,
     ) -> std::io::Result<Collector> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let last_call = Arc::new(AtomicBool::new(false));
+        let (flag, last) = (Arc::clone(&stop), Arc::clone(&last_call));
         let (then, after) = std::sync::mpsc::channel::<AfterDrain>();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-            let counts = collect(&flag);
+            let counts = collect(&flag, &last);
             if let Ok(work) = after.recv() {
                 work(counts);
             }
             counts
         })?;
-        Ok(Collector { stop, wake, thread, then: Some(then) })
+        Ok(Collector { stop, last_call, wake: wake.map(Arc::new), thread, then: Some(then) })
     }
 
     /// Tells it to drain and stop, waking it. Idempotent.
     pub(crate) fn signal(&self) {
-        if self.stop.swap(true, Ordering::SeqCst) {
-            return;
+        if !self.stop.swap(true, Ordering::SeqCst) {
+            wake(self.wake.as_deref());
         }
-        if let Some(fd) = &self.wake {
-            let one = 1u64;
-            // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
+    }
+
+    /// What tells it, even once it has been handed away, that its drain can end now.
+    pub(crate) fn last_call(&self) -> LastCall {
+        LastCall { flag: Arc::clone(&self.last_call), wake: self.wake.clone() }
     }
 
     /// Signals it and waits for its counts (`None` if it panicked).
@@ -162,6 +165,30 @@ impl Collector {
         }
         self.signal();
         self.thread
+    }
+}
+
+/// Tells a draining collector that nothing more can reach its socket, so the drain is what is
+/// already queued (see `collect_net`).
+#[derive(Clone)]
+pub(crate) struct LastCall {
+    flag: Arc<AtomicBool>,
+    wake: Option<Arc<OwnedFd>>,
+}
+
+impl LastCall {
+    pub(crate) fn give(&self) {
+        if !self.flag.swap(true, Ordering::SeqCst) {
+            wake(self.wake.as_deref());
+        }
+    }
+}
+
+fn wake(fd: Option<&OwnedFd>) {
+    if let Some(fd) = fd {
+        let one = 1u64;
+        // SAFETY: an 8-byte write to our eventfd (its counter cannot overflow here).
+        unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 }
 
@@ -303,9 +330,10 @@ pub(crate) fn collect(
     counts
 }
 
-/// After the service ended, read what is still queued until the socket has been quiet this
-/// long. With a queue threshold of 1 the kernel sends each logged packet as it is dropped, so
-/// a drop before the exit is already in the socket; the wait only covers the 10 ms flush timer.
+/// After the service ended and until its link is gone, read what arrives until the socket has
+/// been quiet this long: a packet the service sent just before it ended may still be on its
+/// way through the host's stack. With a queue threshold of 1 the kernel sends each logged
+/// packet as it is dropped (no batching to wait for).
 const NET_DRAIN_QUIET: Duration = Duration::from_millis(30);
 
 fn net_drop_detail(d: &Denial, group: u16) -> serde_json::Value {
@@ -321,18 +349,31 @@ fn net_drop_detail(d: &Denial, group: u16) -> serde_json::Value {
 
 /// The network collector thread: appends this ISC's dropped packets (the prefix carries the
 /// ISC id `hooks_net` gave it) until `stop`, then drains the socket.
+///
+/// The drain ends early at the last call ([`LastCall`]), given once the ISC's host link is
+/// deleted: deleting a device waits for every packet in flight through it to be processed or
+/// discarded (`unregister_netdevice` → `synchronize_net`, net/core/dev.c), and NFLOG delivers
+/// each logged packet into this socket synchronously, so what is queued then is all there is.
 pub(crate) fn collect_net(
     mut src: NetSource,
     log: &AuditLog,
     name: &str,
     stop: &AtomicBool,
+    last_call: &AtomicBool,
 ) -> DenialCounts {
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let wait = if stopping { NET_DRAIN_QUIET } else { IDLE_POLL };
+        let last = last_call.load(Ordering::SeqCst);
+        let wait = if last {
+            Duration::ZERO
+        } else if stopping {
+            NET_DRAIN_QUIET
+        } else {
+            IDLE_POLL
+        };
         let asked = Instant::now();
         let d = src.reader.next(wait);
         if let Some(n) = limiter.take_summary() {
@@ -350,6 +391,7 @@ pub(crate) fn collect_net(
                 }
             }
             Some(_) => {}
+            None if last => break,
             // Quiet only if the wait ran its full course (the wake may end one early).
             None if stopping && ran_its_course(asked, wait) => break,
             None => {}

@@ -124,6 +124,8 @@ pub struct AuditSession {
     net: Option<NetSource>,
     net_status: serde_json::Value,
     net_collector: Option<Collector>,
+    /// Ends the network collector's drain once the ISC's link is gone (`network_gone`).
+    net_last_call: Option<crate::audit_collect::LastCall>,
     memory_limit: Option<u64>,
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
@@ -180,6 +182,7 @@ impl AuditSession {
             net: None,
             net_status: json!({"collected": false, "reason": "no [network] section"}),
             net_collector: None,
+            net_last_call: None,
             memory_limit: None,
             exit_recorded: false,
             exit_sync: None,
@@ -297,8 +300,8 @@ impl AuditSession {
                 src.reader.wake_on(fd.as_raw_fd());
             }
             let (log, name) = (Arc::clone(&self.log), self.name.clone());
-            match Collector::spawn("isc-audit-net", wake, move |stop| {
-                collect_net(src, &log, &name, stop)
+            match Collector::spawn("isc-audit-net", wake, move |stop, last_call| {
+                collect_net(src, &log, &name, stop, last_call)
             }) {
                 Ok(c) => self.net_collector = Some(c),
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
@@ -310,7 +313,7 @@ impl AuditSession {
                 reader.wake_on(fd.as_raw_fd());
             }
             let (log, name) = (Arc::clone(&self.log), self.name.clone());
-            match Collector::spawn("isc-audit-kernel", wake, move |stop| {
+            match Collector::spawn("isc-audit-kernel", wake, move |stop, _| {
                 collect(reader, &log, &name, attribution, stop)
             }) {
                 Ok(c) => self.collector = Some(c),
@@ -353,6 +356,14 @@ impl AuditSession {
         }
     }
 
+    /// The ISC's host link is deleted: no dropped packet of it can still be on its way, so the
+    /// network collector's drain ends with what is already queued (see `collect_net`).
+    pub fn network_gone(&self) {
+        if let Some(l) = &self.net_last_call {
+            l.give();
+        }
+    }
+
     fn stop_net_collector(&mut self) -> Option<DenialCounts> {
         self.net_collector.take()?.finish()
     }
@@ -381,7 +392,13 @@ impl AuditSession {
             return;
         }
         self.exit_recorded = true;
-        let net_counts = self.stop_net_collector();
+        // The network collector drains beside, until the link is gone (`network_gone`); the
+        // end is recorded once both drains are over.
+        let net = self.net_collector.take();
+        if let Some(n) = &net {
+            n.signal();
+            self.net_last_call = Some(n.last_call());
+        }
         let event = |key: &str| record.limit_events.as_ref().and_then(|e| e[key].as_u64());
         let oom_kills = event("oom_kills");
         let oom = oom_kills
@@ -398,11 +415,13 @@ impl AuditSession {
             "run_ms": record.run_ms,
             "host_uid_base": record.host_uid_base,
             "kernel_denials": null,
-            "net_denials": net_counts,
+            "net_denials": null,
         });
         let (log, name) = (Arc::clone(&self.log), self.name.clone());
         let write_end = move |counts: Option<DenialCounts>| {
             isc_engine::timing::mark("kernel denials drained");
+            exit["net_denials"] = json!(net.and_then(Collector::finish));
+            isc_engine::timing::mark("network denials drained");
             let append = |kind, actor, detail| {
                 if let Err(e) = log.append(Some(&name), kind, actor, detail) {
                     tracing::error!(isc = %name, kind = %kind, error = %e, "cannot append to the audit trail");

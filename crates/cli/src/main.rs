@@ -417,8 +417,13 @@ pub(crate) fn run_manifest(
     // audit collector's thread (`exit_known`). The cgroup goes on a thread of its own while a
     // network goes here, else here.
     let teardown = cgroup.teardown(net.has_network());
-    if let Err(e) = net.finish() {
-        tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers");
+    match net.finish() {
+        // The link is deleted: its packets in flight are all processed (or discarded), so the
+        // network drain can end with what is queued. After a failed teardown it waits for quiet.
+        Ok(()) => audit.network_gone(),
+        Err(e) => {
+            tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers")
+        }
     }
     isc_engine::timing::mark("network removed");
     let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name));

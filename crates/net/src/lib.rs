@@ -198,11 +198,20 @@ impl IscNetLease {
         }
         self.live = false;
         let id = self.policy.id.clone();
-        let nft = rules::apply_remove_isc(&self.cfg.rules(), &self.policy)
-            .map_err(|source| NetError::Nft { id: id.clone(), source });
-        let link = link::delete_host_side(&self.lease.if_host)
-            .map(|_| ())
-            .map_err(|source| NetError::Link { id: id.clone(), source });
+        // Side by side: the element batch waits for an RCU grace period when its socket
+        // closes (~10 ms) and deleting a veth pair for the netdev teardown's own (~30 ms,
+        // `unregister_netdevice` → `synchronize_net`, `rcu_barrier`); neither needs the other
+        // (an element keyed by a deleted link matches nothing).
+        let (nft, link) = std::thread::scope(|scope| {
+            let link = scope.spawn(|| link::delete_host_side(&self.lease.if_host));
+            let nft = rules::apply_remove_isc(&self.cfg.rules(), &self.policy);
+            (nft, link.join())
+        });
+        let nft = nft.map_err(|source| NetError::Nft { id: id.clone(), source });
+        let link = match link {
+            Ok(r) => r.map(|_| ()).map_err(|source| NetError::Link { id: id.clone(), source }),
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
         let lease =
             self.cfg.allocator().and_then(|a| a.release(&id).map(|_| ()).map_err(NetError::from));
         tracing::info!(isc = %id, if_host = %self.lease.if_host, "ISC network torn down");

@@ -247,7 +247,8 @@ impl NflogReader {
 
     /// Lets a write to the eventfd `fd` (owned by the caller, open while this reader waits) end
     /// a wait of [`NflogReader::next`] early, as a timeout: a reader waiting long can still be
-    /// told to stop at once. The event is consumed, so later waits block again.
+    /// told to stop at once. The event is consumed, so later waits block again; a packet
+    /// readable at the same time is returned first.
     pub fn wake_on(&mut self, fd: std::os::fd::RawFd) {
         self.wake = Some(fd);
     }
@@ -264,7 +265,9 @@ impl NflogReader {
             let mut n = 0u64;
             // SAFETY: an 8-byte read from the eventfd resets its counter.
             unsafe { libc::read(pfds[1].fd, (&mut n as *mut u64).cast(), 8) };
-            return false;
+            // A packet readable too is returned rather than the early end: a reader told to
+            // finish reads what is already queued first.
+            return pfds[0].revents & libc::POLLIN != 0;
         }
         rc > 0 && pfds[0].revents & libc::POLLIN != 0
     }
