@@ -32,10 +32,23 @@ fn code_resident_kib(pid: i64) -> u64 {
 /// Stops the ISC if the test fails before it does (nothing may be left running).
 struct Running<'a>(&'a Env, std::process::Child);
 
+impl Running<'_> {
+    /// Waits for the ISC's end and returns its stderr.
+    fn wait_with_output_ref(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.1.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        self.1.wait().unwrap();
+        err
+    }
+}
+
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         if self.1.try_wait().ok().flatten().is_none() {
             let _ = self.0.cmd().args(["stop", "idle-code"]).output();
+            let _ = self.0.cmd().args(["stop", "idle-log"]).output();
             let _ = self.1.wait();
         }
     }
@@ -74,6 +87,42 @@ fn an_idle_isc_unmaps_the_code_its_start_ran() {
     assert!(fs::metadata(format!("/proc/{init}")).is_ok(), "PID 1 lives on after the probes");
     assert!(env.cmd().args(["stop", "idle-code"]).status().unwrap().success());
     assert_eq!(running.1.wait().unwrap().code(), Some(143), "SIGTERM ends the service: 128+15");
+    drop(running);
+    assert_nothing_left(&env);
+}
+
+/// Monitors log through `monitor_log` (no span registry): the lines keep `fmt()`'s layout.
+#[test]
+fn a_monitors_log_lines_keep_their_layout() {
+    let env = Env::new("idle-log");
+    let m = env.manifest("idle-log", &["/usr/bin/sleep", "60"], "");
+    let c = env.cmd();
+    let args = c.get_args().map(|a| a.to_owned()).collect::<Vec<_>>();
+    let mut cmd = std::process::Command::new(ISC);
+    // The shared command with `--log info` instead of `--log warn`.
+    for a in args.iter().map(|a| a.to_str().unwrap()) {
+        cmd.arg(if a == "warn" { "info" } else { a });
+    }
+    let child = cmd
+        .arg("run")
+        .arg(&m)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(&env, child);
+    env.wait_running("idle-log");
+    assert!(env.cmd().args(["stop", "idle-log"]).status().unwrap().success());
+    let out = running.wait_with_output_ref();
+    let line = out
+        .lines()
+        .find(|l| l.contains("stopping: SIGTERM to the service"))
+        .unwrap_or_else(|| panic!("no stop line in {out:?}"));
+    // 2026-12-06T14:15:26.630899Z  INFO isc_engine::supervisor: stopping: … isc="idle-log" …
+    let (time, rest) = line.split_at(27);
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T' && time.as_bytes()[19] == b'.');
+    assert!(rest.starts_with("  INFO isc_engine::supervisor: stopping: SIGTERM"), "{line}");
+    assert!(rest.contains(" isc=idle-log "), "{line}");
     drop(running);
     assert_nothing_left(&env);
 }
