@@ -25,6 +25,9 @@ pub const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
 pub const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// The read-only multicast group of the audit netlink socket.
 pub const AUDIT_NLGRP_READLOG: u32 = 1;
+/// The reader's receive buffer: more than one netlink datagram can carry (an audit record is
+/// at most MAX_AUDIT_MESSAGE_LENGTH, 8970 bytes).
+const RECV_BUF: usize = 1 << 16;
 
 /// Errors of the kernel audit reader.
 #[derive(Debug, thiserror::Error)]
@@ -272,9 +275,12 @@ impl KernelAuditReader {
         }
         Ok(KernelAuditReader {
             fd,
-            // Capacity only: the kernel fills what it delivers, so idle readers keep no 64 KiB
-            // of zeroed (dirty) pages — per ISC monitor, and shared with PID 1 after the clone.
-            buf: Vec::with_capacity(1 << 16),
+            // Allocated at the first receive, not here. A reader opened before the ISC's
+            // `clone3` would hand its block to PID 1, which keeps every heap block that was
+            // live at the clone (copy-on-write) for the ISC's life, and a block reused from the
+            // start path's freed memory is dirty already (25 KiB per idle ISC measured,
+            // docs/benchmarks.md). Capacity only: the kernel fills what it delivers.
+            buf: Vec::new(),
             queue: Default::default(),
             domains: HashMap::new(),
             overflows: 0,
@@ -329,6 +335,7 @@ impl KernelAuditReader {
                 }
             }
             self.buf.clear();
+            self.buf.reserve_exact(RECV_BUF);
             // SAFETY: recv writes at most `capacity` bytes into the buffer's allocation.
             let n = unsafe {
                 libc::recv(
@@ -446,6 +453,44 @@ fn split_netlink(mut b: &[u8]) -> Vec<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that denies itself getppid(2) with a logged EPERM (no TSYNC: the filter binds
+    /// this thread only, seccomp(2)), so one AUDIT_SECCOMP record reaches the group.
+    fn log_one_denial() {
+        std::thread::spawn(|| {
+            let filter = [
+                libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 }, // ld [nr]
+                libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: libc::SYS_getppid as u32 },
+                libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | 1 }, // ERRNO(EPERM)
+                libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 },     // ALLOW
+            ];
+            let prog = libc::sock_fprog { len: 4, filter: filter.as_ptr() as *mut _ };
+            // SAFETY: prctl and seccomp act on this thread only; `prog` outlives the call.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+                assert_eq!(libc::syscall(libc::SYS_seccomp, 1, 2, &prog), 0); // FLAG_LOG
+                assert_eq!(libc::syscall(libc::SYS_getppid), -1);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_receive_buffer_is_allocated_at_the_first_receive() {
+        let mut r = KernelAuditReader::open().expect("join AUDIT_NLGRP_READLOG (run as root)");
+        assert_eq!(r.buf.capacity(), 0, "nothing is allocated at open (before the clone)");
+        // Woken without data (an eventfd already readable): still nothing allocated.
+        // SAFETY: eventfd(2) with flags only; the fd is owned right below.
+        let wake = unsafe { OwnedFd::from_raw_fd(libc::eventfd(1, libc::EFD_CLOEXEC)) };
+        r.wake_on(wake.as_raw_fd());
+        assert!(r.next_event(Duration::from_secs(5)).unwrap().is_none());
+        assert_eq!(r.buf.capacity(), 0);
+        r.wake = None;
+        log_one_denial();
+        assert!(r.next_event(Duration::from_secs(2)).unwrap().is_some(), "a record arrived");
+        assert_eq!(r.buf.capacity(), RECV_BUF);
+    }
 
     #[test]
     fn parses_a_seccomp_record() {

@@ -15,6 +15,7 @@ mod hooks_image;
 mod hooks_net;
 mod hooks_vault;
 mod launch;
+mod monitor_log;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -151,7 +152,8 @@ fn main() -> ExitCode {
     // each allocating thread an arena of its own (a 64 MiB reservation with dirty pages and a
     // page-table page; smaps of an idle monitor: ~8 KiB dirty and 4-12 KiB of page tables). The
     // other verbs, the Dock daemon among them, keep glibc's per-thread arenas.
-    if args.iter().any(|a| a == "run" || a == "monitor") {
+    let monitor = args.iter().any(|a| a == "run" || a == "monitor");
+    if monitor {
         // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
         #[cfg(target_env = "gnu")]
         unsafe {
@@ -160,16 +162,16 @@ fn main() -> ExitCode {
     }
     let cli = fast_run_args(&args).unwrap_or_else(|| Cli::parse_from(&args));
     isc_engine::timing::mark("arguments parsed");
-    // A plain level (the common case, `--log warn`) needs no EnvFilter: building one (directive
-    // parsing, its per-callsite interest cache) cost the start path ~30 µs.
-    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    match cli.log.parse::<tracing_subscriber::filter::LevelFilter>() {
-        Ok(level) => fmt.with_max_level(level).init(),
-        Err(_) => fmt
+    if monitor {
+        // Events only, without the span registry `fmt()` builds (monitor_log: 40 KiB per ISC).
+        monitor_log::MonitorLog::init(&cli.log);
+    } else {
+        tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
             )
-            .init(),
+            .with_writer(std::io::stderr)
+            .init();
     }
     isc_engine::timing::mark("logging set up");
     match dispatch(cli) {

@@ -223,19 +223,13 @@ fn handled_signals() -> libc::sigset_t {
     }
 }
 
-/// How long PID 1 waits, once the service runs, before trimming its heap (off the start path:
-/// a short-lived service never pays for it).
-const IDLE_TRIM_AFTER_MS: i32 = 1000;
-
 /// The setup's heap (mount paths, the policy, decoded messages) is garbage once the service
 /// runs: give its free pages back (malloc_trim(3)), so an idle PID 1 keeps only what it copied
-/// to write.
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes glibc's arena lock itself; PID 1 is single-threaded.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+/// to write; and unmap the code the setup ran, so its page tables go too (`idle`).
+fn release_idle() {
+    crate::idle::release_heap();
+    // Best effort: a failure only leaves the pages mapped.
+    let _ = crate::idle::release_code_pages();
 }
 
 fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
@@ -262,17 +256,19 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: channel.raw_fd(), events: libc::POLLIN, revents: 0 },
     ];
-    let mut trimmed = false;
+    // Released after each quiet second that follows activity (off the start path: a
+    // short-lived service never pays for it); then PID 1 waits without a timeout.
+    let mut released = false;
     loop {
-        // The first quiet second trims the heap; after that, wait without a timeout.
-        let timeout = if trimmed { -1 } else { IDLE_TRIM_AFTER_MS };
+        let timeout = if released { -1 } else { crate::idle::QUIET_MS };
         // SAFETY: poll over two valid fds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
-        if n == 0 && !trimmed {
-            trim_heap();
-            trimmed = true;
+        if n == 0 && !released {
+            release_idle();
+            released = true;
             continue;
         }
+        released = false;
         if n < 0 {
             continue;
         }

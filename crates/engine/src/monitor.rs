@@ -522,10 +522,8 @@ pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> i32 {
 /// M_TRIM_THRESHOLD), not free pages below live chunks; malloc_trim(3) releases those too
 /// (~130 KiB per ISC measured by bench/dock.sh). Pages still shared copy-on-write with PID 1
 /// stay resident until PID 1 also drops them, so the gain is what the monitor alone holds.
+/// The thread cache goes first (`idle::release_heap`): before the clone, its blocks would pin
+/// their pages in PID 1 for the ISC's life.
 fn release_start_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes glibc's arena locks itself and touches no caller memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::idle::release_heap();
 }

@@ -68,6 +68,7 @@ impl<'a> Supervisor<'a> {
         let mut outs: Vec<(OwnedFd, Dest)> = outputs.into();
         let mut buf = Vec::with_capacity(RELAY_BUF);
         let listener_fd = self.registration.listener.as_raw_fd();
+        let mut released = false;
         loop {
             let mut fds = vec![
                 libc::pollfd { fd: child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -84,15 +85,27 @@ impl<'a> Supervisor<'a> {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = self
-                .stop_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as i32)
-                .unwrap_or(-1);
+            let timeout = match self.stop_deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis() as i32,
+                None if released => -1,
+                None => crate::idle::QUIET_MS,
+            };
             // SAFETY: poll over valid fds owned by this function.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
             if n < 0 {
                 continue;
             }
+            if n == 0 && self.stop_deadline.is_none() {
+                // A quiet second after the start or the last event: unmap the code the start
+                // path ran, so its page tables go (`idle`); it faults back in when needed.
+                if !released {
+                    crate::idle::release_heap();
+                    let _ = crate::idle::release_code_pages();
+                    released = true;
+                }
+                continue;
+            }
+            released = false;
             if let Some(d) = self.stop_deadline {
                 if Instant::now() >= d {
                     tracing::warn!(isc = %self.spec.name, "stop timeout expired: killing the ISC");
