@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use memchr::memchr;
 
 use crate::error::AuditError;
-use crate::record::{split_hash, LineHead, GENESIS_PREV};
+use crate::record::{hash_body, quick_head, split_hash, LineHead, GENESIS_PREV};
 
 /// Name of the lock file inside the log directory.
 pub const LOCK_FILE: &str = "audit.lock";
@@ -260,15 +260,16 @@ fn ends_in_checkpoint(
         None => return Ok(None),
     };
     let line = &body[start..];
-    let Some((_, hash)) = split_hash(line) else { return Ok(None) };
-    let Ok(head) = serde_json::from_slice::<LineHead<'_>>(line) else { return Ok(None) };
-    if head.kind != "checkpoint" {
+    let Some((hashed, hash)) = split_hash(line) else { return Ok(None) };
+    // Its own hash must match too: the quick read trusts nothing the full scan would not.
+    let Some((seq, b"checkpoint")) = quick_head(line) else { return Ok(None) };
+    if hash_body(hashed) != hash {
         return Ok(None);
     }
     let scan = RegionScan {
-        last: Some((head.seq, hash)),
-        last_checkpoint_seq: Some(head.seq),
-        first_seq: Some(head.seq),
+        last: Some((seq, hash)),
+        last_checkpoint_seq: Some(seq),
+        first_seq: Some(seq),
         complete_len: len,
     };
     Ok(Some(FileTail { len, physical, scan, torn: None }))
