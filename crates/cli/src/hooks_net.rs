@@ -329,11 +329,6 @@ impl NetHooks {
 
     /// Tears the network down: peers forget this ISC's addresses first, then its firewall
     /// objects, veth and lease go. Idempotent.
-    /// Whether this ISC has a network to tear down (a `[network]` was declared and set up).
-    pub fn has_network(&self) -> bool {
-        self.lease.is_some()
-    }
-
     pub fn finish(&mut self) -> Result<()> {
         // First: once stopped, no refresh can re-add the egress elements being removed.
         if let Some(r) = self.refresher.take() {

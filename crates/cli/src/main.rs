@@ -416,9 +416,9 @@ pub(crate) fn run_manifest(
     };
     isc_engine::timing::mark("monitor returned");
     // The ISC's processes are gone and its end is being recorded and made durable on the
-    // audit collector's thread (`exit_known`). The cgroup goes on a thread of its own while a
-    // network goes here, else here.
-    let teardown = cgroup.teardown(net.has_network());
+    // audit collector's thread (`exit_known`). The cgroup goes on a thread of its own while
+    // the network goes here.
+    let teardown = cgroup.teardown_in_background();
     match net.finish() {
         // The link is deleted: its packets in flight are all processed (or discarded), so the
         // network drain can end with what is queued. After a failed teardown it waits for quiet.
