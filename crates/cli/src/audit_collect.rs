@@ -88,9 +88,6 @@ pub(crate) struct NetSource {
     pub(crate) group: u16,
 }
 
-/// Work a collector thread runs with its counts once drained (see [`Collector::finish_then`]).
-pub(crate) type AfterDrain = Box<dyn FnOnce(DenialCounts) + Send>;
-
 /// A collector thread (`isc-audit-kernel` or `isc-audit-net`) and what stops it.
 pub(crate) struct Collector {
     stop: Arc<AtomicBool>,
@@ -100,8 +97,6 @@ pub(crate) struct Collector {
     /// to `IDLE_POLL` on a quiet socket).
     wake: Option<Arc<OwnedFd>>,
     thread: JoinHandle<DenialCounts>,
-    /// Hands the thread what to do after its drain; dropped unused, the thread just ends.
-    then: Option<std::sync::mpsc::Sender<AfterDrain>>,
 }
 
 impl Collector {
@@ -124,15 +119,9 @@ impl Collector {
         let stop = Arc::new(AtomicBool::new(false));
         let last_call = Arc::new(AtomicBool::new(false));
         let (flag, last) = (Arc::clone(&stop), Arc::clone(&last_call));
-        let (then, after) = std::sync::mpsc::channel::<AfterDrain>();
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-            let counts = collect(&flag, &last);
-            if let Ok(work) = after.recv() {
-                work(counts);
-            }
-            counts
-        })?;
-        Ok(Collector { stop, last_call, wake: wake.map(Arc::new), thread, then: Some(then) })
+        let thread =
+            std::thread::Builder::new().name(name.into()).spawn(move || collect(&flag, &last))?;
+        Ok(Collector { stop, last_call, wake: wake.map(Arc::new), thread })
     }
 
     /// Tells it to drain and stop, waking it. Idempotent.
@@ -148,23 +137,9 @@ impl Collector {
     }
 
     /// Signals it and waits for its counts (`None` if it panicked).
-    pub(crate) fn finish(mut self) -> Option<DenialCounts> {
-        self.then = None;
+    pub(crate) fn finish(self) -> Option<DenialCounts> {
         self.signal();
         self.thread.join().ok()
-    }
-
-    /// Signals it and, instead of waiting, has the thread itself run `work` with its counts
-    /// once drained: the exit path hands over recording the end so that nothing waits for
-    /// the drain but that record. Join the returned handle for it to be done.
-    pub(crate) fn finish_then(mut self, work: AfterDrain) -> JoinHandle<DenialCounts> {
-        if let Some(then) = self.then.take() {
-            // The thread only ends after receiving or after this sender is gone, so the send
-            // cannot fail while it runs; if it panicked, `work` is lost with it.
-            let _ = then.send(work);
-        }
-        self.signal();
-        self.thread
     }
 }
 

@@ -129,24 +129,7 @@ pub struct AuditSession {
     memory_limit: Option<u64>,
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
-    exit_sync: Option<ExitSync>,
-}
-
-/// The thread that records, signs and syncs the end (see `record_exit`).
-enum ExitSync {
-    /// The kernel collector, once drained.
-    Collector(std::thread::JoinHandle<DenialCounts>),
-    /// A thread of its own (no collector).
-    Beside(isc_engine::beside::Beside<()>),
-}
-
-impl ExitSync {
-    fn join(self) {
-        match self {
-            ExitSync::Collector(t) => drop(t.join()),
-            ExitSync::Beside(t) => drop(t.join()),
-        }
-    }
+    exit_sync: Option<isc_engine::beside::Beside<()>>,
 }
 
 impl AuditSession {
@@ -381,11 +364,12 @@ impl AuditSession {
     }
 
     /// Records how the run ended — `isc_exit`, plus `isc_oom` after an OOM kill — once the
-    /// kernel's denials are drained, then signs a checkpoint over it and syncs it. The kernel
-    /// collector thread does all of that itself right after its drain, so the monitor's exit
-    /// path (PID 1's teardown, the cgroup's and network's removal) waits for neither the drain
-    /// nor the `fdatasync`, the slowest steps; without a collector a thread of its own does it.
-    /// The cgroup's counters come from the record (`limit_events`). Runs once (from
+    /// kernel's denials are drained (PID 1's barrier usually ends that drain at once), then
+    /// signs a checkpoint over it and syncs it on a thread of its own, together with the end of
+    /// the network drain, so the `fdatasync` overlaps PID 1's teardown and the cgroup's and
+    /// network's removal. (Having the kernel collector thread record the end itself measured
+    /// the same per `isc run` in runs interleaved one by one; this keeps the collector a pure
+    /// reader.) The cgroup's counters come from the record (`limit_events`). Runs once (from
     /// `exit_known`, else from `finish`).
     fn record_exit(&mut self, record: &ExitRecord) {
         if self.exit_recorded {
@@ -393,7 +377,7 @@ impl AuditSession {
         }
         self.exit_recorded = true;
         // The network collector drains beside, until the link is gone (`network_gone`); the
-        // end is recorded once both drains are over.
+        // end is recorded once its drain is over too.
         let net = self.net_collector.take();
         if let Some(n) = &net {
             n.signal();
@@ -419,7 +403,7 @@ impl AuditSession {
         });
         let (log, name) = (Arc::clone(&self.log), self.name.clone());
         let write_end = move |counts: Option<DenialCounts>| {
-            isc_engine::timing::mark("kernel denials drained");
+            exit["kernel_denials"] = json!(counts);
             exit["net_denials"] = json!(net.and_then(Collector::finish));
             isc_engine::timing::mark("network denials drained");
             let append = |kind, actor, detail| {
@@ -430,7 +414,6 @@ impl AuditSession {
             if let Some(oom) = oom {
                 append(Kind::IscOom, Actor::Kernel, oom);
             }
-            exit["kernel_denials"] = json!(counts);
             append(Kind::IscExit, Actor::Isc, exit);
             let signed = log.checkpoint();
             isc_engine::timing::mark("isc_exit and its checkpoint written");
@@ -439,28 +422,25 @@ impl AuditSession {
             }
             isc_engine::timing::mark("isc_exit synced");
         };
-        self.exit_sync = match self.collector.take() {
-            Some(c) => {
-                Some(ExitSync::Collector(c.finish_then(Box::new(move |c| write_end(Some(c))))))
+        // Joined once the record is prepared: PID 1's barrier has then usually ended the
+        // drain already.
+        let counts = self.stop_collector();
+        isc_engine::timing::mark("kernel denials drained");
+        // Inline if no thread: the work is the same, only not overlapped.
+        let slot = Arc::new(std::sync::Mutex::new(Some(write_end)));
+        let on_thread = Arc::clone(&slot);
+        let spawned = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, move || {
+            if let Some(work) = on_thread.lock().ok().and_then(|mut w| w.take()) {
+                work(counts);
             }
-            None => {
-                // Inline if no thread: the work is the same, only not overlapped.
-                let slot = Arc::new(std::sync::Mutex::new(Some(write_end)));
-                let on_thread = Arc::clone(&slot);
-                let spawned = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, move || {
-                    if let Some(work) = on_thread.lock().ok().and_then(|mut w| w.take()) {
-                        work(None);
-                    }
-                });
-                if let Err(e) = &spawned {
-                    tracing::warn!(error = %e, "no thread to record the end; recording it inline");
-                    if let Some(work) = slot.lock().ok().and_then(|mut w| w.take()) {
-                        work(None);
-                    }
-                }
-                spawned.ok().map(ExitSync::Beside)
+        });
+        if let Err(e) = &spawned {
+            tracing::warn!(error = %e, "no thread to record the end; recording it inline");
+            if let Some(work) = slot.lock().ok().and_then(|mut w| w.take()) {
+                work(counts);
             }
-        };
+        }
+        self.exit_sync = spawned.ok();
     }
 
     /// Passes the result through, recording the failed start, or the end if `exit_known`
@@ -494,7 +474,7 @@ impl Drop for AuditSession {
         self.stop_collector();
         self.stop_net_collector();
         if let Some(t) = self.exit_sync.take() {
-            t.join();
+            let _ = t.join();
         }
     }
 }

@@ -223,8 +223,8 @@ impl CgroupHooks {
 
     /// Removes the cgroup on a thread of its own, so the exit path's other work (the network
     /// teardown, the audit trail's close) overlaps it. The ISC's processes must be gone.
-    /// (Removing it on the exit path's own thread when there is no network measured 50–75 µs
-    /// slower per `isc run`, in both orders of an A/B run.)
+    /// (Removing it on the exit path's own thread when there is no network measured the same
+    /// per `isc run` within the noise of this shared host.)
     pub fn teardown_in_background(&mut self) -> CgroupTeardown {
         let Some(cg) = self.cgroup.take() else { return CgroupTeardown { thread: None } };
         // On another CPU: the rmdirs take ~0.2 ms in the kernel (isc_engine::beside).
