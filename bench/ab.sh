@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A/B start latency of two isc binaries (and bwrap as the yardstick), runs interleaved one by
+# one (bench/tools/interleave.c): blocks of runs of one command drift too much on a shared VM
+# to compare two close builds. Each binary gets a fresh --root and a tmpfs --state.
+#   bench/ab.sh ISC_A ISC_B [N=200]     (root; needs ../shared/bench/peers set up: bench/peers.sh)
+set -euo pipefail
+A=$(realpath "$1"); B=$(realpath "$2"); N=${3:-200}
+HERE=$(cd "$(dirname "$0")" && pwd)
+R=${PEERS_WORK:-/tmp/isc-peers}/bundle/rootfs
+[ -d "$R" ] || { echo "no peers rootfs at $R: run bench/peers.sh once first" >&2; exit 2; }
+W=$(mktemp -d /tmp/isc-ab.XXXXXX); chmod 755 "$W"
+mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state" 2>/dev/null || { mkdir -p "$W/state"; mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state"; }
+cleanup() { umount "$W/state" 2>/dev/null; chattr -R -i "$W" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+cp -a "$R" "$W/rootfs"; mkdir -p "$W"/rootfs/{proc,dev,sys,tmp,run/secrets,etc}
+cat > "$W/dir.toml" <<T
+name = "bench-ab"
+[service]
+exec = ["/bin/true"]
+[image]
+source = "dir:$W/rootfs"
+[resources]
+memory = "64M"
+pids = 64
+cpu_weight = 50
+cpu = 1.0
+T
+cc -O2 -o "$W/interleave" "$HERE/tools/interleave.c"
+mkdir -p "$W/state/a" "$W/state/b"
+nice -n -10 "$W/interleave" "$N" \
+  -- "$A" --root "$W/ra" --state "$W/state/a" --log warn run "$W/dir.toml" \
+  -- "$B" --root "$W/rb" --state "$W/state/b" --log warn run "$W/dir.toml" \
+  -- "$(command -v bwrap)" --unshare-all --ro-bind "$R" / --proc /proc --dev /dev /bin/true \
+  | sed -e 's/^cmd0/A    /' -e 's/^cmd1/B    /' -e 's/^cmd2/bwrap/'
