@@ -100,5 +100,5 @@ fi
 if [[ " $SECTIONS " == *" 3 "* ]]; then
 echo "== 3. nft apply time (ms; add/remove: median of 11; rm_no_close: remove before its socket's close, which waits for an RCU grace period) =="
 echo "            ISCs      full_ms   add_one_ms remove_one_ms  add_base_ms  rm_no_close"
-cargo test -q -p isc-cli --test network bench_ruleset_apply -- --ignored --nocapture 2>/dev/null | grep BENCH || true
+cargo test -q -p isc-cli --test network_bench bench_ruleset_apply -- --ignored --nocapture 2>/dev/null | grep BENCH || true
 fi
