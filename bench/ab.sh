@@ -10,7 +10,7 @@ R=${PEERS_WORK:-/tmp/isc-peers}/bundle/rootfs
 [ -d "$R" ] || { echo "no peers rootfs at $R: run bench/peers.sh once first" >&2; exit 2; }
 W=$(mktemp -d /tmp/isc-ab.XXXXXX); chmod 755 "$W"
 mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state" 2>/dev/null || { mkdir -p "$W/state"; mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state"; }
-cleanup() { umount "$W/state" 2>/dev/null; chattr -R -i "$W" 2>/dev/null; rm -rf "$W"; }
+cleanup() { umount "$W/state" 2>/dev/null || true; chattr -R -i "$W" 2>/dev/null || true; rm -rf "$W" || true; }
 trap cleanup EXIT
 cp -a "$R" "$W/rootfs"; mkdir -p "$W"/rootfs/{proc,dev,sys,tmp,run/secrets,etc}
 cat > "$W/dir.toml" <<T
