@@ -116,6 +116,13 @@ fn rotation_keeps_the_chain_continuous_and_each_file_verifies_alone() {
     drop(log);
     let files = list_files(&dir).unwrap();
     assert!(files.len() >= 5, "{} files", files.len());
+    // A rotated file keeps only its records: its reserved tail of NULs is cut off; the active
+    // (last) one keeps its tail.
+    for f in &files[..files.len() - 1] {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(bytes.ends_with(b"\n") && !bytes.contains(&0), "{} keeps a tail", f.display());
+    }
+    assert!(std::fs::read(files.last().unwrap()).unwrap().ends_with(&[0]), "active file's tail");
     let r = verify_dir(&dir, &key, false).unwrap();
     assert!(r.is_ok(), "{:?}", r.first_finding());
     for (i, f) in files.iter().enumerate().skip(1) {
