@@ -246,6 +246,33 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 #[test]
+fn a_service_calling_the_audit_barrier_number_cannot_end_the_drain() {
+    // PID 1's end-of-denials record (isc_engine::seccomp::AUDIT_BARRIER_SYSCALL) ends the
+    // collector's drain. The service makes the same call, then a denied one: both must be on
+    // the trail as its denials, before isc_exit — a forged barrier would have ended the
+    // collection and lost the second.
+    const BARRIER: i64 = 0x000f_ffff;
+    let env = Env::new("forged-barrier");
+    let m = env.manifest("audit-forge", &[ISC, "probe", "audit_barrier", "bpf"]);
+    let out = env.run(&m);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probe[0]["errno"], libc::EPERM, "the filter refuses the barrier number: {probe}");
+    assert_eq!(probe[1]["errno"], libc::EPERM, "bpf: {probe}");
+    let recs = env.show(&["--isc", "audit-forge"]);
+    let denial = |nr: i64| {
+        recs.iter()
+            .find(|r| r["kind"] == "seccomp_denial" && r["detail"]["syscall"] == nr)
+            .unwrap_or_else(|| panic!("no seccomp_denial for syscall {nr} in {recs:#?}"))
+    };
+    let (forged, bpf) = (denial(BARRIER), denial(libc::SYS_bpf));
+    let exit = recs.iter().find(|r| r["kind"] == "isc_exit").unwrap();
+    assert!(exit["seq"].as_u64() > forged["seq"].as_u64(), "{exit}");
+    assert!(exit["seq"].as_u64() > bpf["seq"].as_u64(), "{exit}");
+    assert_eq!(exit["detail"]["kernel_denials"]["recorded"], 2, "{exit}");
+}
+
+#[test]
 fn a_full_audit_disk_refuses_new_starts_and_leaves_nothing_behind() {
     let env = Env::new("full");
     let audit = env.root().join("audit");

@@ -59,6 +59,7 @@ pub const PROBES: &[&str] = &[
     "open_by_handle_at",
     "init_module",
     "clone3",
+    "audit_barrier",
     "orphan_reap",
     "write:PATH",
     "open_write:PATH",
@@ -153,6 +154,11 @@ pub fn run(spec: &str) -> ProbeOutcome {
         ),
         // size 0: the kernel itself would answer EINVAL; ENOSYS can only be the filter's.
         "clone3" => ProbeOutcome::from_io(spec, raw_syscall(libc::SYS_clone3, [0, 0, 0, 0])),
+        // What PID 1 calls to end the audit drain; from anyone else it is only a denial.
+        "audit_barrier" => ProbeOutcome::from_io(
+            spec,
+            raw_syscall(crate::seccomp::AUDIT_BARRIER_SYSCALL, [0, 0, 0, 0]),
+        ),
         "orphan_reap" => ProbeOutcome::from_io(spec, orphan_reap()),
         "write" => ProbeOutcome::from_io(spec, try_create(Path::new(arg))),
         "open_write" => ProbeOutcome::from_io(
