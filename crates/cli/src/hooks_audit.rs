@@ -427,20 +427,10 @@ impl AuditSession {
         let counts = self.stop_collector();
         isc_engine::timing::mark("kernel denials drained");
         // Inline if no thread: the work is the same, only not overlapped.
-        let slot = Arc::new(std::sync::Mutex::new(Some(write_end)));
-        let on_thread = Arc::clone(&slot);
-        let spawned = isc_engine::beside::spawn("isc-audit-sync", 64 * 1024, move || {
-            if let Some(work) = on_thread.lock().ok().and_then(|mut w| w.take()) {
-                work(counts);
-            }
-        });
-        if let Err(e) = &spawned {
-            tracing::warn!(error = %e, "no thread to record the end; recording it inline");
-            if let Some(work) = slot.lock().ok().and_then(|mut w| w.take()) {
-                work(counts);
-            }
-        }
-        self.exit_sync = spawned.ok();
+        self.exit_sync =
+            isc_engine::beside::spawn_or_inline("isc-audit-sync", 64 * 1024, move || {
+                write_end(counts)
+            });
     }
 
     /// Passes the result through, recording the failed start, or the end if `exit_known`

@@ -227,14 +227,11 @@ impl CgroupHooks {
     /// per `isc run` within the noise of this shared host.)
     pub fn teardown_in_background(&mut self) -> CgroupTeardown {
         let Some(cg) = self.cgroup.take() else { return CgroupTeardown { thread: None } };
-        // On another CPU: the rmdirs take ~0.2 ms in the kernel (isc_engine::beside).
-        match isc_engine::beside::spawn("isc-cgroup-rm", 128 * 1024, move || destroy(cg)) {
-            Ok(thread) => CgroupTeardown { thread: Some(thread) },
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for the cgroup removal; the cgroup stays until the monitor exits");
-                CgroupTeardown { thread: None }
-            }
-        }
+        // On another CPU: the rmdirs take ~0.2 ms in the kernel (isc_engine::beside); here if
+        // no thread can be made, never left behind.
+        let thread =
+            isc_engine::beside::spawn_or_inline("isc-cgroup-rm", 128 * 1024, move || destroy(cg));
+        CgroupTeardown { thread }
     }
 }
 

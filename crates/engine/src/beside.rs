@@ -91,6 +91,34 @@ where
     }
 }
 
+/// Like [`spawn`] for work that must happen either way: when no thread can be made, `work`
+/// runs here, on the caller's thread, before this returns (and `None` is returned). Exit-path
+/// work — removing a cgroup, recording an ISC's end — is not lost to a failed `clone`.
+pub fn spawn_or_inline<F>(name: &str, stack: usize, work: F) -> Option<Beside<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    // The work is handed over through a slot, so it is still here if the spawn fails (spawn
+    // consumes its closure either way).
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let on_thread = Arc::clone(&slot);
+    let spawned = spawn(name, stack, move || {
+        if let Some(work) = on_thread.lock().ok().and_then(|mut w| w.take()) {
+            work();
+        }
+    });
+    match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(thread = name, error = %e, "no helper thread; running its work inline");
+            if let Some(work) = slot.lock().ok().and_then(|mut w| w.take()) {
+                work();
+            }
+            None
+        }
+    }
+}
+
 impl<T> Beside<T> {
     /// Waits for the thread; `None` if its function panicked.
     pub fn join(self) -> Option<T> {
@@ -178,6 +206,19 @@ mod tests {
             }
             None => assert_eq!(allowed_cpus(), 1, "a plain thread only with one CPU"),
         }
+    }
+
+    #[test]
+    fn work_handed_to_spawn_or_inline_runs_once() {
+        let runs = Arc::new(AtomicI32::new(0));
+        let counter = Arc::clone(&runs);
+        let h = spawn_or_inline("isc-test-inline", 64 * 1024, move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        if let Some(h) = h {
+            h.join().unwrap();
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
     #[test]
