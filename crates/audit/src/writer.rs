@@ -151,11 +151,12 @@ pub(crate) fn load_active(
     lock: &File,
 ) -> Result<(Active, Option<TornTail>), AuditError> {
     let (named, hint) = read_lock_content(lock, &dir.join(LOCK_FILE))?.unzip();
-    let files = list_files(dir)?;
+    // The directory is listed only when the lock file does not name an existing active file or
+    // that file holds no complete record (its predecessor is needed): not on a normal open.
     let active_path = match named.clone().filter(|n| file_index(n).is_some()) {
         Some(n) if dir.join(&n).exists() => dir.join(n),
-        _ => match files.last() {
-            Some(p) => p.clone(),
+        _ => match list_files(dir)?.pop() {
+            Some(p) => p,
             None => {
                 let path = dir.join(file_name(1));
                 let file = open_log_file(&path, true)?;
@@ -207,6 +208,7 @@ pub(crate) fn load_active(
         }
         None => {
             // No complete record here: the chain continues from the previous file.
+            let files = list_files(dir)?;
             let pos = files.iter().position(|p| *p == active_path);
             if let Some(prev) = pos.and_then(|i| i.checked_sub(1)).map(|i| &files[i]) {
                 let pf = open_log_file(prev, false)?;
