@@ -129,6 +129,9 @@ fn hardened_isc_proves_its_confinement_from_inside() {
         ("/proc/sys", &["ro", "nosuid", "nodev", "noexec"]),
         ("/proc", &["nosuid", "nodev", "noexec"]),
         ("/dev", &["ro", "nosuid", "noexec"]),
+        // The host nodes bound into /dev (one recursive mount_setattr on /dev sets these).
+        ("/dev/null", &["nosuid", "noexec"]),
+        ("/dev/urandom", &["nosuid", "noexec"]),
         ("/scratch", &["rw", "nosuid", "nodev", "noexec"]),
     ] {
         let o = opts(p);
