@@ -33,3 +33,4 @@ pub use query::{
 pub use record::{Actor, Kind, Record};
 pub use segment::{list_files, TornTail};
 pub use verify::{verify_dir, verify_files, Finding, FindingKind, VerifyOptions, VerifyReport};
+pub use writer::{Handoff, SYNC_FAILED_MARKER};

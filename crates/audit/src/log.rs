@@ -16,7 +16,7 @@ use crate::keys::{open_signing_key, LazySigningKey};
 use crate::pipeline::{lock, FailedState, Pipeline};
 use crate::record::{format_time, Actor, Kind};
 use crate::segment::{TornTail, LOCK_FILE};
-use crate::writer::{load_active, DirLock, Failure, Io, Request};
+use crate::writer::{load_active, DirLock, Failure, Handoff, Io, Request, SYNC_FAILED_MARKER};
 
 /// When appended records reach stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,6 +82,8 @@ pub struct LogStats {
     pub writes: u64,
     /// `fdatasync(2)` calls.
     pub syncs: u64,
+    /// `fdatasync(2)` calls left to a child that outlives the process (`sync_detached`).
+    pub detached_syncs: u64,
 }
 
 /// What `AuditLog::open` found.
@@ -176,6 +178,7 @@ impl AuditLog {
             kicked_at: Mutex::new(None),
         });
         let log = AuditLog { inner, ticker: Mutex::new(None) };
+        log.take_up_failed_detached_sync();
         if log.inner.cfg.ticker_at_open {
             log.start_ticker()?;
         }
@@ -325,10 +328,48 @@ impl AuditLog {
                 detail: detail.to_string(),
             };
             self.inner.submit(vec![req], true)?;
+            match std::fs::remove_file(self.inner.dir.join(marker_name())) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(error = %e, "cannot remove the failed-sync marker")
+                }
+                _ => {}
+            }
             tracing::info!(dir = %self.inner.dir.display(), "audit log writable again");
             return Ok(());
         }
         self.check_space()
+    }
+
+    /// A detached syncer (`sync_detached`) whose `fdatasync` failed left a marker: records
+    /// its process acknowledged may not be on disk. The log is put in its failed state, so
+    /// the outage is recorded on the trail (`ensure_writable`, which removes the marker) before
+    /// anything else is appended.
+    fn take_up_failed_detached_sync(&self) {
+        let marker = self.inner.dir.join(marker_name());
+        let Ok(meta) = std::fs::symlink_metadata(&marker) else { return };
+        let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
+        let path = lock(&self.inner.io).active.path.clone();
+        tracing::error!(marker = %marker.display(),
+            "a monitor's detached audit sync failed; its last records may not be on disk");
+        let mut q = lock(&self.inner.pipeline.queue);
+        if q.failed.is_none() {
+            q.failed = Some(FailedState {
+                failure: Failure {
+                    path,
+                    reason: format!(
+                        "the fdatasync of a monitor's closing records failed after it exited (marker {})",
+                        marker.display()
+                    ),
+                },
+                since: format_time(since),
+                rejected: 0,
+            });
+        }
+        drop(q);
+        // Recorded at once, so that every opener (not only a starting ISC) can append again.
+        if let Err(e) = self.ensure_writable() {
+            tracing::error!(error = %e, "cannot record the failed detached sync yet");
+        }
     }
 
     fn check_space(&self) -> Result<(), AuditError> {
@@ -372,6 +413,14 @@ impl AuditLog {
     /// Forces written records to stable storage (useful with `Durability::Interval`).
     pub fn sync(&self) -> Result<(), AuditError> {
         lock(&self.inner.io).sync(true).map_err(Failure::into_error)
+    }
+
+    /// Makes written records durable without waiting for the disk: `handoff` gives the
+    /// `fdatasync(2)` to a process that outlives this one (the engine's `finisher::spawn`). For
+    /// a process about to exit; a failed flush leaves [`SYNC_FAILED_MARKER`], which the next
+    /// `open` takes up and records on the trail. Syncs here when the hand-off fails.
+    pub fn sync_detached(&self, handoff: &Handoff) -> Result<(), AuditError> {
+        lock(&self.inner.io).sync_detached(handoff).map_err(Failure::into_error)
     }
 
     /// The public key that verifies this log's checkpoints.
@@ -497,6 +546,10 @@ fn sync_and_checkpoint(inner: &Inner) {
             tracing::error!(error = %e, "periodic audit checkpoint failed");
         }
     }
+}
+
+fn marker_name() -> &'static str {
+    SYNC_FAILED_MARKER.to_str().unwrap_or("sync-failed")
 }
 
 impl Drop for AuditLog {

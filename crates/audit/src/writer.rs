@@ -21,6 +21,14 @@ use crate::segment::{
 };
 use crate::Durability;
 
+/// Hands the final `fdatasync` of a log file to a process that outlives the caller: given the
+/// file, its directory and the name of the marker to create there if the flush fails.
+pub type Handoff =
+    dyn Fn(std::os::fd::RawFd, std::os::fd::RawFd, &'static std::ffi::CStr) -> std::io::Result<()>;
+
+/// Left in a log's directory by a detached flush (`AuditLog::sync_detached`) that failed.
+pub const SYNC_FAILED_MARKER: &std::ffi::CStr = c"sync-failed";
+
 /// A failed write, reported to every appender of the batch and kept as the log's failed state.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
@@ -432,6 +440,31 @@ impl Io {
             self.stats.syncs += 1;
         }
         Ok(())
+    }
+
+    /// Like `sync(true)`, but the `fdatasync` is left to `handoff` (given the log file, its
+    /// directory and the failure marker's name): for a process about to exit, whose caller
+    /// gains nothing from waiting for the disk. Syncs here when `handoff` fails.
+    pub fn sync_detached(&mut self, handoff: &Handoff) -> Result<(), Failure> {
+        if !self.dirty || self.durability == Durability::None {
+            return Ok(());
+        }
+        // Read-only is enough for openat(2) and fsync(2) of a directory.
+        let handed = File::open(&self.dir).and_then(|dir| {
+            handoff(self.active.file.as_raw_fd(), dir.as_raw_fd(), SYNC_FAILED_MARKER)
+        });
+        match handed {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_sync = Instant::now();
+                self.stats.detached_syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no detached sync; syncing the audit log here");
+                self.sync(true)
+            }
+        }
     }
 
     /// Starts a new file. `flush_old` writes `buf` (and a covering checkpoint) to the old file

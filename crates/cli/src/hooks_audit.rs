@@ -417,10 +417,13 @@ impl AuditSession {
             append(Kind::IscExit, Actor::Isc, exit);
             let signed = log.checkpoint();
             isc_engine::timing::mark("isc_exit and its checkpoint written");
-            if let Err(e) = signed.and_then(|()| log.sync()) {
+            // The flush is left to a child that outlives this process: the records are
+            // written (every reader sees them), and nothing the caller can observe waits for
+            // the disk (docs/audit.md, "Durability and failure").
+            if let Err(e) = signed.and_then(|()| log.sync_detached(&isc_engine::finisher::spawn)) {
                 tracing::error!(error = %e, "making the exit record durable");
             }
-            isc_engine::timing::mark("isc_exit synced");
+            isc_engine::timing::mark("isc_exit handed to the syncer");
         };
         // Joined once the record is prepared: PID 1's barrier has then usually ended the
         // drain already.
@@ -464,7 +467,7 @@ impl Drop for AuditSession {
         self.stop_collector();
         self.stop_net_collector();
         if let Some(t) = self.exit_sync.take() {
-            let _ = t.join();
+            let _ = t.outcome();
         }
     }
 }
@@ -504,6 +507,9 @@ impl StartHooks for AuditedHooks<'_> {
     fn exit_known(&mut self, record: &ExitRecord) {
         self.inner.exit_known(record);
         self.session.record_exit(record);
+    }
+    fn init_gone(&mut self) {
+        self.inner.init_gone();
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.inner.exit_reason()

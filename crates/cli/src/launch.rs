@@ -156,6 +156,8 @@ pub struct CgroupHooks {
     cloned_into_v2: std::cell::Cell<bool>,
     /// The event counters read at the end (see `end_events`).
     end_events: Option<isc_cgroup::Events>,
+    /// The removal started once PID 1 was gone (`init_gone`).
+    teardown: Option<CgroupTeardown>,
 }
 
 /// Removes the per-state-dir parent directories when no ISC is left in them.
@@ -209,6 +211,7 @@ impl CgroupHooks {
             _starting: starting,
             cloned_into_v2: Default::default(),
             end_events: None,
+            teardown: None,
         })
     }
 
@@ -226,7 +229,12 @@ impl CgroupHooks {
     /// (Removing it on the exit path's own thread when there is no network measured the same
     /// per `isc run` within the noise of this shared host.)
     pub fn teardown_in_background(&mut self) -> CgroupTeardown {
-        let Some(cg) = self.cgroup.take() else { return CgroupTeardown { thread: None } };
+        if let Some(started) = self.teardown.take() {
+            return started;
+        }
+        let Some(cg) = self.cgroup.take() else {
+            return CgroupTeardown { thread: None };
+        };
         // On another CPU: the rmdirs take ~0.2 ms in the kernel (isc_engine::beside); here if
         // no thread can be made, never left behind.
         let thread =
@@ -241,10 +249,10 @@ pub struct CgroupTeardown {
 }
 
 impl CgroupTeardown {
-    /// Waits until the cgroup is gone.
+    /// Waits until the cgroup is gone (not for its thread's own teardown).
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let _ = t.outcome();
         }
     }
 }
@@ -308,6 +316,11 @@ impl StartHooks for CgroupHooks {
         }))
     }
 
+    fn init_gone(&mut self) {
+        // The counters are read (the exit record is built before this): removal may begin.
+        self.teardown = Some(self.teardown_in_background());
+    }
+
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         let fd = self.cgroup.as_ref()?.v2_dir_fd().map(|fd| fd.as_raw_fd());
@@ -327,6 +340,9 @@ fn destroy(cg: Box<dyn isc_cgroup::IscCgroup>) {
 
 impl Drop for CgroupHooks {
     fn drop(&mut self) {
+        if let Some(t) = self.teardown.take() {
+            t.join();
+        }
         if let Some(cg) = self.cgroup.take() {
             destroy(cg);
         }

@@ -10,6 +10,7 @@ pub mod beside;
 pub mod channel;
 pub mod creds;
 pub mod fdpass;
+pub mod finisher;
 pub mod idle;
 pub mod init;
 pub mod logfile;

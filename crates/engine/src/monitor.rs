@@ -107,6 +107,10 @@ pub trait StartHooks {
     /// that durable, overlaps the teardown. [`run`] returns the same record once PID 1 is gone.
     /// Forwarders must forward it.
     fn exit_known(&mut self, _record: &ExitRecord) {}
+    /// Called once PID 1 is gone — every process of the ISC has left its cgroup — before the
+    /// ISC is unregistered: start the cgroup's removal here so it overlaps the rest of the
+    /// exit path. Forwarders must forward it.
+    fn init_gone(&mut self) {}
     /// A reason the kernel gave for the end (e.g. an OOM kill seen in the cgroup's events).
     fn exit_reason(&mut self) -> Option<String> {
         None
@@ -152,6 +156,9 @@ impl StartHooks for HookChain<'_> {
     }
     fn exit_known(&mut self, record: &ExitRecord) {
         self.0.iter_mut().for_each(|h| h.exit_known(record))
+    }
+    fn init_gone(&mut self) {
+        self.0.iter_mut().for_each(|h| h.init_gone())
     }
     fn exit_reason(&mut self) -> Option<String> {
         self.0.iter_mut().find_map(|h| h.exit_reason())
@@ -315,6 +322,7 @@ pub fn run(
         .map_err(|source| MonitorError::Resource { what: "log file", source })?;
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
+    hold_mount_namespace(child.pid);
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
     hooks.before_go(child.pid).map_err(|(step, message)| MonitorError::Hook { step, message })?;
     // The child builds its root (mounts, pivot_root) while the hooks create its cgroup and
@@ -394,16 +402,33 @@ pub fn run(
     let wait_status = sup.run(&child, sfd.as_raw_fd(), outputs, &mut on_end);
     guard.pidfd = None;
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
-    let ended_reported = sup.ended_reported;
     // The ISC is gone: unregister it now (its entry, control socket and name lock), before
-    // the exit path's threads start and compete with it for the CPU.
-    drop(sup);
-    drop(registration);
-    if !ended_reported {
+    // the exit path's threads start and compete with it for the CPU — once the cgroup's
+    // removal is under way, if the end (and with it the cgroup's counters) is recorded.
+    if sup.ended_reported {
+        hooks.init_gone();
+        drop(sup);
+        drop(registration);
+    } else {
+        drop(sup);
+        drop(registration);
         on_end(code, signal);
+        hooks.init_gone();
     }
     crate::timing::mark("service exited");
     Ok(record.expect("the end was handled"))
+}
+
+/// Keeps PID 1's mount namespace referenced until this process's finisher ends (see
+/// `finisher`): PID 1's exit then skips the tear-down of the ISC's mounts — and the expedited
+/// RCU grace period of `namespace_unlock` in fs/namespace.c — so the monitor learns sooner that
+/// PID 1 is gone and can remove its cgroup; the finisher's exit pays for it after `isc run` has
+/// returned. Best effort: without it PID 1's exit does the work, as before.
+fn hold_mount_namespace(pid: i32) {
+    match std::fs::File::open(format!("/proc/{pid}/ns/mnt")) {
+        Ok(f) => crate::finisher::hold(f.into()),
+        Err(e) => tracing::debug!(pid, error = %e, "cannot hold PID 1's mount namespace"),
+    }
 }
 
 /// Opens the v1 `tasks` files the child joins through (see `StartHooks::self_attach_files`).
