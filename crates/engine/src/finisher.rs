@@ -204,7 +204,7 @@ unsafe fn sys4(nr: libc::c_long, a: i64, b: i64, c: i64, d: i64) -> i64 {
     unsafe {
         std::arch::asm!(
             "syscall",
-            inlateout("rax") nr as i64 => ret,
+            inlateout("rax") nr => ret,
             in("rdi") a,
             in("rsi") b,
             in("rdx") c,
