@@ -137,3 +137,31 @@ fn read_only_filesystem_refuses_to_open() {
     assert!(e.to_string().contains("Read-only file system"), "{e}");
     fs.remount("rw");
 }
+
+/// A monitor's finisher whose `fdatasync` failed leaves `SYNC_FAILED_MARKER`: the next opener —
+/// whoever it is — records the outage on the trail at once, removes the marker, and appends.
+#[test]
+fn a_failed_detached_flush_is_on_the_trail_after_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let cfg = || AuditConfig::new(tmp.path().join("keys"));
+    let (log, _) = AuditLog::open(&dir, cfg()).unwrap();
+    log.append(Some("web"), Kind::IscExit, Actor::Isc, json!({"code": 0})).unwrap();
+    drop(log);
+    let marker = dir.join(isc_audit::SYNC_FAILED_MARKER.to_str().unwrap());
+    std::fs::write(&marker, b"").unwrap();
+    let (log, _) = AuditLog::open(&dir, cfg()).unwrap();
+    assert!(!marker.exists(), "the marker is taken up by the open");
+    log.ensure_writable().expect("writable: the outage is recorded, not pending");
+    log.append(Some("web"), Kind::IscStart, Actor::Isc, json!({})).unwrap();
+    let key = log.verifying_key();
+    drop(log);
+    let outage =
+        query(&dir, &Filter { kinds: vec![Kind::AuditWriteFailure], ..Filter::default() }).unwrap();
+    assert_eq!(outage.len(), 1, "exactly one outage record");
+    let why = outage[0].detail["error"].as_str().unwrap();
+    assert!(why.contains("fdatasync of a monitor's closing records failed"), "{why}");
+    assert!(why.contains("sync-failed"), "{why}");
+    let r = verify_dir(&dir, &key, false).unwrap();
+    assert!(r.is_ok(), "{:?}", r.first_finding());
+}
