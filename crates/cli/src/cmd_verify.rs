@@ -74,7 +74,7 @@ impl ProbeTransport for ControlSocket<'_> {
 fn cgroup_dirs(dirs: &Dirs, name: Option<&str>, pid: i32) -> Vec<PathBuf> {
     if let Some(name) = name {
         let opened = isc_cgroup::Layout::detect().ok().and_then(|l| {
-            isc_cgroup::open(&l, Some(&crate::launch::cgroup_parent(&dirs.state)), name).ok()
+            isc_cgroup::open(&l, None, &crate::launch::cgroup_name(&dirs.state, name)).ok()
         });
         if let Some(cg) = opened {
             return cg.paths();

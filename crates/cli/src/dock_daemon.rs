@@ -40,7 +40,7 @@ pub(crate) fn serve(dirs: &Dirs, config: Option<PathBuf>) -> Result<ExitCode> {
         dock: isc_dock::DockOptions {
             root: dirs.root.clone(),
             state: dirs.state.clone(),
-            cgroup_parent: launch::cgroup_parent(&dirs.state),
+            cgroup_scope: launch::cgroup_scope(&dirs.state),
             config: cfg,
         },
         launcher: Box::new(launcher),

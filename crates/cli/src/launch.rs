@@ -134,16 +134,19 @@ pub fn cgroup_layout() -> Result<&'static Layout, isc_cgroup::CgroupError> {
     Ok(LAYOUT.get_or_init(|| detected))
 }
 
-/// The cgroup parent for ISCs of one state directory: `isc` for the default `/run/isc`, else
-/// `isc.<hash>` so that separate state directories (tests, several Docks) never collect each
-/// other's cgroups as stale.
-pub fn cgroup_parent(state_dir: &Path) -> PathBuf {
-    if state_dir == Path::new("/run/isc") {
-        PathBuf::from("isc")
-    } else {
+/// The cgroup scope of the ISCs of `state_dir` (see `isc_cgroup::scoped_dir_name`): none for
+/// the default `/run/isc`; else 12 hex digits of the directory's BLAKE3, so test and bench
+/// roots side by side never share a cgroup.
+pub fn cgroup_scope(state_dir: &Path) -> Option<String> {
+    (state_dir != Path::new("/run/isc")).then(|| {
         let h = blake3::hash(state_dir.as_os_str().as_encoded_bytes()).to_hex();
-        PathBuf::from(format!("isc.{}", &h[..12]))
-    }
+        h[..12].to_string()
+    })
+}
+
+/// The cgroup directory name of ISC `name` of `state_dir`, in every hierarchy.
+pub fn cgroup_name(state_dir: &Path, name: &str) -> String {
+    isc_cgroup::scoped_dir_name(cgroup_scope(state_dir).as_deref(), name)
 }
 
 /// The cgroup side of a start: attach before release, report kernel limit events at the end,
@@ -160,16 +163,6 @@ pub struct CgroupHooks {
     teardown: Option<CgroupTeardown>,
 }
 
-/// Removes the per-state-dir parent directories when no ISC is left in them.
-fn remove_empty_parents(paths: &[PathBuf]) {
-    for p in paths {
-        if let Some(parent) = p.parent() {
-            // ENOTEMPTY/EBUSY while other ISCs run: expected, nothing to do.
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
 impl CgroupHooks {
     /// Removes stale cgroups of dead monitors, checks capacity, creates the ISC's cgroup.
     pub fn create(name: &str, limits: Limits, state_dir: &Path) -> Result<Self> {
@@ -181,20 +174,16 @@ impl CgroupHooks {
             .with_context(|| format!("ISC `{name}` is being started by another process"))?;
         isc_engine::state::collect_stale(state_dir);
         isc_engine::timing::mark("start lock taken, stale registry entries collected");
-        let parent = cgroup_parent(state_dir);
-        // A cgroup directory `isc-X` belongs to ISC `isc-X` or `X` (see cgroup_dir_name); it is
-        // stale only when no live process holds either name's lock.
-        // Our own name's cgroup, if present, was left by a dead monitor: we hold the name now.
-        let own = isc_cgroup::cgroup_dir_name(name).context("naming the ISC's cgroup")?;
-        let alive = |dir: &str| {
-            dir != own
-                && (isc_engine::state::is_alive(state_dir, dir)
-                    || dir
-                        .strip_prefix("isc-")
-                        .is_some_and(|n| isc_engine::state::is_alive(state_dir, n)))
+        let scope = cgroup_scope(state_dir);
+        // A directory of this state dir's scope is stale when no live process holds its ISC's
+        // name lock; our own name's, if present, was left by a dead monitor (we hold the name
+        // now). Other scopes' directories (other state dirs) are never touched.
+        let alive = |dir: &str| match isc_cgroup::scoped_owner(scope.as_deref(), dir) {
+            Some(n) => n != name && isc_engine::state::is_alive(state_dir, n),
+            None => true,
         };
         // Failing to collect someone else's leftovers must not fail this start.
-        let removed = isc_cgroup::collect_stale(layout, Some(&parent), alive).unwrap_or_else(|e| {
+        let removed = isc_cgroup::collect_stale(layout, None, alive).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "removing stale ISC cgroups");
             vec![]
         });
@@ -203,7 +192,8 @@ impl CgroupHooks {
         }
         isc_engine::timing::mark("stale cgroups collected");
         // The v1 directories follow in `before_release`, while the child builds its root.
-        let cgroup = isc_cgroup::create_v2_first(layout, Some(&parent), name, &limits)
+        let dir = isc_cgroup::scoped_dir_name(scope.as_deref(), name);
+        let cgroup = isc_cgroup::create_v2_first(layout, None, &dir, &limits)
             .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
         Ok(Self {
             cgroup: Some(cgroup),
@@ -331,10 +321,8 @@ impl StartHooks for CgroupHooks {
 
 fn destroy(cg: Box<dyn isc_cgroup::IscCgroup>) {
     let name = cg.name().to_string();
-    let paths = cg.paths();
-    match cg.destroy() {
-        Ok(()) => remove_empty_parents(&paths),
-        Err(e) => tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup"),
+    if let Err(e) = cg.destroy() {
+        tracing::error!(cgroup = %name, error = %e, "removing the ISC's cgroup");
     }
 }
 

@@ -462,7 +462,7 @@ fn ps(dirs: &Dirs, json: bool) -> Result<ExitCode> {
 fn stats(dirs: &Dirs, name: &str, json: bool) -> Result<ExitCode> {
     state::get(&dirs.state, name)?;
     let layout = isc_cgroup::Layout::detect()?;
-    let cg = isc_cgroup::open(&layout, Some(&launch::cgroup_parent(&dirs.state)), name)
+    let cg = isc_cgroup::open(&layout, None, &launch::cgroup_name(&dirs.state, name))
         .with_context(|| format!("opening the cgroup of `{name}`"))?;
     let s = cg.stats()?;
     let ev = cg.events()?;

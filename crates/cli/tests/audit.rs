@@ -306,14 +306,14 @@ fn a_full_audit_disk_refuses_new_starts_and_leaves_nothing_behind() {
 fn assert_nothing_left(env: &Env, name: &str) {
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     let h = blake3::hash(env.dir.join("state").as_os_str().as_encoded_bytes()).to_hex();
-    let parent = format!("isc.{}", &h[..12]);
+    let dir_name = format!("isc-{}.{name}", &h[..12]);
     for line in own.lines() {
         let mut it = line.splitn(3, ':');
         let (_, ctrls, rel) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
         let ctrl = if ctrls.is_empty() { "unified" } else { ctrls.split(',').next().unwrap() };
         let ctrl = ctrl.trim_start_matches("name=");
         let base = Path::new("/sys/fs/cgroup").join(ctrl).join(rel.trim_start_matches('/'));
-        let dir = base.join(&parent).join(format!("isc-{name}"));
+        let dir = base.join(&dir_name);
         assert!(!dir.exists(), "cgroup left: {}", dir.display());
     }
     let entries: Vec<_> = fs::read_dir(env.dir.join("state/isc"))

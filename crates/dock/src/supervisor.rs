@@ -73,8 +73,8 @@ struct Slot {
 pub struct DockOptions {
     pub root: PathBuf,
     pub state: PathBuf,
-    /// The cgroup parent of ISCs of this state dir (for metrics).
-    pub cgroup_parent: PathBuf,
+    /// The cgroup scope of ISCs of this state dir (`isc_cgroup::scoped_dir_name`; metrics).
+    pub cgroup_scope: Option<String>,
     pub config: DockConfig,
 }
 
@@ -83,7 +83,7 @@ pub struct Dock {
     pub cfg: DockConfig,
     pub paths: Paths,
     pub state_dir: PathBuf,
-    pub cgroup_parent: PathBuf,
+    pub cgroup_scope: Option<String>,
     pub events: Arc<Events>,
     launcher: Box<dyn Launcher>,
     slots: Mutex<BTreeMap<String, Slot>>,
@@ -127,7 +127,7 @@ impl Dock {
             cfg: opts.config,
             paths,
             state_dir: opts.state,
-            cgroup_parent: opts.cgroup_parent,
+            cgroup_scope: opts.cgroup_scope,
             events,
             launcher,
             slots: Mutex::new(slots),

@@ -143,8 +143,7 @@ pub fn isc_cgroup_dir(env: &Env, ctrl: &str, name: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup")
         .join(ctrl)
         .join(rel)
-        .join(isc_cli_parent(&env.dir.join("state")))
-        .join(format!("isc-{name}"))
+        .join(isc_cli_cgroup_name(&env.dir.join("state"), name))
 }
 
 /// The JSON exit record `isc run --json` prints last on stderr.
@@ -166,8 +165,8 @@ pub fn assert_nothing_left(env: &Env) {
     let isc_dir = env.dir.join("state/isc");
     let entries: Vec<_> = fs::read_dir(&isc_dir).map(|r| r.flatten().collect()).unwrap_or_default();
     assert!(entries.is_empty(), "registry entries left: {entries:?}");
-    let parent = isc_cli_parent(&env.dir.join("state"));
-    for ctrl in ["memory", "pids", "cpu", "freezer", "unified"] {
+    let prefix = isc_cli_cgroup_name(&env.dir.join("state"), "");
+    for ctrl in ["memory", "pids", "cpu", "blkio", "freezer", "unified"] {
         let base = Path::new("/sys/fs/cgroup").join(ctrl);
         let own = fs::read_to_string("/proc/self/cgroup").unwrap();
         let rel = own
@@ -180,13 +179,18 @@ pub fn assert_nothing_left(env: &Env) {
                 matches.then(|| p.trim_start_matches('/').to_string())
             })
             .unwrap_or_default();
-        let dir = base.join(rel).join(&parent);
-        assert!(!dir.exists(), "cgroup parent left: {}", dir.display());
+        let dir = base.join(rel);
+        let left: Vec<String> = fs::read_dir(&dir)
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let ours: Vec<&String> = left.iter().filter(|n| n.starts_with(&prefix)).collect();
+        assert!(ours.is_empty(), "cgroups left in {}: {ours:?}", dir.display());
     }
 }
 
-/// Mirrors `launch::cgroup_parent` (the binary's private function).
-pub fn isc_cli_parent(state: &Path) -> String {
+/// Mirrors `launch::cgroup_name` (the binary's private function): `isc-<12 hex of the state
+/// dir's BLAKE3>.<name>`.
+pub fn isc_cli_cgroup_name(state: &Path, name: &str) -> String {
     let h = blake3::hash(state.as_os_str().as_encoded_bytes()).to_hex();
-    format!("isc.{}", &h[..12])
+    format!("isc-{}.{name}", &h[..12])
 }
