@@ -82,13 +82,10 @@ pub fn collect(dock: &Dock, recs: &[IscRecord]) -> Vec<IscStats> {
     recs.iter()
         .map(|r| {
             let running = r.monitor_pid.is_some();
-            let cg = layout
-                .as_ref()
-                .filter(|_| running)
-                .and_then(|l| {
-                    let dir = isc_cgroup::scoped_dir_name(dock.cgroup_scope.as_deref(), &r.name);
-                    isc_cgroup::open(l, None, &dir).ok()
-                });
+            let cg = layout.as_ref().filter(|_| running).and_then(|l| {
+                let dir = isc_cgroup::scoped_dir_name(dock.cgroup_scope.as_deref(), &r.name);
+                isc_cgroup::open(l, None, &dir).ok()
+            });
             let net = running
                 .then(|| host_link(&dock.state_dir, &r.name))
                 .flatten()
