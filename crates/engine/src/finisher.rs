@@ -94,14 +94,12 @@ pub fn spawn(file: RawFd, dir: RawFd, marker: &'static CStr) -> io::Result<()> {
     // SAFETY: the stack grows down from its end; `STACK` is static, 16-byte aligned and, with
     // `STACK_IN_USE` set above, used by no other finisher.
     let top = unsafe { STACK.0.get().cast::<u8>().add(STACK_SIZE) };
-    // SAFETY (the closure): clone(2) through glibc's wrapper runs `finish` on `top` in a new process sharing
+    // SAFETY: clone(2) through glibc's wrapper runs `finish` on `top` in a new process sharing
     // our memory (CLONE_VM) but with copies of the descriptor table, cwd and signal handlers;
     // `finish` only makes raw system calls (no TLS, no allocator, no locks) and the wrapper
     // calls exit(2) when it returns. SIGCHLD as its exit signal makes it a normal child for
     // whichever process ends up reaping it.
-    let pid = as_batch(|| unsafe {
-        libc::clone(finish, top.cast(), libc::CLONE_VM | libc::SIGCHLD, arg)
-    });
+    let pid = unsafe { libc::clone(finish, top.cast(), libc::CLONE_VM | libc::SIGCHLD, arg) };
     if pid < 0 {
         let e = io::Error::last_os_error();
         STACK_IN_USE.store(false, Ordering::Release);
@@ -110,32 +108,6 @@ pub fn spawn(file: RawFd, dir: RawFd, marker: &'static CStr) -> io::Result<()> {
     // The finisher has its own copies: ours go now, so the last close is the finisher's.
     release_held();
     Ok(())
-}
-
-/// Runs `f` (the clone) with this thread's policy set to SCHED_BATCH, so that the finisher
-/// inherits it: a new SCHED_OTHER task may preempt its creator at wake-up (EEVDF), and the
-/// finisher's first work — closing descriptors, submitting the flush — would then delay the
-/// exit path it exists to shorten; SCHED_BATCH tasks never preempt at wake-up
-/// (`check_preempt_wakeup_fair`) but get their fair share otherwise. The thread's own policy is
-/// restored at once.
-#[cfg(target_arch = "x86_64")]
-fn as_batch<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sched_getscheduler(2)/sched_getparam(2) read this thread's policy into a value
-    // we own; sched_setscheduler(2) on this thread with a valid policy and parameter.
-    unsafe {
-        let policy = libc::sched_getscheduler(0);
-        let mut param: libc::sched_param = std::mem::zeroed();
-        let known = policy >= 0 && libc::sched_getparam(0, &mut param) == 0;
-        let batch = libc::sched_param { sched_priority: 0 };
-        let lowered = known
-            && policy == libc::SCHED_OTHER
-            && libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch) == 0;
-        let out = f();
-        if lowered {
-            libc::sched_setscheduler(0, policy, &param);
-        }
-        out
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
