@@ -31,6 +31,14 @@ pub struct ImageHold {
     mount: Option<(ErofsMount, PathBuf)>,
 }
 
+impl ImageHold {
+    /// The image is a filesystem mounted for this ISC (EROFS on a loop device), whose release
+    /// waits for every mount of it — the ISC's own included — to be gone.
+    pub fn is_mounted(&self) -> bool {
+        self.mount.is_some()
+    }
+}
+
 impl Drop for ImageHold {
     fn drop(&mut self) {
         if let Some((mount, dir)) = self.mount.take() {

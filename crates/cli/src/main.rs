@@ -382,7 +382,7 @@ pub(crate) fn run_manifest(
     }
     isc_engine::timing::mark("stale networks collected");
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
-    let (mut spec, _image_hold) =
+    let (mut spec, image_hold) =
         audit.step("preparing the image", launch::resolve(manifest, dirs))?;
     isc_engine::timing::mark("image resolved");
     spec.weakening = weakening(weaken)?;
@@ -404,6 +404,8 @@ pub(crate) fn run_manifest(
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
     opts.spec_hash = Some(spec_hash);
+    // No volume, secret or EROFS image: nothing on the host waits for the ISC's mounts to go.
+    opts.defer_mount_teardown = spec.binds.is_empty() && !image_hold.is_mounted();
     tweak(&mut opts);
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
     opts.manifest = serde_json::to_value(manifest).ok();

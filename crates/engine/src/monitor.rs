@@ -67,6 +67,11 @@ pub struct RunOptions {
     pub netns: Option<std::sync::Arc<PreparedNetns>>,
     /// [`spec_hash`] of the spec, if the caller already computed it (it serialises the spec).
     pub spec_hash: Option<String>,
+    /// Leave the tear-down of the ISC's mount namespace to this process's finisher (see
+    /// `finisher::hold`). Only for ISCs whose host-side resources do not wait for the ISC's
+    /// mounts to be gone: a volume's fscrypt key is removed incompletely (FILES_BUSY) and a
+    /// loop device stays attached while a mount of it lives in a held namespace.
+    pub defer_mount_teardown: bool,
 }
 
 impl RunOptions {
@@ -80,6 +85,7 @@ impl RunOptions {
             manifest: None,
             netns: None,
             spec_hash: None,
+            defer_mount_teardown: false,
         }
     }
 }
@@ -322,7 +328,9 @@ pub fn run(
         .map_err(|source| MonitorError::Resource { what: "log file", source })?;
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
-    hold_mount_namespace(child.pid);
+    if opts.defer_mount_teardown && spec.binds.is_empty() {
+        hold_mount_namespace(child.pid);
+    }
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
     hooks.before_go(child.pid).map_err(|(step, message)| MonitorError::Hook { step, message })?;
     // The child builds its root (mounts, pivot_root) while the hooks create its cgroup and
