@@ -46,6 +46,9 @@ static STACK: Stack = Stack(std::cell::UnsafeCell::new([0; STACK_SIZE]));
 static STACK_IN_USE: AtomicBool = AtomicBool::new(false);
 /// Descriptors the next finisher keeps open until it ends (-1: free slot).
 static HELD: [AtomicI32; HELD_MAX] = [const { AtomicI32::new(-1) }; HELD_MAX];
+/// `HELD` as it was at the finisher's clone, for the finisher: the caller empties `HELD` as soon
+/// as `clone` returns, possibly before the finisher has read it.
+static KEPT: [AtomicI32; HELD_MAX] = [const { AtomicI32::new(-1) }; HELD_MAX];
 /// The failure marker's name, for the finisher (a `&'static CStr`'s pointer).
 static MARKER: std::sync::atomic::AtomicPtr<libc::c_char> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
@@ -89,6 +92,9 @@ pub fn spawn(file: RawFd, dir: RawFd, marker: &'static CStr) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EBUSY));
     }
     MARKER.store(marker.as_ptr().cast_mut(), Ordering::Release);
+    for (kept, held) in KEPT.iter().zip(&HELD) {
+        kept.store(held.load(Ordering::Acquire), Ordering::Release);
+    }
     // Both descriptors travel in the argument pointer itself: nothing the caller may free.
     let arg = (((dir as u64) << 32) | file as u64) as usize as *mut libc::c_void;
     // SAFETY: the stack grows down from its end; `STACK` is static, 16-byte aligned and, with
@@ -124,7 +130,7 @@ extern "C" fn finish(arg: *mut libc::c_void) -> libc::c_int {
     let mut keep = [-1i64; HELD_MAX + 2];
     keep[0] = file;
     keep[1] = dir;
-    for (k, slot) in keep[2..].iter_mut().zip(&HELD) {
+    for (k, slot) in keep[2..].iter_mut().zip(&KEPT) {
         *k = i64::from(slot.load(Ordering::Acquire));
     }
     keep.sort_unstable();
@@ -229,6 +235,9 @@ mod tests {
         // SAFETY: a blocking read of one byte into our buffer; 0 means every writer is gone.
         let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
         assert_eq!(n, 0, "the held write end was closed by the finisher's exit");
+        // Kept to the end: the last close came after the flush (the finisher's last store),
+        // not from its first close_range.
+        assert!(!STACK_IN_USE.load(Ordering::Acquire), "the held descriptor went before the flush");
         wait_idle();
         assert!(!tmp.path().join("sync-failed").exists(), "a successful flush leaves no marker");
         // fdatasync(2) of a pipe fails with EINVAL: the finisher must leave the marker.
