@@ -11,7 +11,10 @@
 #     of running /bin/true in a fresh container:
 #       isc (dir)   the strict default profile + memory 64M / pids 64 / cpu weight 50 (= crun's
 #                   512 shares) / cpu quota 1.0, root = a copy of the peers' busybox rootfs
+#       isc (store) the same tree imported into isc's image store (an OCI layout made here) and
+#                   started by id: the before-start integrity check on (issue 3)
 #       isc (host)  the same, root image built from the host's /bin/true and its ELF closure
+#                   (a dynamically linked service: not the peers' busybox)
 #       crun, crun hardened, runc, runc hardened, bwrap, bwrap hardened (as ../shared peers.sh)
 #  4. prints medians, the ratios isc/peer, and PASS/FAIL for the targets of issue 2:
 #       isc <= 0.2 x crun hardened   and   isc <= 1.25 x bwrap.
@@ -114,7 +117,32 @@ paths = ["/bin/true"]
 $LIMITS
 EOF
 ISCA=(--root "$T/root" --state "$S" --log warn)
-for f in dir host; do
+# The same tree as an OCI image layout (one uncompressed layer), imported into isc's store: the
+# "isc (store)" case starts it by id, with the before-start integrity check that `dir:` skips
+# (issue 3: "start latency with the integrity check on must stay within the foundation's target").
+oci_layout() { # SRC DEST
+  local src=$1 d=$2 ld ls cd cs md ms
+  mkdir -p "$d/blobs/sha256"
+  tar -C "$src" --numeric-owner --sort=name -cf "$d/blob" .
+  ld=$(sha256sum "$d/blob" | cut -d' ' -f1); ls=$(stat -c %s "$d/blob"); mv "$d/blob" "$d/blobs/sha256/$ld"
+  printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" >"$d/blob"
+  cd=$(sha256sum "$d/blob" | cut -d' ' -f1); cs=$(stat -c %s "$d/blob"); mv "$d/blob" "$d/blobs/sha256/$cd"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" >"$d/blob"
+  md=$(sha256sum "$d/blob" | cut -d' ' -f1); ms=$(stat -c %s "$d/blob"); mv "$d/blob" "$d/blobs/sha256/$md"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s}]}' "$md" "$ms" >"$d/index.json"
+  printf '{"imageLayoutVersion":"1.0.0"}' >"$d/oci-layout"
+}
+oci_layout "$IR" "$T/oci"
+ID=$("$ISC" "${ISCA[@]}" image import "oci:$T/oci" --json | jq -r .id) || { echo "importing the rootfs failed" >&2; exit 2; }
+cat > "$T/store.toml" <<EOF
+name = "bench-store"
+[service]
+exec = ["/bin/true"]
+[image]
+source = "id:$ID"
+$LIMITS
+EOF
+for f in dir host store; do
   "$ISC" "${ISCA[@]}" manifest check "$T/$f.toml" >/dev/null || { echo "manifest $f.toml refused" >&2; exit 2; }
 done
 
@@ -123,6 +151,7 @@ done
 CASES=(
   "isc (dir)||$ISC ${ISCA[*]} run $T/dir.toml"
   "isc (host)||$ISC ${ISCA[*]} run $T/host.toml"
+  "isc (store)||$ISC ${ISCA[*]} run $T/store.toml"
   "host /bin/true (floor)||$R/bin/true"
   "crun|nocg2|crun --root $S/crun run --bundle $BENCH/bundle bench-crun"
   "crun hardened|nocg2|crun --root $S/crun run --bundle $BENCH/bundle-hardened bench-crun-h"
@@ -208,18 +237,19 @@ TABLE=$OUT/table.md
     echo "| $name | $(ver "$name") | $med | $mn | $p90 | $mean | $n |"
   done
   echo
-  echo "| ratio (median / median) | isc (dir) | isc (host) |"
-  echo "|---|---:|---:|"
+  echo "| ratio (median / median) | isc (dir) | isc (store) | isc (host) |"
+  echo "|---|---:|---:|---:|"
   for c in "${CASES[@]}"; do
     IFS='|' read -r name _ _ <<< "$c"
     case $name in isc*) continue;; esac
     [[ $name =~ $ONLY ]] || continue
     r() { awk -v a="${MED[$1]:--}" -v b="${MED[$name]:--}" 'BEGIN{ if(a=="-"||b=="-"||b==0) print "-"; else printf "%.2f", a/b }'; }
-    echo "| isc / $name | $(r "isc (dir)") | $(r "isc (host)") |"
+    echo "| isc / $name | $(r "isc (dir)") | $(r "isc (store)") | $(r "isc (host)") |"
   done
   echo
-  echo "Targets (issue 2): median isc <= 0.2 x crun hardened and <= 1.25 x bwrap, same run."
-  for i in "isc (dir)" "isc (host)"; do
+  echo "Targets (issues 2-4): median isc <= 0.2 x crun hardened and <= 1.25 x bwrap, same run;"
+  echo "(store) is the same tree by id, with the integrity check before start (issue 3)."
+  for i in "isc (dir)" "isc (store)" "isc (host)"; do
     for t in "crun hardened|0.2" "bwrap|1.25"; do
       IFS='|' read -r peer lim <<< "$t"
       a=${MED[$i]:--}; b=${MED[$peer]:--}

@@ -210,14 +210,11 @@ pub fn check_start_record(image_dir: &Path, id: &str) -> Result<(), IntegrityErr
     if record.immutable && !crate::immutable::is_immutable(&rootfs).unwrap_or(false) {
         return Err(IntegrityError::FlagCleared { id: id.to_string(), path: rootfs });
     }
-    let compare = |path: &str, host: &Path, want: &InodeFacts| -> Result<(), IntegrityError> {
-        let md = match std::fs::symlink_metadata(host) {
-            Ok(md) => md,
-            Err(_) => {
-                return Err(IntegrityError::Removed { id: id.to_string(), path: path.to_string() })
-            }
+    let compare = |path: &str, now: Option<InodeFacts>, want: &InodeFacts| {
+        let Some(now) = now else {
+            return Err(IntegrityError::Removed { id: id.to_string(), path: path.to_string() });
         };
-        let diff = want.differences(&InodeFacts::of(&md));
+        let diff = want.differences(&now);
         if diff.is_empty() {
             Ok(())
         } else {
@@ -228,11 +225,59 @@ pub fn check_start_record(image_dir: &Path, id: &str) -> Result<(), IntegrityErr
             })
         }
     };
-    compare("manifest.json", &image_dir.join("manifest.json"), &record.manifest)?;
+    let facts = |p: &Path| std::fs::symlink_metadata(p).ok().map(|md| InodeFacts::of(&md));
+    compare("manifest.json", facts(&image_dir.join("manifest.json")), &record.manifest)?;
+    // Entries are looked up relative to the tree (fstatat(2) on an O_PATH descriptor): a start
+    // walks each entry's own few components, not the store's path again and again.
+    let tree = RootDir::open(&rootfs);
     for (path, want) in &record.entries {
-        compare(path, &tree_path(&rootfs, path), want)?;
+        let now = match &tree {
+            Some(t) => t.facts(path),
+            None => facts(&tree_path(&rootfs, path)),
+        };
+        compare(path, now, want)?;
     }
     Ok(())
+}
+
+/// An `O_PATH` descriptor of an image tree, for `lstat`s relative to it.
+struct RootDir(std::os::fd::OwnedFd);
+
+impl RootDir {
+    fn open(rootfs: &Path) -> Option<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(rootfs.as_os_str().as_bytes()).ok()?;
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        // SAFETY: a fresh descriptor nobody else owns.
+        (fd >= 0).then(|| Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// `lstat` facts of image path `path` (`/` is the tree itself), or `None` if it is gone.
+    fn facts(&self, path: &str) -> Option<InodeFacts> {
+        use std::os::fd::AsRawFd;
+        let rel = path.trim_start_matches('/');
+        let c = std::ffi::CString::new(if rel.is_empty() { "." } else { rel }).ok()?;
+        // SAFETY: an all-zero `stat` is a valid value for fstatat(2) to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatat(2) on our descriptor with a NUL-terminated relative path, writing
+        // into `st`; AT_SYMLINK_NOFOLLOW makes it an lstat.
+        let rc = unsafe {
+            libc::fstatat(self.0.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        };
+        (rc == 0).then(|| InodeFacts {
+            ino: st.st_ino,
+            ctime: st.st_ctime,
+            ctime_nsec: st.st_ctime_nsec,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+            size: st.st_size as u64,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
+    }
 }
 
 /// One changed path and which of its manifest fields differ.

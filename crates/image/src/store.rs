@@ -196,8 +196,14 @@ impl ImageStore {
             (images.join("leases"), 0o700),
         ];
         for (dir, mode) in dirs {
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-            let md = std::fs::metadata(&dir).map_err(io(&dir))?;
+            // One `stat` per directory on every start; created only when missing.
+            let md = match std::fs::metadata(&dir) {
+                Ok(md) if md.is_dir() => md,
+                _ => {
+                    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                    std::fs::metadata(&dir).map_err(io(&dir))?
+                }
+            };
             if md.permissions().mode() & 0o7777 != mode {
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
                     .map_err(io(&dir))?;
