@@ -266,7 +266,7 @@ impl RootDir {
         let rc = unsafe {
             libc::fstatat(self.0.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
         };
-        (rc == 0).then(|| InodeFacts {
+        (rc == 0).then_some(InodeFacts {
             ino: st.st_ino,
             ctime: st.st_ctime,
             ctime_nsec: st.st_ctime_nsec,
