@@ -274,6 +274,24 @@ impl AuditLog {
         self.inner.submit(reqs, false)
     }
 
+    /// Appends `records` and a checkpoint signed over them in one commit (one `write`): for
+    /// closing records that should be covered by a signature as soon as they are on the trail
+    /// (an ISC's end). Returns the records' seqs in order.
+    pub fn append_signed(
+        &self,
+        records: impl IntoIterator<Item = (Option<String>, Kind, Actor, serde_json::Value)>,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut reqs = Vec::new();
+        for (isc, kind, actor, detail) in records {
+            reqs.push(self.record_request(isc.as_deref(), kind, actor, detail)?);
+        }
+        let n = reqs.len();
+        reqs.push(Request::Checkpoint { force: false });
+        let mut seqs = self.inner.submit(reqs, false)?;
+        seqs.truncate(n);
+        Ok(seqs)
+    }
+
     fn record_request(
         &self,
         isc: Option<&str>,

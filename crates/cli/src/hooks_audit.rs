@@ -406,21 +406,22 @@ impl AuditSession {
             exit["kernel_denials"] = json!(counts);
             exit["net_denials"] = json!(net.and_then(Collector::finish));
             isc_engine::timing::mark("network denials drained");
-            let append = |kind, actor, detail| {
-                if let Err(e) = log.append(Some(&name), kind, actor, detail) {
-                    tracing::error!(isc = %name, kind = %kind, error = %e, "cannot append to the audit trail");
-                }
-            };
+            // The end and the checkpoint over it in one commit (one write, one lock-file hint).
+            let isc = Some(name.clone());
+            let mut closing = Vec::with_capacity(2);
             if let Some(oom) = oom {
-                append(Kind::IscOom, Actor::Kernel, oom);
+                closing.push((isc.clone(), Kind::IscOom, Actor::Kernel, oom));
             }
-            append(Kind::IscExit, Actor::Isc, exit);
-            let signed = log.checkpoint();
+            closing.push((isc, Kind::IscExit, Actor::Isc, exit));
+            if let Err(e) = log.append_signed(closing) {
+                tracing::error!(isc = %name, error = %e, "cannot append the ISC's end to the audit trail");
+                return;
+            }
             isc_engine::timing::mark("isc_exit and its checkpoint written");
             // The flush is left to a child that outlives this process: the records are
             // written (every reader sees them), and nothing the caller can observe waits for
             // the disk (docs/audit.md, "Durability and failure").
-            if let Err(e) = signed.and_then(|()| log.sync_detached(&isc_engine::finisher::spawn)) {
+            if let Err(e) = log.sync_detached(&isc_engine::finisher::spawn) {
                 tracing::error!(error = %e, "making the exit record durable");
             }
             isc_engine::timing::mark("isc_exit handed to the syncer");
