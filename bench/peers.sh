@@ -26,7 +26,8 @@
 # Env: RUNS (50), WARMUP (5), ROUNDS (1: each round measures every case once; medians are taken
 #      over the pooled samples, which spreads slow drift of the shared host over all cases),
 #      NICE (-10), ONLY (regex on case names), OUT (results dir), PEERS_DIR, PEERS_WORK,
-#      IDLE (1), N_IDLE (20), SETTLE (5 s), ISC_BIN (an isc binary to measure instead of the
+#      IDLE (1), N_IDLE (20), SETTLE (5 s), CASE_SETTLE (1 s of quiet before each case's
+#      block), ISC_BIN (an isc binary to measure instead of the
 #      release build; implies SKIP_BUILD=1 is sensible), SKIP_BUILD, SKIP_APT, FORCE_APT.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,6 +49,10 @@ ONLY=${ONLY:-.}
 IDLE=${IDLE:-1}
 N_IDLE=${N_IDLE:-20}
 SETTLE=${SETTLE:-5}
+# Before each case's block: the previous case's deferred teardown (RCU callbacks, namespace and
+# cgroup release in kworkers, writeback) is done before the first warm-up run. A heavy case
+# (runc hardened: ~38 ms of cgroup work per run) otherwise spills into the next case's runs.
+CASE_SETTLE=${CASE_SETTLE:-1}
 export PEERS_WORK=${PEERS_WORK:-/tmp/isc-peers}
 BENCH=$PEERS_WORK
 NOCG2=$PEERS_DIR/nocg2.sh
@@ -205,6 +210,7 @@ for round in $(seq "$ROUNDS"); do
     s=$(slug "$name")
     W=(nice -n "$NICE"); [ "$wrap" = nocg2 ] && W+=("$NOCG2")
     echo "== round $round/$ROUNDS: $name" >&2
+    sync; sleep "$CASE_SETTLE"
     if ! "${W[@]}" hyperfine -N -i --style basic --warmup "$WARMUP" --runs "$RUNS" \
         --export-json "$OUT/$s.$round.json" "$cmd" >"$OUT/$s.$round.hyperfine.txt" 2>&1; then
       note "$name: hyperfine failed: $(tail -3 "$OUT/$s.$round.hyperfine.txt" | tr '\n' ' ')"
