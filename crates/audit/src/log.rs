@@ -267,11 +267,7 @@ impl AuditLog {
         &self,
         records: impl IntoIterator<Item = (Option<String>, Kind, Actor, serde_json::Value)>,
     ) -> Result<Vec<u64>, AuditError> {
-        let mut reqs = Vec::new();
-        for (isc, kind, actor, detail) in records {
-            reqs.push(self.record_request(isc.as_deref(), kind, actor, detail)?);
-        }
-        self.inner.submit(reqs, false)
+        self.commit(records, false)
     }
 
     /// Appends `records` and a checkpoint signed over them in one commit (one `write`): for
@@ -281,12 +277,22 @@ impl AuditLog {
         &self,
         records: impl IntoIterator<Item = (Option<String>, Kind, Actor, serde_json::Value)>,
     ) -> Result<Vec<u64>, AuditError> {
+        self.commit(records, true)
+    }
+
+    fn commit(
+        &self,
+        records: impl IntoIterator<Item = (Option<String>, Kind, Actor, serde_json::Value)>,
+        signed: bool,
+    ) -> Result<Vec<u64>, AuditError> {
         let mut reqs = Vec::new();
         for (isc, kind, actor, detail) in records {
             reqs.push(self.record_request(isc.as_deref(), kind, actor, detail)?);
         }
         let n = reqs.len();
-        reqs.push(Request::Checkpoint { force: false });
+        if signed {
+            reqs.push(Request::Checkpoint { force: false });
+        }
         let mut seqs = self.inner.submit(reqs, false)?;
         seqs.truncate(n);
         Ok(seqs)
@@ -597,6 +603,30 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_signed_covers_its_records_in_the_same_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = AuditConfig::new(tmp.path().join("keys"));
+        c.ticker_at_open = false;
+        c.checkpoint_interval = None;
+        let (log, _) = AuditLog::open(&tmp.path().join("audit"), c).unwrap();
+        log.append(Some("web"), Kind::IscStart, Actor::Isc, json!({})).unwrap();
+        let writes = log.stats().writes;
+        let seqs = log
+            .append_signed([
+                (Some("web".to_string()), Kind::IscOom, Actor::Kernel, json!({"oom_kills": 1})),
+                (Some("web".to_string()), Kind::IscExit, Actor::Isc, json!({"code": 137})),
+            ])
+            .unwrap();
+        assert_eq!(seqs, [2, 3], "the records' seqs, not the checkpoint's");
+        assert_eq!(log.stats().writes, writes + 1, "records and checkpoint in one write");
+        assert_eq!(
+            lock(&log.inner.io).head(),
+            (4, 0),
+            "seq 4 is the checkpoint: nothing uncovered"
+        );
+    }
 
     #[test]
     fn tick_syncs_an_interval_log_once_the_period_has_passed_and_checkpoints_when_due() {
