@@ -328,9 +328,6 @@ pub fn run(
         .map_err(|source| MonitorError::Resource { what: "log file", source })?;
 
     let mut guard = KillOnDrop { pidfd: Some(child.pidfd.as_raw_fd()) };
-    if opts.defer_mount_teardown && spec.binds.is_empty() {
-        hold_mount_namespace(child.pid);
-    }
     creds::write_id_maps(child.pid, range.host_base).map_err(MonitorError::IdMap)?;
     hooks.before_go(child.pid).map_err(|(step, message)| MonitorError::Hook { step, message })?;
     // The child builds its root (mounts, pivot_root) while the hooks create its cgroup and
@@ -366,6 +363,13 @@ pub fn run(
         None => return Err(MonitorError::ChildVanished(wait_pidfd(&child.pidfd))),
     };
     crate::timing::mark("service started");
+    // Here, not at clone: the open costs ~40 µs (a /proc lookup and an nsfs inode) that the
+    // start path would wait for, while the monitor now only waits for the service. PID 1 is
+    // alive until it has reported the service's end; if a fast service is already gone and
+    // PID 1 with it, there is nothing left to hold.
+    if opts.defer_mount_teardown && spec.binds.is_empty() {
+        hold_mount_namespace(child.pid);
+    }
     let state = IscState {
         name: spec.name.clone(),
         monitor_pid: std::process::id() as i32,
@@ -427,11 +431,11 @@ pub fn run(
     Ok(record.expect("the end was handled"))
 }
 
-/// Keeps PID 1's mount namespace referenced until this process's finisher ends (see
-/// `finisher`): PID 1's exit then skips the tear-down of the ISC's mounts — and the expedited
-/// RCU grace period of `namespace_unlock` in fs/namespace.c — so the monitor learns sooner that
-/// PID 1 is gone and can remove its cgroup; the finisher's exit pays for it after `isc run` has
-/// returned. Best effort: without it PID 1's exit does the work, as before.
+/// Keeps PID 1's mount namespace referenced until this process's finisher ends (see `finisher`):
+/// PID 1's exit then skips the tear-down of the ISC's mounts — and the expedited RCU grace
+/// period of `namespace_unlock` in fs/namespace.c — so the monitor learns sooner that PID 1 is
+/// gone and can remove its cgroup; the finisher's exit pays for it after `isc run` has returned.
+/// Best effort: without it PID 1's exit does the work, as before.
 fn hold_mount_namespace(pid: i32) {
     match std::fs::File::open(format!("/proc/{pid}/ns/mnt")) {
         Ok(f) => crate::finisher::hold(f.into()),
