@@ -404,8 +404,9 @@ pub(crate) fn run_manifest(
     let mut opts = isc_engine::RunOptions::new(dirs.state.clone());
     opts.seccomp_log = true;
     opts.spec_hash = Some(spec_hash);
-    // No volume, secret or EROFS image: nothing on the host waits for the ISC's mounts to go.
-    opts.defer_mount_teardown = spec.binds.is_empty() && !image_hold.is_mounted();
+    // An EROFS image's loop device waits for every mount of it to go (the engine itself never
+    // defers an ISC with binds: volumes and secrets).
+    opts.defer_mount_teardown = !image_hold.is_mounted();
     tweak(&mut opts);
     // Published in the ISC's state: the declared configuration `isc verify` compares with.
     opts.manifest = serde_json::to_value(manifest).ok();

@@ -61,15 +61,7 @@ memory = "32M"
             (Some("running"), Some(0)),
             "{r}"
         );
-        let t = Instant::now();
-        let r = loop {
-            let r = d.record("isc-health");
-            if r["restarts"].as_u64() >= Some(1) && r["last_exit"]["run_id"] == 1 {
-                break r;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "never restarted: {r}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let r = d.wait_restarted("isc-health", Duration::from_secs(15));
         assert_eq!(r["health_failures"], 1, "{r}");
         assert_eq!(r["last_exit"]["status"], 0, "the service exited 0 on SIGTERM: {r}");
         let reason = r["last_exit"]["reason"].as_str().unwrap_or_default();
@@ -141,15 +133,7 @@ fn http_health_checks_mark_healthy_and_end_a_failing_run() {
 
         // /missing is a 404: two failed checks in a row end the run as a failure, and the
         // on-failure policy restarts it.
-        let t = Instant::now();
-        let r = loop {
-            let r = d.record("isc-http-404");
-            if r["restarts"].as_u64() >= Some(1) && r["last_exit"]["run_id"] == 1 {
-                break r;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "never restarted: {r}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let r = d.wait_restarted("isc-http-404", Duration::from_secs(15));
         assert!(r["health_failures"].as_u64() >= Some(1), "{r}");
         let reason = r["last_exit"]["reason"].as_str().unwrap_or_default();
         assert!(

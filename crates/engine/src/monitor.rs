@@ -68,9 +68,10 @@ pub struct RunOptions {
     /// [`spec_hash`] of the spec, if the caller already computed it (it serialises the spec).
     pub spec_hash: Option<String>,
     /// Leave the tear-down of the ISC's mount namespace to this process's finisher (see
-    /// `finisher::hold`). Only for ISCs whose host-side resources do not wait for the ISC's
-    /// mounts to be gone: a volume's fscrypt key is removed incompletely (FILES_BUSY) and a
-    /// loop device stays attached while a mount of it lives in a held namespace.
+    /// `finisher::hold`) — never for an ISC with bind mounts, whose host-side resources wait
+    /// for every mount of them to go (a volume's fscrypt key would be removed incompletely,
+    /// FILES_BUSY). The caller clears it when the root itself is such a mount (an EROFS image
+    /// on a loop device, which stays attached while a mount of it lives in a held namespace).
     pub defer_mount_teardown: bool,
 }
 

@@ -92,6 +92,19 @@ impl DockProc {
         }
     }
 
+    /// The record of `name` once its first run has ended and it was restarted.
+    pub fn wait_restarted(&self, name: &str, within: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let r = self.record(name);
+            if r["restarts"].as_u64() >= Some(1) && r["last_exit"]["run_id"] == 1 {
+                return r;
+            }
+            assert!(t.elapsed() < within, "{name} never restarted: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A manifest with an image of sh and sleep; `service` and `extra` are appended to their
     /// sections.
     pub fn manifest(&self, name: &str, script: &str, service: &str, extra: &str) -> PathBuf {
