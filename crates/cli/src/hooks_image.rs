@@ -2,7 +2,8 @@
 //! packed images) mount it. What is checked when is in docs/images.md.
 //!
 //! * `host`: built (or found in the host-build cache), then leased and start-checked.
-//! * `id:HEX`: leased and start-checked (one `lstat` per entry against `record.json`).
+//! * `id:HEX`: leased and start-checked (one `lstat` per entry against `record.bin`; mount points
+//!   answered from that record).
 //! * `oci:PATH`: imported once; later starts find the id by the layout's key and go by id.
 //! * `erofs:PATH`: a file packed by `isc image pack` is leased, its flag and `lstat` facts are
 //!   checked against its record, and it is mounted read-only from a loop device. Any other EROFS
@@ -16,9 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use isc_image::{
-    dir::validate_dir_image, import_oci_layout, oci_layout_key, prepare_dir_image,
-    prepare_host_image, ErofsMount, HostImageRequest, ImageLease, ImageStore, ImportOptions,
-    PreparedRoot,
+    dir::validate_dir_image, host_image_id, import_oci_layout, oci_layout_key, prepare_dir_image,
+    ErofsMount, HostImageRequest, ImageLease, ImageStore, ImportOptions, PreparedRoot,
 };
 use isc_manifest::{ImageSource, Manifest};
 
@@ -49,18 +49,21 @@ impl Drop for ImageHold {
     }
 }
 
-/// Leases stored image `id` and runs the before-start check; the lease comes first so the image
-/// cannot be removed between the check and the mount.
-pub fn lease_and_check(store: &ImageStore, id: &str) -> Result<(ImageLease, PreparedRoot)> {
+/// Leases stored image `id` and runs the before-start check, mount points `extra` included; the
+/// lease comes first so the image cannot be removed between the check and the mount.
+fn lease_and_check(
+    store: &ImageStore,
+    id: &str,
+    extra: &[PathBuf],
+) -> Result<(ImageLease, PreparedRoot)> {
     let lease = store.lease(id).with_context(|| format!("taking a lease on image {id}"))?;
-    let prepared = store.check_before_start(id)?;
+    let prepared = store.check_before_start_for(id, extra)?;
     Ok((lease, prepared))
 }
 
 /// Imports the OCI layout at `layout` unless the store already maps its key to an image.
-pub fn import_oci_once(store_root: &Path, layout: &Path) -> Result<String> {
+fn import_oci_once(store: &ImageStore, store_root: &Path, layout: &Path) -> Result<String> {
     let opts = ImportOptions::default();
-    let store = ImageStore::open(store_root)?;
     let key = oci_layout_key(layout, &opts)?;
     if let Some(id) = store.lookup_key(&key)? {
         tracing::debug!(id, layout = %layout.display(), "OCI layout already imported");
@@ -72,13 +75,18 @@ pub fn import_oci_once(store_root: &Path, layout: &Path) -> Result<String> {
     Ok(imported.prepared.id)
 }
 
-/// Builds or finds the store image a manifest's `[image]` names (`host`, `oci:`, `id:`), without
-/// leasing it (`isc image build`).
-pub fn build_store_image(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<PreparedRoot> {
-    let store = ImageStore::open(&dirs.root)?;
+/// The id of the store image a manifest's `[image]` names (`host`, `oci:`, `id:`), built or
+/// imported on the way if needed; not start-checked (callers check it, after leasing it if it
+/// is about to run).
+fn store_image_id(
+    store: &ImageStore,
+    m: &Manifest,
+    dirs: &Dirs,
+    extra: &[PathBuf],
+) -> Result<String> {
     match &m.image.source {
-        ImageSource::Host => Ok(prepare_host_image(
-            &dirs.root,
+        ImageSource::Host => Ok(host_image_id(
+            store,
             &HostImageRequest {
                 paths: m.image.paths.clone(),
                 extra_dirs: extra.to_vec(),
@@ -87,15 +95,20 @@ pub fn build_store_image(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result
             },
         )
         .context("building the root image from host files")?),
-        ImageSource::Oci(layout) => {
-            let id = import_oci_once(&dirs.root, layout)?;
-            Ok(store.check_before_start(&id)?)
-        }
-        ImageSource::Id(id) => Ok(store.check_before_start(id)?),
+        ImageSource::Oci(layout) => import_oci_once(store, &dirs.root, layout),
+        ImageSource::Id(id) => Ok(id.clone()),
         other => anyhow::bail!(
             "image source `{other}` is not built into the store; fix: use `host`, `oci:PATH` or `id:HEX` (pack a stored image with `isc image pack ID`)"
         ),
     }
+}
+
+/// Builds or finds the store image a manifest's `[image]` names (`host`, `oci:`, `id:`), and
+/// start-checks it, without leasing it (`isc image build`).
+pub fn build_store_image(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<PreparedRoot> {
+    let store = ImageStore::open(&dirs.root)?;
+    let id = store_image_id(&store, m, dirs, extra)?;
+    Ok(store.check_before_start_for(&id, extra)?)
 }
 
 /// Resolves, leases, checks and (for EROFS) mounts the image of `m` for ISC `m.name`.
@@ -136,13 +149,11 @@ pub fn prepare(m: &Manifest, dirs: &Dirs, extra: &[PathBuf]) -> Result<(Prepared
             PreparedRoot { rootfs: dir, id, cached: true }
         }
         _ => {
-            let built = build_store_image(m, dirs, extra)?;
+            // One start check, after the lease (build_store_image would check once more).
             let store = ImageStore::open(&dirs.root)?;
-            let (lease, prepared) = lease_and_check(&store, &built.id)?;
+            let id = store_image_id(&store, m, dirs, extra)?;
+            let (lease, prepared) = lease_and_check(&store, &id, extra)?;
             hold.lease = Some(lease);
-            validate_dir_image(&prepared.rootfs, extra).with_context(|| {
-                format!("image {} lacks a mount point this manifest needs", prepared.id)
-            })?;
             prepared
         }
     };

@@ -250,6 +250,29 @@ fn oci_layout_runs_as_an_isc_and_is_imported_once() {
         .unwrap();
     let v = ok_json(imp, "import");
     assert_eq!(v["id"], ids[0].as_str());
+    // A mount point the image lacks is refused before anything is created: a stored image
+    // cannot be changed in place, so the message says to rebuild it.
+    let lacking = manifest_with_source(
+        &env,
+        &unique("m"),
+        &[ISC, "probe", "status"],
+        &format!("oci:{}", layout.display()),
+    );
+    let text = fs::read_to_string(&lacking).unwrap().replace(
+        "tmpfs = [{ path = \"/run\", size = \"4M\" }]",
+        "tmpfs = [{ path = \"/run\", size = \"4M\" }, { path = \"/srv/cache\" }]",
+    );
+    fs::write(&lacking, text).unwrap();
+    let out = env.run(&lacking, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!(
+            "image {} lacks mount points this manifest needs: /srv/cache; add them",
+            ids[0]
+        )),
+        "{err}"
+    );
     assert_nothing_left(&env);
 }
 

@@ -59,20 +59,44 @@ pub fn elf_closure(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
     Ok(plan.entries.into_keys().collect())
 }
 
-/// Builds (or finds in the cache) the root tree for `req` under `store_root/images/`.
+/// Builds (or finds in the cache) the root tree for `req` under `store_root/images/`; a tree
+/// found in the cache is start-checked before it is returned.
 pub fn prepare_host_image(
     store_root: &Path,
     req: &HostImageRequest,
 ) -> Result<PreparedRoot, ImageError> {
+    let store = ImageStore::open(store_root)?;
+    match find_or_build(&store, req)? {
+        HostImage::Cached(id) => Ok(store.check_before_start(&id)?),
+        HostImage::Built(prepared) => Ok(prepared),
+    }
+}
+
+/// The id of the stored tree for `req`, found in the cache or built now, *not* start-checked:
+/// for a caller that leases the image first and then checks it (`isc run`), so the check runs
+/// once and nothing can remove the image between the check and the mount.
+pub fn host_image_id(store: &ImageStore, req: &HostImageRequest) -> Result<String, ImageError> {
+    Ok(match find_or_build(store, req)? {
+        HostImage::Cached(id) => id,
+        HostImage::Built(prepared) => prepared.id,
+    })
+}
+
+/// A host tree found in the cache (by id: not checked yet) or freshly built and stored.
+enum HostImage {
+    Cached(String),
+    Built(PreparedRoot),
+}
+
+fn find_or_build(store: &ImageStore, req: &HostImageRequest) -> Result<HostImage, ImageError> {
     for d in &req.extra_dirs {
         skeleton::check_mount_point(d).map_err(HostBuildError::from)?;
     }
     let plan = Planner::new().plan(&req.paths)?;
     let key = cache_key(&plan, req);
-    let store = ImageStore::open(store_root)?;
     if let Some(id) = store.lookup_key(&key)? {
         tracing::debug!(key = %key, id = %id, "host image cache hit");
-        return Ok(store.check_before_start(&id)?);
+        return Ok(HostImage::Cached(id));
     }
     let staging = store.staging()?;
     let rootfs = staging.path().join("rootfs");
@@ -84,7 +108,7 @@ pub fn prepare_host_image(
     let meta = ImageMeta { source: "host".to_string(), defaults: None };
     let prepared = store.commit(staging, &meta, Some(&key))?;
     tracing::info!(id = %prepared.id, files = plan.entries.len(), "built host image");
-    Ok(prepared)
+    Ok(HostImage::Built(prepared))
 }
 
 /// BLAKE3 over the sorted closure with each entry's host `lstat` facts, the mount points and the

@@ -21,12 +21,13 @@ pub mod oci;
 mod oci_layer;
 pub mod pack;
 pub mod skeleton;
+pub mod start_record;
 pub mod store;
 
 use std::path::PathBuf;
 
 pub use dir::prepare_dir_image;
-pub use host::{elf_closure, prepare_host_image, HostImageRequest};
+pub use host::{elf_closure, host_image_id, prepare_host_image, HostImageRequest};
 pub use integrity::{Change, DriftReport, IntegrityError};
 pub use loopdev::ErofsMount;
 pub use manifest::{Manifest, ManifestEntry, MountPolicy};

@@ -3,7 +3,8 @@
 //! ```text
 //! images/<id>/rootfs/          the tree: root-owned, no write bits, FS_IMMUTABLE_FL on every inode
 //! images/<id>/manifest.json    content manifest; its Merkle root is <id>
-//! images/<id>/record.json      inode facts for the before-start check (integrity.rs)
+//! images/<id>/record.bin       inode facts for the before-start check (start_record.rs;
+//!                              stores of format 1 hold record.json instead)
 //! images/<id>/meta.json        source and OCI config defaults
 //! images/keys/<key>            host-build cache key -> id
 //! images/locks/<id>            flock held while an image is being committed
@@ -22,8 +23,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::immutable::{self, ImmutableError};
-use crate::integrity::{self, DriftReport, IntegrityError, StartRecord};
+use crate::integrity::{self, DriftReport, IntegrityError};
 use crate::manifest::{walk_tree, Manifest, ManifestError, MountPolicy};
+use crate::skeleton::SKELETON_DIRS;
+use crate::start_record::{check_start_record, has_record, StartRecord, RECORD_FILE};
 use crate::PreparedRoot;
 
 /// Errors of the image store.
@@ -238,7 +241,7 @@ impl ImageStore {
                 why: format!("holds {id:?}, not an image id"),
             });
         }
-        if !self.images.join(&id).join("record.json").exists() {
+        if !has_record(&self.images.join(&id)) {
             return Ok(None); // removed since; the next build rewrites the key
         }
         Ok(Some(id))
@@ -269,7 +272,7 @@ impl ImageStore {
         let dest = self.images.join(&id);
         let lock_path = self.images.join("locks").join(&id);
         let _lock = Flock::acquire(&lock_path, libc::LOCK_EX).map_err(io(&lock_path))?;
-        let cached = dest.join("record.json").exists();
+        let cached = has_record(&dest);
         if cached {
             tracing::debug!(id, "image already stored; discarding the new copy");
             drop(staging);
@@ -291,9 +294,9 @@ impl ImageStore {
                 }
             }
             let record = StartRecord::capture(&dest, &id, &manifest, flagged).map_err(io(&dest))?;
-            write_json(&dest.join("record.json"), &record)?;
+            write_read_only(&dest.join(RECORD_FILE), &record.encode())?;
             if flagged {
-                for f in ["record.json", ""] {
+                for f in [RECORD_FILE, ""] {
                     immutable::set_immutable(&dest.join(f), true)?;
                 }
             }
@@ -307,11 +310,28 @@ impl ImageStore {
 
     /// The cheap check run before every start (see `docs/images.md`); returns the tree to mount.
     pub fn check_before_start(&self, id: &str) -> Result<PreparedRoot, IntegrityError> {
+        self.check_before_start_for(id, &[])
+    }
+
+    /// [`ImageStore::check_before_start`], and that the skeleton's and `extra_dirs`' mount
+    /// points are directories of the image, answered from the record the check just compared
+    /// (no further `lstat`).
+    pub fn check_before_start_for(
+        &self,
+        id: &str,
+        extra_dirs: &[PathBuf],
+    ) -> Result<PreparedRoot, IntegrityError> {
         if !is_valid_id(id) {
             return Err(IntegrityError::BadId { id: id.to_string() });
         }
         let dir = self.images.join(id);
-        integrity::check_start_record(&dir, id)?;
+        let record = check_start_record(&dir, id)?;
+        let wanted =
+            SKELETON_DIRS.iter().map(Path::new).chain(extra_dirs.iter().map(PathBuf::as_path));
+        let missing = record.missing_dirs(wanted);
+        if !missing.is_empty() {
+            return Err(IntegrityError::MissingMountPoints { id: id.to_string(), missing });
+        }
         Ok(PreparedRoot { rootfs: dir.join("rootfs"), id: id.to_string(), cached: true })
     }
 
@@ -327,7 +347,7 @@ impl ImageStore {
 
     fn existing(&self, id: &str) -> Result<PathBuf, StoreError> {
         let dir = self.checked_dir(id)?;
-        if !dir.join("record.json").exists() {
+        if !has_record(&dir) {
             return Err(StoreError::NotFound { id: id.to_string() });
         }
         Ok(dir)
@@ -446,7 +466,7 @@ impl ImageStore {
             let Some(id) = name.to_str().filter(|n| is_valid_id(n)) else {
                 continue;
             };
-            if !self.images.join(id).join("record.json").exists() {
+            if !has_record(&self.images.join(id)) {
                 continue;
             }
             let manifest = self.manifest(id)?;
@@ -504,9 +524,16 @@ fn strip_write_bits(root: &Path) -> Result<(), StoreError> {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| io(path)(e.into()))?;
+    write_read_only(path, &bytes)
+}
+
+/// Writes `bytes` to `path` (mode 0444) through a temporary file and a rename.
+fn write_read_only(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io(dir))?;
-    serde_json::to_writer(&mut tmp, value).map_err(|e| io(path)(e.into()))?;
+    tmp.write_all(bytes).map_err(io(path))?;
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o444)).map_err(io(path))?;
     tmp.persist(path).map_err(|e| io(path)(e.error))?;
     Ok(())

@@ -233,3 +233,61 @@ fn diff_between_two_images_lists_changes() {
     let changed: Vec<&str> = d.changed.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(changed, vec!["/etc/passwd"]);
 }
+
+#[test]
+fn mount_points_are_answered_from_the_checked_record() {
+    let s = TestStore::new();
+    let (store, id, _) = build(&s);
+    store.check_before_start_for(&id, &[PathBuf::from("/data")]).unwrap();
+    // Missing, a file, and below a file: each is named, and the fix says to rebuild.
+    let wanted = ["/srv/www", "/etc/passwd", "/etc/passwd/x"].map(PathBuf::from);
+    let err = store.check_before_start_for(&id, &wanted).unwrap_err();
+    let IntegrityError::MissingMountPoints { missing, .. } = &err else { panic!("{err}") };
+    assert_eq!(missing, &wanted.to_vec());
+    let msg = err.to_string();
+    assert!(msg.contains("/srv/www, /etc/passwd, /etc/passwd/x"), "{msg}");
+    assert!(msg.contains("build or import it again"), "{msg}");
+}
+
+#[test]
+fn a_corrupt_record_is_refused_with_its_path() {
+    let s = TestStore::new();
+    let (store, id, rootfs) = build(&s);
+    let record = rootfs.parent().unwrap().join(isc_image::start_record::RECORD_FILE);
+    tamper(&record, || {
+        let bytes = std::fs::read(&record).unwrap();
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&record, &bytes[..bytes.len() - 3]).unwrap();
+    });
+    let err = store.check_before_start(&id).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, IntegrityError::Record { .. }), "{msg}");
+    assert!(msg.contains("record.bin") && msg.contains("truncated"), "{msg}");
+}
+
+/// Stores written before `record.bin` hold a format-1 `record.json`: still start-checked.
+#[test]
+fn a_store_of_format_1_is_still_checked() {
+    use isc_image::start_record::{StartRecord, LEGACY_RECORD_FILE, RECORD_FILE};
+    let s = TestStore::new();
+    let (store, id, rootfs) = build(&s);
+    let dir = rootfs.parent().unwrap().to_path_buf();
+    let record = dir.join(RECORD_FILE);
+    tamper(&record, || {
+        let mut r = StartRecord::decode(&std::fs::read(&record).unwrap()).unwrap();
+        r.version = 1;
+        std::fs::write(dir.join(LEGACY_RECORD_FILE), serde_json::to_vec(&r).unwrap()).unwrap();
+        std::fs::remove_file(&record).unwrap();
+    });
+    store.check_before_start(&id).unwrap();
+    assert!(store.lease(&id).is_ok(), "a format-1 image counts as stored");
+    let target = rootfs.join("etc/hosts");
+    tamper(&target, || {
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    });
+    let err = store.check_before_start(&id).unwrap_err();
+    assert!(
+        matches!(&err, IntegrityError::Changed { path, .. } if path.starts_with("/etc")),
+        "{err}"
+    );
+}
