@@ -337,8 +337,8 @@ pub(crate) fn quick_head(line: &[u8]) -> Option<(u64, &[u8])> {
     }
     let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
     const KIND: &[u8] = b",\"kind\":\"";
-    let at = memchr::memmem::find(rest, KIND)? + KIND.len();
-    let len = memchr::memchr(b'"', &rest[at..])?;
+    let at = rest.windows(KIND.len()).position(|w| w == KIND)? + KIND.len();
+    let len = rest[at..].iter().position(|&b| b == b'"')?;
     Some((seq, &rest[at..at + len]))
 }
 

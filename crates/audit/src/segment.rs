@@ -60,8 +60,13 @@ pub(crate) const RESERVE: u64 = 256 * 1024;
 
 /// The records of `buf` (a whole file or a region starting at a line boundary): everything
 /// before its first NUL byte.
+///
+/// Here and in [`ends_in_checkpoint`] (the path of every open, on every `isc run`'s start)
+/// plain slice searches, not the `memchr` crate: its first call runs std's CPU feature
+/// detection, a dozen CPUID instructions that each exit to the hypervisor in a VM (~7 µs),
+/// for buffers of a few hundred bytes.
 pub(crate) fn records_part(buf: &[u8]) -> &[u8] {
-    &buf[..memchr(0, buf).unwrap_or(buf.len())]
+    &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())]
 }
 
 /// Where the data of `file` (`physical` bytes long) ends: its records, and a torn line if a
@@ -254,7 +259,7 @@ fn ends_in_checkpoint(
     let buf = read_from(file, path, from, len)?;
     let Some((b'\n', body)) = buf.split_last() else { return Ok(None) };
     // The last line must start inside the window (after a newline, or at the file's start).
-    let start = match memchr::memrchr(b'\n', body) {
+    let start = match body.iter().rposition(|&b| b == b'\n') {
         Some(nl) => nl + 1,
         None if from == 0 => 0,
         None => return Ok(None),

@@ -78,6 +78,10 @@ fn keeps_network_capability(capabilities: &[String]) -> bool {
 /// unlike CLONE_NEWUSER or CLONE_NEWNS, is allowed in a multi-threaded process), `lo` up, and
 /// a descriptor that keeps it alive after the thread exits.
 fn make_in_this_thread() -> Result<OwnedFd, NetnsError> {
+    // BLAKE3 picks its SIMD code by CPUID on first use, and a CPUID exits to the hypervisor in
+    // a VM (~7 µs each): this thread pays that, beside the main thread, which hashes soon after
+    // (the audit trail's head, the spec) and then finds the answer cached.
+    let _ = blake3::hash(b"");
     // SAFETY: unshare with one namespace flag; it changes only this thread's nsproxy.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(NetnsError::Prepare { step: "unshare", source: io::Error::last_os_error() });
