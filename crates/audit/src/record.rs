@@ -43,8 +43,10 @@ pub enum Kind {
     ImageBuild,
     /// An image was imported.
     ImageImport,
-    /// An image failed its content-manifest check.
+    /// An image failed its content-manifest check (a re-hash found drift).
     ImageIntegrityFailure,
+    /// An image (or a running ISC's live tree) was re-hashed against its manifest and intact.
+    ImageVerify,
     /// A secret was sealed and stored.
     SecretSet,
     /// A secret was unsealed (delivered at start).
@@ -86,6 +88,7 @@ impl Kind {
             Kind::ImageBuild => "image_build",
             Kind::ImageImport => "image_import",
             Kind::ImageIntegrityFailure => "image_integrity_failure",
+            Kind::ImageVerify => "image_verify",
             Kind::SecretSet => "secret_set",
             Kind::SecretRead => "secret_read",
             Kind::SecretRemove => "secret_remove",

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use isc_image::{
-    import_docker_archive, DriftReport, ImageStore, ImportOptions, MkfsErofs, PackedReport,
-};
+use isc_image::{import_docker_archive, DriftReport, ImageStore, ImportOptions, MkfsErofs};
 use isc_manifest::Manifest;
 use serde_json::json;
 
@@ -55,11 +53,14 @@ pub enum ImageCmd {
         json: bool,
     },
     /// Re-hash an image against its manifest (with `--isc NAME`: the live tree of that running
-    /// ISC through /proc/<init pid>/root; ID defaults to the ISC's image). Exit 1 on drift.
+    /// ISC through /proc/<init pid>/root; ID defaults to the ISC's image; with `--all`: every
+    /// stored image, as a timer runs it). Each result goes on the audit trail. Exit 1 on drift.
     Verify {
         id: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         isc: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -218,7 +219,9 @@ pub fn dispatch(dirs: &Dirs, cmd: ImageCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ImageCmd::Verify { id, isc, json } => verify(dirs, &store, id, isc, json),
+        ImageCmd::Verify { id, isc, all, json } => {
+            crate::cmd_image_verify::verify(dirs, &store, id, isc, all, json)
+        }
         ImageCmd::Diff { a, b, json } => {
             let (a, b) = (full_id(&store, &a)?, full_id(&store, &b)?);
             let report = store.diff(&a, &b)?;
@@ -262,76 +265,7 @@ pub fn dispatch(dirs: &Dirs, cmd: ImageCmd) -> Result<ExitCode> {
     }
 }
 
-fn verify(
-    dirs: &Dirs,
-    store: &ImageStore,
-    id: Option<String>,
-    isc: Option<String>,
-    json: bool,
-) -> Result<ExitCode> {
-    let (id, live) = match (&isc, id) {
-        (Some(name), id) => {
-            let st = isc_engine::state::get(&dirs.state, name)?;
-            let id = match id {
-                Some(id) => full_id(store, &id)?,
-                None => st.image_id.clone(),
-            };
-            (id, Some(PathBuf::from(format!("/proc/{}/root", st.init_pid))))
-        }
-        (None, Some(id)) => (full_id(store, &id)?, None),
-        (None, None) => bail!("name an image (isc image verify ID) or a running ISC (--isc NAME)"),
-    };
-    let what = match (&isc, &live) {
-        (Some(name), Some(root)) => format!("ISC `{name}` through {}", root.display()),
-        _ => format!("image {}", &id[..16.min(id.len())]),
-    };
-    let sp = spinner(&format!("re-hashing {what}"));
-    let started = Instant::now();
-    let report = match &live {
-        Some(root) => store.verify_live(&id, root).with_context(|| {
-            format!("verifying the live tree of ISC `{}`", isc.as_deref().unwrap_or(""))
-        })?,
-        None => store.verify(&id)?,
-    };
-    let packed: Option<PackedReport> =
-        if live.is_none() { store.verify_packed(&id)? } else { None };
-    finish(sp);
-    let clean = report.is_clean() && packed.as_ref().is_none_or(PackedReport::is_clean);
-    if json {
-        print_json(&json!({
-            "id": id, "isc": isc, "root": live, "clean": clean,
-            "added": report.added, "removed": report.removed, "changed": report.changed,
-            "skipped_mounts": report.skipped_mounts,
-            "manifest_matches_id": report.manifest_matches_id,
-            "packed": packed, "ms": started.elapsed().as_secs_f64() * 1000.0,
-        }))?;
-    } else {
-        print_drift(&report);
-        if !report.manifest_matches_id {
-            println!("! manifest.json no longer hashes to the image id {id}");
-        }
-        if let Some(p) = &packed {
-            if !p.hash_matches {
-                println!("! packed file {} no longer has its recorded BLAKE3", p.file.display());
-            }
-            if let Some(why) = &p.start_check {
-                println!("! packed file: {why}");
-            }
-            if !p.tree.is_clean() {
-                println!("packed file {}:", p.file.display());
-                print_drift(&p.tree);
-            }
-        }
-        if clean {
-            println!("{what}: intact");
-        } else {
-            println!("{what}: DRIFT");
-        }
-    }
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn print_drift(r: &DriftReport) {
+pub(crate) fn print_drift(r: &DriftReport) {
     for p in &r.added {
         println!("+ {p}");
     }
@@ -344,7 +278,7 @@ fn print_drift(r: &DriftReport) {
 }
 
 /// An id, or a unique prefix of at least 8 hex digits of a stored one.
-fn full_id(store: &ImageStore, given: &str) -> Result<String> {
+pub(crate) fn full_id(store: &ImageStore, given: &str) -> Result<String> {
     let given = given.strip_prefix("id:").unwrap_or(given);
     if isc_image::store::is_valid_id(given) {
         return Ok(given.to_string());
@@ -361,12 +295,12 @@ fn full_id(store: &ImageStore, given: &str) -> Result<String> {
     }
 }
 
-fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn spinner(msg: &str) -> Option<ProgressBar> {
+pub(crate) fn spinner(msg: &str) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
@@ -380,7 +314,7 @@ fn spinner(msg: &str) -> Option<ProgressBar> {
     Some(pb)
 }
 
-fn finish(pb: Option<ProgressBar>) {
+pub(crate) fn finish(pb: Option<ProgressBar>) {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

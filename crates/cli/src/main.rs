@@ -5,6 +5,7 @@ mod audit_collect;
 mod cmd_audit;
 mod cmd_dock;
 mod cmd_image;
+mod cmd_image_verify;
 mod cmd_net;
 mod cmd_secret;
 mod cmd_verify;

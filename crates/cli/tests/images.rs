@@ -84,6 +84,43 @@ fn tampered_byte_is_named_by_verify_and_refused_at_start() {
     assert_eq!(v["added"], json!([]));
     assert_eq!(v["removed"], json!([]));
 
+    // `--all`, what the daily timer runs, re-hashes every stored image; each result goes on
+    // the audit trail, the drifted one naming its path.
+    let layout = env.dir.join("layout");
+    write_oci_layout(&layout);
+    let mut imp = env.cmd();
+    imp.args(["image", "import", "--json"]).arg(format!("oci:{}", layout.display()));
+    let other = ok_json(imp.output().unwrap(), "import")["id"].as_str().unwrap().to_string();
+    let out = env.cmd().args(["image", "verify", "--all", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean_of =
+        |i: &str| all.as_array().unwrap().iter().find(|v| v["id"] == i).unwrap()["clean"].clone();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!((clean_of(&id), clean_of(&other)), (json!(false), json!(true)), "{all}");
+    let trail = env.cmd().args(["audit", "show", "--json"]).output().unwrap();
+    let records: Vec<Value> = String::from_utf8_lossy(&trail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of_kind = |k: &str| -> Vec<Value> {
+        records.iter().filter(|r| r["kind"] == k).map(|r| r["detail"].clone()).collect()
+    };
+    let verified = of_kind("image_verify");
+    let drifted = of_kind("image_integrity_failure");
+    // The first single verify (intact), then the single and the --all verify of the tampered id.
+    assert_eq!(verified.len(), 2, "{verified:?}");
+    assert_eq!(
+        (verified[0]["image"].as_str(), verified[1]["image"].as_str()),
+        (Some(&*id), Some(&*other))
+    );
+    assert_eq!(drifted.len(), 2, "{drifted:?}");
+    for d in &drifted {
+        assert_eq!(d["image"], id.as_str());
+        assert_eq!((d["clean"].clone(), d["changed"].clone()), (json!(false), json!(1)));
+        assert_eq!(d["paths"], json!(["/usr/bin/sleep"]));
+    }
+
     let by_id = manifest_with_source(&env, &name, &[ISC, "probe", "status"], &format!("id:{id}"));
     let out = env.run(&by_id, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
