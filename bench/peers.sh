@@ -260,9 +260,12 @@ TABLE=$OUT/table.md
       IFS='|' read -r peer lim <<< "$t"
       a=${MED[$i]:--}; b=${MED[$peer]:--}
       if [ "$a" = - ] || [ "$b" = - ]; then echo "- $i vs $peer: NOT MEASURED"; continue; fi
+      # (host) runs the host's dynamically linked /bin/true (ld.so and libc inside the ISC), not
+      # the peers' static busybox: its ratio is shown, but it is not one of the targets.
       awk -v a="$a" -v b="$b" -v l="$lim" -v i="$i" -v p="$peer" 'BEGIN{
-        r=a/b; printf "- %s <= %s x %s: %.2f ms vs %.2f ms (limit %.2f ms), ratio %.3f: %s\n",
-          i, l, p, a, b, b*l, r, (r<=l)?"PASS":"FAIL" }'
+        r=a/b; v=(i=="isc (host)")?"not a target (another service)":((r<=l)?"PASS":"FAIL");
+        printf "- %s <= %s x %s: %.2f ms vs %.2f ms (limit %.2f ms), ratio %.3f: %s\n",
+          i, l, p, a, b, b*l, r, v }'
     done
   done
 } > "$TABLE"
