@@ -283,14 +283,18 @@ impl MountedVolume {
 
     fn teardown(&mut self) -> Result<(), VaultError> {
         let mut first_err: Option<VaultError> = None;
+        // FILES_BUSY is the normal answer here: the ISC's bind mount of `data_dir` is released
+        // lazily, after an RCU grace period, so the directory is still pinned for a few tens of
+        // ms after PID 1 is gone (dmesg: "1 inode(s) still busy ... including ino 12"). The
+        // master secret is wiped regardless; what is still unlocked then are the in-use inodes,
+        // and they go with the filesystem. So this is reported only if the filesystem does not
+        // go (the loop device's release below waits for its last mount).
+        let mut busy = 0u32;
         if let Some(id) = self.key_identifier.take() {
             let res = fscrypt::open_dir(&self.mount_dir)
                 .and_then(|d| fscrypt::remove_key(d.as_fd(), &self.mount_dir, &id));
             match res {
-                Ok(flags) if flags != 0 => {
-                    tracing::warn!(mount = %self.mount_dir.display(), flags, "fscrypt key removed but files were still in use");
-                }
-                Ok(_) => {}
+                Ok(flags) => busy = flags,
                 Err(e) => first_err = Some(e.into()),
             }
         }
@@ -307,13 +311,22 @@ impl MountedVolume {
                 }
             }
         }
+        let mut gone = false;
         if !self.mounted {
             if let Some(dev) = self.loop_device.take() {
-                if let Err(e) = dev.release_and_wait() {
-                    first_err.get_or_insert(e.into());
+                match dev.release_and_wait() {
+                    Ok(()) => gone = true,
+                    Err(e) => {
+                        first_err.get_or_insert(e.into());
+                    }
                 }
             }
             let _ = fs::remove_dir(&self.mount_dir);
+        }
+        if busy != 0 && !gone {
+            tracing::warn!(mount = %self.mount_dir.display(), flags = busy, "fscrypt key removed (its secret wiped) but files still in use keep their per-file keys until they are closed");
+        } else if busy != 0 {
+            tracing::debug!(mount = %self.mount_dir.display(), "inodes in use at the key's removal went with the filesystem");
         }
         match first_err {
             Some(e) => Err(e),
