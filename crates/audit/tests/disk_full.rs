@@ -9,10 +9,17 @@ use isc_audit::{query, verify_dir, Actor, AuditConfig, AuditError, AuditLog, Fil
 use serde_json::json;
 
 /// A 64 KiB tmpfs under /tmp/isc-audit-test-*, unmounted and removed on drop (even on failure).
-struct Tmpfs(PathBuf);
+///
+/// One at a time (the guard): a `mount` another test forks copies this process's descriptors
+/// until it execs, so a file this test just closed can still be open for writing there, and
+/// `remount,ro` fails with EBUSY (seen once in CI).
+struct Tmpfs(PathBuf, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+static ONE_TMPFS_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmpfs {
     fn mount(tag: &str) -> Tmpfs {
+        let guard = ONE_TMPFS_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let p = PathBuf::from(format!("/tmp/isc-audit-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         let st = Command::new("mount")
@@ -21,7 +28,7 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(st.success(), "mounting a tmpfs at {} (needs root)", p.display());
-        Tmpfs(p)
+        Tmpfs(p, guard)
     }
     fn remount(&self, opt: &str) {
         let st = Command::new("mount")
