@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::CgroupError;
 use crate::fsops::{self, CgroupFs};
+use crate::held::{HeldFiles, ThroughHeld};
 use crate::layout::{Controller, Layout};
 use crate::limits::{Events, Limits, Stats};
 use crate::v1::{self, V1Part};
@@ -30,6 +31,8 @@ pub(crate) struct Group {
     warnings: Vec<String>,
     /// v1 directories still to create (split creation only).
     pending_v1: Option<PendingV1>,
+    /// The event counters' files, once [`IscCgroup::hold_event_files`] opened them.
+    held: HeldFiles,
 }
 
 /// Which hierarchy holds which controller for a new cgroup.
@@ -255,6 +258,7 @@ impl Group {
             v2,
             warnings,
             pending_v1: (!pending.bases.is_empty()).then_some(pending),
+            held: HeldFiles::default(),
         })
     }
 
@@ -377,7 +381,19 @@ impl Group {
             v2,
             warnings: Vec::new(),
             pending_v1: None,
+            held: HeldFiles::default(),
         })
+    }
+
+    fn events_through(&self, fs: &ThroughHeld<'_>) -> Result<Events, CgroupError> {
+        let mut e = Events::default();
+        if let Some(p) = &self.v1 {
+            p.events_into(fs, &mut e)?;
+        }
+        if let Some(p) = &self.v2 {
+            p.events_into(fs, &mut e)?;
+        }
+        Ok(e)
     }
 
     fn wait_empty(&self) -> Result<(), CgroupError> {
@@ -454,14 +470,14 @@ impl IscCgroup for Group {
     }
 
     fn events(&self) -> Result<Events, CgroupError> {
-        let mut e = Events::default();
-        if let Some(p) = &self.v1 {
-            p.events_into(self.fs.as_ref(), &mut e)?;
-        }
-        if let Some(p) = &self.v2 {
-            p.events_into(self.fs.as_ref(), &mut e)?;
-        }
-        Ok(e)
+        let fs = ThroughHeld { inner: self.fs.as_ref(), held: &self.held, opening: false };
+        self.events_through(&fs)
+    }
+
+    fn hold_event_files(&self) {
+        let fs = ThroughHeld { inner: self.fs.as_ref(), held: &self.held, opening: true };
+        // Errors only mean a file stays unheld; `events` then reads it the usual way.
+        let _ = self.events_through(&fs);
     }
 
     fn procs(&self) -> Result<Vec<i32>, CgroupError> {
@@ -495,6 +511,7 @@ impl IscCgroup for Group {
     }
 
     fn destroy(self: Box<Self>) -> Result<(), CgroupError> {
+        self.held.release();
         // After a normal end the PID namespace is already gone and every directory empty:
         // rmdir(2) itself is the emptiness check (EBUSY while a task or child remains), so try
         // it first and read no `cgroup.procs` at all. Whatever stays goes the long way.

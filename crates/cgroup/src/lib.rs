@@ -12,6 +12,7 @@ mod capacity;
 mod error;
 mod fsops;
 mod group;
+mod held;
 mod layout;
 mod limits;
 mod rlimit;
@@ -59,6 +60,10 @@ pub trait IscCgroup: Send {
     fn stats(&self) -> Result<Stats, CgroupError>;
     /// Counters of limit events: OOM kills, pids-limit hits, CPU throttling.
     fn events(&self) -> Result<Events, CgroupError>;
+    /// Opens the files [`IscCgroup::events`] reads, so that its one read at the service's end
+    /// costs a `pread` each instead of an open, a read and a close on cgroupfs. Call once the
+    /// service runs; a file that cannot be opened is read the usual way.
+    fn hold_event_files(&self) {}
     /// The pids of every process in this cgroup (union over hierarchies, sorted).
     fn procs(&self) -> Result<Vec<i32>, CgroupError>;
     /// SIGKILL every process: `cgroup.kill` on v2; on v1 freeze, kill, thaw (so nothing can

@@ -269,6 +269,14 @@ fn mib(b: u64) -> String {
 }
 
 impl StartHooks for CgroupHooks {
+    fn after_start(&mut self, _state: &isc_engine::state::IscState) {
+        // The service runs and this thread waits for its end: open the limit-event counters'
+        // files now, so the exit record reads them with a pread each (isc_cgroup's held.rs).
+        if let Some(cg) = &self.cgroup {
+            cg.hold_event_files();
+        }
+    }
+
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         let cg = self.cgroup.as_mut().expect("cgroup present until drop");
         cg.complete().map_err(|e| ("creating the ISC's cgroup", e.to_string()))?;
