@@ -8,37 +8,19 @@
 set -euo pipefail
 A=$(realpath "$1"); B=$(realpath "$2"); N=${3:-200}
 HERE=$(cd "$(dirname "$0")" && pwd)
-R=${PEERS_WORK:-/tmp/isc-peers}/bundle/rootfs
-[ -d "$R" ] || { echo "no peers rootfs at $R: run bench/peers.sh once first" >&2; exit 2; }
-W=$(mktemp -d /tmp/isc-ab.XXXXXX); chmod 755 "$W"
-mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state" 2>/dev/null || { mkdir -p "$W/state"; mount -t tmpfs -o size=64m,mode=0755 isc-ab-state "$W/state"; }
-cleanup() { umount "$W/state" 2>/dev/null || true; chattr -R -i "$W" 2>/dev/null || true; rm -rf "$W" || true; }
-trap cleanup EXIT
-cp -a "$R" "$W/rootfs"; mkdir -p "$W"/rootfs/{proc,dev,sys,tmp,run/secrets,etc}
-cat > "$W/dir.toml" <<T
-name = "bench-ab"
-[service]
-exec = ["/bin/true"]
-[image]
-source = "dir:$W/rootfs"
-[resources]
-memory = "64M"
-pids = 64
-cpu_weight = 50
-cpu = 1.0
-T
+source "$HERE/tree.sh"
+bench_tree isc-ab
+bench_manifest bench-ab "dir:$W/rootfs" > "$W/dir.toml"
 MANIFEST=$W/dir.toml
 if [ "${AB_CASE:-dir}" = store ]; then
-  source <(sed -n '/^oci_layout()/,/^}/p' "$HERE/peers.sh")
   oci_layout "$W/rootfs" "$W/oci"
   for x in a b; do
     bin=$A; [ $x = b ] && bin=$B
     ID=$("$bin" --root "$W/r$x" --state "$W/state" --log warn image import "oci:$W/oci" --json | jq -r .id)
   done
-  sed "s|^source = .*|source = \"id:$ID\"|" "$W/dir.toml" > "$W/store.toml"
+  bench_manifest bench-ab "id:$ID" > "$W/store.toml"
   MANIFEST=$W/store.toml
 fi
-cc -O2 -o "$W/interleave" "$HERE/tools/interleave.c"
 mkdir -p "$W/state/a" "$W/state/b"
 nice -n -10 "$W/interleave" "$N" \
   -- "$A" --root "$W/ra" --state "$W/state/a" --log warn run "$MANIFEST" \

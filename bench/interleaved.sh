@@ -11,25 +11,18 @@ ISC=$(realpath "${1:-$HERE/../target/x86_64-unknown-linux-gnu/release/isc}"); N=
 P=${PEERS_WORK:-/tmp/isc-peers}
 NOCG2=${PEERS_DIR:-$HERE/../../shared/bench/peers}/nocg2.sh
 [ -d "$P/bundle-hardened" ] && [ -x "$NOCG2" ] || { echo "no peers bundles or nocg2.sh: run bench/peers.sh once first" >&2; exit 2; }
-W=$(mktemp -d /tmp/isc-il.XXXXXX); chmod 755 "$W"; mkdir -p "$W/state" "$W/crun"
-mount -t tmpfs -o size=64m,mode=0755 isc-il-state "$W/state"
-cleanup() { umount "$W/state" 2>/dev/null || true; chattr -R -i "$W" 2>/dev/null || true; rm -rf "$W" || true; }
-trap cleanup EXIT
-cp -a "$P/bundle/rootfs" "$W/rootfs"; mkdir -p "$W"/rootfs/{proc,dev,sys,tmp,run/secrets,etc}
-source <(sed -n '/^oci_layout()/,/^}/p' "$HERE/peers.sh")
+source "$HERE/tree.sh"
+bench_tree isc-il
+mkdir -p "$W/crun"
 oci_layout "$W/rootfs" "$W/oci"
 I=("$ISC" --root "$W/root" --state "$W/state" --log warn)
 ID=$("${I[@]}" image import "oci:$W/oci" --json | jq -r .id)
-for kind in dir store; do
-  src="dir:$W/rootfs"; [ $kind = store ] && src="id:$ID"
-  printf 'name = "il-%s"\n[service]\nexec = ["/bin/true"]\n[image]\nsource = "%s"\n[resources]\nmemory = "64M"\npids = 64\ncpu_weight = 50\ncpu = 1.0\n' \
-    "$kind" "$src" > "$W/$kind.toml"
-done
-cc -O2 -o "$W/interleave" "$HERE/tools/interleave.c"
+bench_manifest il-dir "dir:$W/rootfs" > "$W/dir.toml"
+bench_manifest il-store "id:$ID" > "$W/store.toml"
 nice -n -10 "$W/interleave" "$N" \
   -- "${I[@]}" run "$W/dir.toml" \
   -- "${I[@]}" run "$W/store.toml" \
-  -- "$(command -v bwrap)" --unshare-all --ro-bind "$P/bundle/rootfs" / --proc /proc --dev /dev /bin/true \
+  -- "$(command -v bwrap)" --unshare-all --ro-bind "$R" / --proc /proc --dev /dev /bin/true \
   -- "$NOCG2" crun --root "$W/crun" run --bundle "$P/bundle-hardened" isc-il-crun-h \
   | sed -e 's/^cmd0/isc (dir)    /' -e 's/^cmd1/isc (store)  /' -e 's/^cmd2/bwrap        /' -e 's/^cmd3/crun hardened/' \
   | tee "$W/out"

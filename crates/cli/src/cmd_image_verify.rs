@@ -28,6 +28,15 @@ struct Target {
     live: Option<(String, PathBuf)>,
 }
 
+impl Target {
+    fn what(&self) -> String {
+        match &self.live {
+            Some((name, root)) => format!("ISC `{name}` through {}", root.display()),
+            None => format!("image {}", &self.id[..16.min(self.id.len())]),
+        }
+    }
+}
+
 /// One verification's findings.
 struct Outcome {
     target: Target,
@@ -39,13 +48,6 @@ struct Outcome {
 impl Outcome {
     fn clean(&self) -> bool {
         self.report.is_clean() && self.packed.as_ref().is_none_or(PackedReport::is_clean)
-    }
-
-    fn what(&self) -> String {
-        match &self.target.live {
-            Some((name, root)) => format!("ISC `{name}` through {}", root.display()),
-            None => format!("image {}", &self.target.id[..16.min(self.target.id.len())]),
-        }
     }
 
     fn to_json(&self) -> Value {
@@ -96,7 +98,7 @@ impl Outcome {
                 print_drift(&p.tree);
             }
         }
-        println!("{}: {}", self.what(), if self.clean() { "intact" } else { "DRIFT" });
+        println!("{}: {}", self.target.what(), if self.clean() { "intact" } else { "DRIFT" });
     }
 }
 
@@ -161,11 +163,7 @@ fn target(
 
 fn verify_one(store: &ImageStore, target: Target) -> Result<Outcome> {
     let started = Instant::now();
-    let what = match &target.live {
-        Some((name, _)) => format!("ISC `{name}`"),
-        None => format!("image {}", &target.id[..16.min(target.id.len())]),
-    };
-    let sp = spinner(&format!("re-hashing {what}"));
+    let sp = spinner(&format!("re-hashing {}", target.what()));
     let report = match &target.live {
         Some((name, root)) => store
             .verify_live(&target.id, root)

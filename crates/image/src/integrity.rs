@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::{EntryKind, Manifest, ManifestEntry};
 
-pub use crate::start_record::{check_start_record, InodeFacts, StartRecord, RECORD_VERSION};
-
 /// Errors of the before-start check: each names the image and the path that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrityError {

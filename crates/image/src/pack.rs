@@ -19,9 +19,10 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::immutable::{self, ImmutableError};
-use crate::integrity::{DriftReport, InodeFacts, IntegrityError};
+use crate::integrity::{DriftReport, IntegrityError};
 use crate::loopdev::{ErofsMount, LoopError};
 use crate::manifest::{hash_file, ManifestError, MountPolicy};
+use crate::start_record::InodeFacts;
 use crate::store::{verify_tree, ImageStore, StoreError};
 
 /// Format version of `packed/<id>.json`.
