@@ -35,6 +35,12 @@ pub enum ToInit {
     Probe { id: u64, name: String },
     /// Forward a signal to the service.
     Signal { signo: i32 },
+    /// The ISC has been quiet: exec the tiny init attached (a sealed, execute-only memfd;
+    /// `hibernate.rs`). Sent only with no probe outstanding.
+    Hibernate,
+    /// Exec the whole isc attached (`isc __pid1 <service>`), e.g. before probes. The tiny
+    /// init acts on it; the whole PID 1 drops it.
+    Wake,
 }
 
 /// PID 1 → monitor.
@@ -57,6 +63,10 @@ pub enum FromInit {
     ProbeResult {
         id: u64,
         outcome: ProbeOutcome,
+    },
+    /// PID 1 could not exec the tiny init (errno); it stays whole.
+    HibernateFailed {
+        errno: i32,
     },
     /// The service ended; PID 1 exits right after.
     ServiceExited {

@@ -35,7 +35,7 @@ const PR_SET_MDWE: libc::c_int = 65;
 const PR_MDWE_REFUSE_EXEC_GAIN: libc::c_ulong = 1;
 
 /// Fd number of the control channel inside the child (0–2 are the service's stdio).
-const CHANNEL_FD: RawFd = 3;
+pub(crate) const CHANNEL_FD: RawFd = 3;
 
 /// Entry point of the cloned child. Never returns.
 pub fn child_main(ctx: ChildContext<'_>) -> ! {
@@ -232,13 +232,19 @@ fn release_idle() {
     let _ = crate::idle::release_code_pages();
 }
 
-fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
+/// Blocks the signals PID 1 handles and returns a signalfd for them.
+fn signal_fd() -> RawFd {
     let set = handled_signals();
     // SAFETY: blocking signals for this thread, then a signalfd for them.
-    let sfd = unsafe {
+    unsafe {
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
-    };
+    }
+}
+
+fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
+    // Before the fork: no signal for the service may arrive unhandled.
+    let sfd = signal_fd();
     let service = match spawn_service(spec) {
         Ok(pid) => {
             crate::timing::mark("child: service forked and exec'd");
@@ -251,6 +257,19 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             unsafe { libc::_exit(127) }
         }
     };
+    supervise(service, channel, sfd)
+}
+
+/// The whole PID 1 exec'd back from the tiny init (`hibernate::resume_pid1`): the service
+/// runs already; a child that ended during the exec is reaped at once.
+pub(crate) fn supervise_resumed(service: i32, channel: &Channel) -> ! {
+    let sfd = signal_fd();
+    let mut probes = Probes::default();
+    reap(service, channel, &mut probes);
+    supervise(service, channel, sfd)
+}
+
+fn supervise(service: i32, channel: &Channel, sfd: RawFd) -> ! {
     let mut probes = Probes::default();
     let mut fds = [
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
@@ -273,6 +292,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             continue;
         }
         if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: a plain C struct for which all-zero bytes are a valid value.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
             // SAFETY: reading one siginfo record into a properly sized buffer.
             let r = unsafe {
@@ -293,17 +313,25 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             }
         }
         if fds[1].revents & libc::POLLIN != 0 {
-            match channel.recv::<ToInit>() {
-                Ok(Some(ToInit::Signal { signo })) => {
+            match crate::fdpass::recv_with_fds::<ToInit>(channel) {
+                Ok((Some(ToInit::Signal { signo }), _)) => {
                     // SAFETY: forwarding a signal to our own child.
                     unsafe { libc::kill(service, signo) };
                 }
-                Ok(Some(ToInit::Probe { id, name })) => {
+                Ok((Some(ToInit::Probe { id, name }), _)) => {
                     probes.queue.push_back((id, name));
                     probes.pump(channel);
                 }
-                Ok(Some(ToInit::Go | ToInit::Proceed)) | Err(_) => {}
-                Ok(None) => {
+                Ok((Some(ToInit::Hibernate), exe)) => {
+                    if let Some(exe) = exe.first() {
+                        // Probe children still running are reaped by the tiny init.
+                        let e = crate::hibernate::exec_tiny(exe.as_raw_fd(), service);
+                        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                        let _ = channel.send(&FromInit::HibernateFailed { errno });
+                    }
+                }
+                Ok((Some(ToInit::Go | ToInit::Proceed | ToInit::Wake), _)) | Err(_) => {}
+                Ok((None, _)) => {
                     // The monitor is gone: nothing may run unsupervised.
                     // SAFETY: terminating PID 1 kills every process in the namespace.
                     unsafe { libc::_exit(137) }

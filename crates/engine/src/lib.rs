@@ -11,6 +11,7 @@ pub mod channel;
 pub mod creds;
 pub mod fdpass;
 pub mod finisher;
+pub mod hibernate;
 pub mod idle;
 pub mod init;
 pub mod logfile;

@@ -32,6 +32,10 @@ pub(crate) struct Supervisor<'a> {
     next_probe: u64,
     chan_open: bool,
     pending: Vec<PendingProbe>,
+    /// PID 1 was sent the tiny init (`hibernate.rs`) and has not been woken since.
+    init_hibernating: bool,
+    /// False once hibernation failed: PID 1 stays whole (warned once).
+    hibernation_works: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -50,6 +54,8 @@ impl<'a> Supervisor<'a> {
             next_probe: 1,
             chan_open: true,
             pending: Vec::new(),
+            init_hibernating: false,
+            hibernation_works: true,
         }
     }
 
@@ -99,6 +105,7 @@ impl<'a> Supervisor<'a> {
                 // A quiet second after the start or the last event: unmap the code the start
                 // path ran, so its page tables go (`idle`); it faults back in when needed.
                 if !released {
+                    self.hibernate_init();
                     crate::idle::release_heap();
                     let _ = crate::idle::release_code_pages();
                     released = true;
@@ -205,6 +212,12 @@ impl<'a> Supervisor<'a> {
                 }
             }
             Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
+            Ok(Some(FromInit::HibernateFailed { errno })) => {
+                let error = io::Error::from_raw_os_error(errno);
+                tracing::warn!(isc = %self.spec.name, %error, "PID 1 could not exec the hibernating init; it stays whole (~180 KiB more per idle ISC)");
+                self.init_hibernating = false;
+                self.hibernation_works = false;
+            }
             Ok(Some(other)) => tracing::warn!(?other, "unexpected message from PID 1"),
             Ok(None) => {
                 self.chan_open = false;
@@ -254,6 +267,11 @@ impl<'a> Supervisor<'a> {
                 let _ = respond(&mut stream, &ControlResponse::Stopping);
             }
             Ok(ControlRequest::Probe { names }) if !names.is_empty() => {
+                if let Err(e) = self.wake_init() {
+                    let message = format!("waking PID 1 for the probes: {e}");
+                    let _ = respond(&mut stream, &ControlResponse::Error { message });
+                    return;
+                }
                 // Probes run one after another in PID 1's probe children; results are
                 // collected in order of arrival and returned together.
                 let ids: Vec<u64> = names
@@ -287,6 +305,43 @@ impl<'a> Supervisor<'a> {
                 );
             }
         }
+    }
+}
+
+impl Supervisor<'_> {
+    /// A quiet second with no probe outstanding: PID 1 becomes the tiny init.
+    fn hibernate_init(&mut self) {
+        if self.init_hibernating
+            || !self.hibernation_works
+            || !self.chan_open
+            || !self.pending.is_empty()
+            || self.exited.is_some()
+        {
+            return;
+        }
+        let sent = crate::hibernate::tiny_init().map_err(|e| e.to_string()).and_then(|exe| {
+            crate::fdpass::send_with_fds(self.chan, &ToInit::Hibernate, &[exe.as_raw_fd()])
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(()) => self.init_hibernating = true,
+            Err(error) => {
+                tracing::warn!(isc = %self.spec.name, %error, "PID 1 cannot hibernate; it stays whole (~180 KiB more per idle ISC)");
+                self.hibernation_works = false;
+            }
+        }
+    }
+
+    /// Before probes: a hibernating PID 1 execs the whole isc again (a copy of this binary).
+    fn wake_init(&mut self) -> Result<(), String> {
+        if !self.init_hibernating {
+            return Ok(());
+        }
+        let exe = crate::hibernate::whole_isc().map_err(|e| e.to_string())?;
+        crate::fdpass::send_with_fds(self.chan, &ToInit::Wake, &[exe.as_raw_fd()])
+            .map_err(|e| e.to_string())?;
+        self.init_hibernating = false;
+        Ok(())
     }
 }
 
