@@ -1,8 +1,9 @@
 //! What a long-lived idle process of an ISC (the monitor, PID 1) gives back to the kernel once
 //! the service runs and nothing has happened for a while.
 //!
-//! Both run the whole isc binary (a 13 MB static PIE; PID 1 is a `clone3` copy of the monitor),
-//! and the start path touches megabytes of its code: every code page touched is mapped by a
+//! Both run the whole isc binary at first (a 10 MB static PIE; PID 1 is a `clone3` copy of the
+//! monitor, until it hibernates: `hibernate.rs`), and the start path touches megabytes of its
+//! code: every code page touched is mapped by a
 //! page-table entry, and every 2 MiB of the address space with at least one mapped page costs a
 //! 4 KiB page-table page, charged to the process's memory cgroup as kernel memory
 //! (`VmPTE` in /proc/PID/status: ~52 KiB per process measured, see docs/benchmarks.md). An
