@@ -180,7 +180,10 @@ fn run(service: i32) -> ! {
         syscall(SYS_PRCTL, [PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0]);
         syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0]);
         syscall(SYS_RT_SIGPROCMASK, [SIG_BLOCK, &mask as *const u64 as usize, 0, 8, 0]);
-        syscall(SYS_SIGNALFD4, [usize::MAX, &mask as *const u64 as usize, 8, SFD_CLOEXEC | SFD_NONBLOCK, 0])
+        syscall(
+            SYS_SIGNALFD4,
+            [usize::MAX, &mask as *const u64 as usize, 8, SFD_CLOEXEC | SFD_NONBLOCK, 0],
+        )
     };
     if sfd < 0 {
         exit(125);
@@ -262,7 +265,8 @@ fn reap(service: i32) {
         break pid == ECHILD;
     };
     let Some(st) = ended else { return };
-    let (code, signal) = if st & 0x7f == 0 { (Some((st >> 8) & 0xff), None) } else { (None, Some(st & 0x7f)) };
+    let (code, signal) =
+        if st & 0x7f == 0 { (Some((st >> 8) & 0xff), None) } else { (None, Some(st & 0x7f)) };
     if alone {
         // As the whole PID 1: end the monitor's drain of kernel denials with this record.
         // SAFETY: a number no kernel implements, no arguments; refused by the filter.
@@ -275,7 +279,9 @@ fn reap(service: i32) {
     msg.opt_int(signal);
     msg.push(if alone { b",\"alone\":true}}" as &[u8] } else { b",\"alone\":false}}" });
     // SAFETY: send(2) of a local buffer on the channel; MSG_NOSIGNAL avoids SIGPIPE.
-    unsafe { syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0]) };
+    unsafe {
+        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0])
+    };
     exit(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
 }
 
@@ -347,7 +353,12 @@ fn on_message(service: i32) {
         flags: 0,
     };
     // SAFETY: recvmsg into local buffers whose sizes are given in the header.
-    let n = unsafe { syscall(SYS_RECVMSG, [CHANNEL as usize, &mut hdr as *mut MsgHdr as usize, MSG_CMSG_CLOEXEC, 0, 0]) };
+    let n = unsafe {
+        syscall(
+            SYS_RECVMSG,
+            [CHANNEL as usize, &mut hdr as *mut MsgHdr as usize, MSG_CMSG_CLOEXEC, 0, 0],
+        )
+    };
     if n == EINTR || n == EAGAIN {
         return;
     }
@@ -403,7 +414,8 @@ fn wake(exe: i32, service: i32) {
     let mut pid = Buf::new();
     pid.opt_int(Some(service));
     pid.push(b"\0");
-    let argv: [*const u8; 4] = [b"isc\0".as_ptr(), b"__pid1\0".as_ptr(), pid.b.as_ptr(), core::ptr::null()];
+    let argv: [*const u8; 4] =
+        [c"isc".as_ptr().cast(), c"__pid1".as_ptr().cast(), pid.b.as_ptr(), core::ptr::null()];
     let envp: [*const u8; 1] = [core::ptr::null()];
     // SAFETY: fcntl on our channel fd; execveat with NUL-terminated strings and NULL-ended
     // arrays that live in this frame; on success the call does not return.
@@ -411,7 +423,13 @@ fn wake(exe: i32, service: i32) {
         syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, 0, 0, 0]);
         syscall(
             SYS_EXECVEAT,
-            [exe as usize, b"\0".as_ptr() as usize, argv.as_ptr() as usize, envp.as_ptr() as usize, AT_EMPTY_PATH],
+            [
+                exe as usize,
+                c"".as_ptr() as usize,
+                argv.as_ptr() as usize,
+                envp.as_ptr() as usize,
+                AT_EMPTY_PATH,
+            ],
         );
         syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0]);
     }
