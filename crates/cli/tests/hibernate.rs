@@ -53,6 +53,21 @@ fn children(pid: i64) -> Vec<(i64, char)> {
     v
 }
 
+/// `isc verify NAME --json`, which must pass: (check id, state, badness) of every check.
+fn verdicts(env: &Env, name: &str) -> Vec<(String, String, String)> {
+    let out = env.cmd().args(["verify", name, "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["score"]["pass"], true, "{v}");
+    assert_eq!(out.status.code(), Some(0));
+    let results = v["results"].as_array().unwrap_or_else(|| panic!("no results in {v}"));
+    assert!(results.len() > 50, "{} results", results.len());
+    results
+        .iter()
+        .map(|r| (r["id"].to_string(), r["state"].to_string(), r["badness"].to_string()))
+        .collect()
+}
+
 /// Stops (or kills) the ISC if the test fails first: nothing may be left running.
 struct Guard<'a>(&'a Env, &'a str, Option<std::process::Child>);
 
@@ -79,6 +94,9 @@ fn an_idle_pid_1_hibernates_reaps_stays_undumpable_and_wakes_for_probes() {
     let started = Instant::now();
     let s = env.wait_running("hib-idle");
     let init = s["init_pid"].as_i64().unwrap();
+    // The catalogue's verdicts from the PID 1 of the start (a verify takes well under the
+    // quiet second after which PID 1 hibernates), to compare with a woken PID 1's below.
+    let before = verdicts(&env, "hib-idle");
     wait_exe(init, TINY, 10);
     // Its whole memory: two pages of stack and data, a few page-table pages (the whole PID 1:
     // ~130 KiB of private anonymous memory and ~45 KiB of page tables, docs/benchmarks.md).
@@ -97,12 +115,10 @@ fn an_idle_pid_1_hibernates_reaps_stays_undumpable_and_wakes_for_probes() {
     assert!(zombies.is_empty(), "PID 1 left zombies: {zombies:?}");
     assert_eq!(children(init).len(), 1, "only the service's shell is left: {:?}", children(init));
     // Probes wake it: the whole isc answers them from inside, as before.
-    let out = env.cmd().args(["verify", "hib-idle", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("verify: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(v["score"]["pass"], true, "{v}");
-    assert_eq!(out.status.code(), Some(0));
+    let after = verdicts(&env, "hib-idle");
     assert_eq!(exe_of(init), WHOLE, "woken for the probes");
+    // The same confinement: every check has the same state and badness as before.
+    assert_eq!(before, after, "a woken PID 1's probes differ from the start's");
     assert_eq!(fs::metadata(format!("/proc/{init}/mem")).unwrap().uid(), 0, "woken: undumpable");
     // …and hibernates again after the next quiet second.
     wait_exe(init, TINY, 10);

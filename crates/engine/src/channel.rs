@@ -68,6 +68,11 @@ pub enum FromInit {
     HibernateFailed {
         errno: i32,
     },
+    /// The tiny init could not exec the whole isc (errno); it stays tiny and drops the probe
+    /// requests that followed the `Wake`.
+    WakeFailed {
+        errno: i32,
+    },
     /// The service ended; PID 1 exits right after.
     ServiceExited {
         code: Option<i32>,

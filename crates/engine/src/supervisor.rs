@@ -218,6 +218,18 @@ impl<'a> Supervisor<'a> {
                 self.init_hibernating = false;
                 self.hibernation_works = false;
             }
+            Ok(Some(FromInit::WakeFailed { errno })) => {
+                let error = io::Error::from_raw_os_error(errno);
+                tracing::warn!(isc = %self.spec.name, %error, "PID 1 could not exec isc for probes");
+                self.init_hibernating = true;
+                let message = format!("PID 1 could not exec isc to run the probes: {error}");
+                for mut p in self.pending.drain(..) {
+                    let _ = respond(
+                        &mut p.client,
+                        &ControlResponse::Error { message: message.clone() },
+                    );
+                }
+            }
             Ok(Some(other)) => tracing::warn!(?other, "unexpected message from PID 1"),
             Ok(None) => {
                 self.chan_open = false;

@@ -419,9 +419,9 @@ fn wake(exe: i32, service: i32) {
     let envp: [*const u8; 1] = [core::ptr::null()];
     // SAFETY: fcntl on our channel fd; execveat with NUL-terminated strings and NULL-ended
     // arrays that live in this frame; on success the call does not return.
-    unsafe {
+    let rc = unsafe {
         syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, 0, 0, 0]);
-        syscall(
+        let rc = syscall(
             SYS_EXECVEAT,
             [
                 exe as usize,
@@ -432,7 +432,18 @@ fn wake(exe: i32, service: i32) {
             ],
         );
         syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0]);
-    }
+        rc
+    };
+    // Still here: say so, so the monitor answers the probes' caller instead of letting it
+    // wait (the probe requests that follow are dropped by `on_message`).
+    let mut msg = Buf::new();
+    msg.push(b"{\"WakeFailed\":{\"errno\":");
+    msg.opt_int(Some(rc.unsigned_abs().min(4095) as i32));
+    msg.push(b"}}");
+    // SAFETY: send(2) of a local buffer on the channel; MSG_NOSIGNAL avoids SIGPIPE.
+    unsafe {
+        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0])
+    };
 }
 
 // The compiler may call these for copies, fills and comparisons of arrays; there is no libc.
