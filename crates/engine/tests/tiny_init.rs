@@ -27,7 +27,7 @@ fn start(chan: &Channel) -> (Child, i32) {
             Ok(())
         });
     }
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
     // The service is the tiny init's only child once the shell has exec'd it.
     let t = Instant::now();
     loop {
@@ -37,7 +37,11 @@ fn start(chan: &Channel) -> (Child, i32) {
         if exe.to_string_lossy().starts_with("/memfd:isc-init") && !kids.trim().is_empty() {
             return (child, kids.trim().parse().unwrap());
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "the shell did not exec the tiny init");
+        if t.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the shell did not exec the tiny init");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
