@@ -177,3 +177,37 @@ fn a_hibernating_pid_1_dies_with_its_monitor() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nothing_left(&env);
 }
+
+#[test]
+fn a_profile_that_denies_execveat_keeps_pid_1_whole_and_working() {
+    let env = Env::new("hib-noexec");
+    let extra = "[security]\ndeny_syscalls = [\"execveat\"]\n";
+    let m = env.manifest("hib-noexec", &["/usr/bin/sleep", "600"], extra);
+    let child = env
+        .cmd()
+        .arg("run")
+        .arg(&m)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(&env, "hib-noexec", Some(child));
+    let init = env.wait_running("hib-noexec")["init_pid"].as_i64().unwrap();
+    // Two quiet seconds: the monitor has asked, PID 1's execveat got EPERM and it said so.
+    std::thread::sleep(Duration::from_millis(2500));
+    let exe = exe_of(init);
+    assert!(exe.ends_with("/isc"), "PID 1 still runs the isc it was cloned from: {exe:?}");
+    let v = verdicts(&env, "hib-noexec");
+    assert!(!v.is_empty());
+    assert!(env.cmd().args(["stop", "hib-noexec"]).status().unwrap().success());
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("PID 1 could not exec the hibernating init").count(),
+        1,
+        "warned once: {err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_nothing_left(&env);
+}
