@@ -183,15 +183,7 @@ fn a_profile_that_denies_execveat_keeps_pid_1_whole_and_working() {
     let env = Env::new("hib-noexec");
     let extra = "[security]\ndeny_syscalls = [\"execveat\"]\n";
     let m = env.manifest("hib-noexec", &["/usr/bin/sleep", "600"], extra);
-    let child = env
-        .cmd()
-        .arg("run")
-        .arg(&m)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut g = Guard(&env, "hib-noexec", Some(child));
+    let mut g = Guard(&env, "hib-noexec", Some(env.spawn(&m)));
     let init = env.wait_running("hib-noexec")["init_pid"].as_i64().unwrap();
     // Two quiet seconds: the monitor has asked, PID 1's execveat got EPERM and it said so.
     std::thread::sleep(Duration::from_millis(2500));
