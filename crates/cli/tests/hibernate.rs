@@ -203,3 +203,11 @@ fn a_profile_that_denies_execveat_keeps_pid_1_whole_and_working() {
     assert!(err.contains("Operation not permitted"), "{err}");
     assert_nothing_left(&env);
 }
+
+#[test]
+fn the_woken_pid_1_entry_refuses_to_run_outside_an_isc() {
+    let out = std::process::Command::new(ISC).args(["__pid1", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`__pid1` is the entry of an ISC's woken PID 1, not a command"), "{err}");
+}

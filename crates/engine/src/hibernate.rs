@@ -166,10 +166,13 @@ fn exec_keeping_channel(exe: RawFd, args: &[*const libc::c_char]) -> io::Error {
 /// `isc __pid1 <service pid>`: the whole PID 1 again, woken from the tiny init with the
 /// channel at fd 3 and the handled signals still blocked. Never returns.
 pub fn resume_pid1(service: &std::ffi::OsStr) -> ! {
-    let Some(service) = service.to_str().and_then(|s| s.parse::<i32>().ok()).filter(|p| *p > 0)
-    else {
+    // SAFETY: getpid has no memory effects.
+    let pid1 = unsafe { libc::getpid() } == 1;
+    let service = service.to_str().and_then(|s| s.parse::<i32>().ok()).filter(|p| *p > 0);
+    let Some(service) = service.filter(|_| pid1) else {
+        eprintln!("isc: `{RESUME_ARG}` is the entry of an ISC's woken PID 1, not a command");
         // SAFETY: terminating; nothing of ours to clean up.
-        unsafe { libc::_exit(125) }
+        unsafe { libc::_exit(2) }
     };
     let chan = crate::init::CHANNEL_FD;
     // SAFETY: prctl and fcntl with integer arguments on this process and its channel fd.
