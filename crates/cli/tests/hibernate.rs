@@ -211,3 +211,35 @@ fn the_woken_pid_1_entry_refuses_to_run_outside_an_isc() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`__pid1` is the entry of an ISC's woken PID 1, not a command"), "{err}");
 }
+
+/// The attack the execute-only memfd is for, from inside: the service (PID 1's own uid) tries
+/// to open a hibernating PID 1's memory and executable and is refused.
+#[test]
+fn the_service_cannot_open_a_hibernating_pid_1s_memory_or_executable() {
+    let env = Env::new("hib-attack");
+    let script = "/usr/bin/sleep 3; \
+        (exec 3</proc/1/mem) 2>/dev/null && echo mem-opened || echo mem-denied; \
+        (exec 3</proc/1/exe) 2>/dev/null && echo exe-opened || echo exe-denied; \
+        (exec 3>/proc/1/mem) 2>/dev/null && echo mem-writable || echo mem-write-denied";
+    let m = env.manifest("hib-attack", &["/bin/sh", "-c", script], "");
+    let child = env
+        .cmd()
+        .arg("run")
+        .arg(&m)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(&env, "hib-attack", Some(child));
+    let init = env.wait_running("hib-attack")["init_pid"].as_i64().unwrap();
+    wait_exe(init, TINY, 3);
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "mem-denied\nexe-denied\nmem-write-denied\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(&env);
+}
