@@ -243,3 +243,18 @@ fn the_service_cannot_open_a_hibernating_pid_1s_memory_or_executable() {
     );
     assert_nothing_left(&env);
 }
+
+/// PID 1's quiet is its own: output every 200 ms keeps the monitor busy, never PID 1.
+#[test]
+fn pid_1_of_a_chatty_service_hibernates_too() {
+    let env = Env::new("hib-chatty");
+    let script = "while :; do echo tick; /usr/bin/sleep 0.2; done";
+    let m = env.manifest("hib-chatty", &["/bin/sh", "-c", script], "");
+    let mut g = Guard(&env, "hib-chatty", Some(env.spawn(&m)));
+    let init = env.wait_running("hib-chatty")["init_pid"].as_i64().unwrap();
+    wait_exe(init, TINY, 5);
+    assert!(env.cmd().args(["stop", "hib-chatty"]).status().unwrap().success());
+    let status = g.2.take().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(143), "SIGTERM ends the shell: 128+15");
+    assert_nothing_left(&env);
+}

@@ -34,6 +34,9 @@ pub(crate) struct Supervisor<'a> {
     pending: Vec<PendingProbe>,
     /// PID 1 was sent the tiny init (`hibernate.rs`) and has not been woken since.
     init_hibernating: bool,
+    /// The last time PID 1 had work (the start, probes asked or answered). Its quiet is its
+    /// own: a service whose output keeps the monitor busy leaves PID 1 idle all the same.
+    init_busy_at: Instant,
     /// False once hibernation failed: PID 1 stays whole (warned once).
     hibernation_works: bool,
 }
@@ -55,6 +58,7 @@ impl<'a> Supervisor<'a> {
             chan_open: true,
             pending: Vec::new(),
             init_hibernating: false,
+            init_busy_at: Instant::now(),
             hibernation_works: true,
         }
     }
@@ -91,10 +95,13 @@ impl<'a> Supervisor<'a> {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = match self.stop_deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis() as i32,
-                None if released => -1,
-                None => crate::idle::QUIET_MS,
+            let own_quiet = self.stop_deadline.is_none() && !released;
+            let timeout = match (self.stop_deadline, self.init_quiet_in()) {
+                (Some(d), _) => d.saturating_duration_since(Instant::now()).as_millis() as i32,
+                (None, init) if released => init.unwrap_or(-1),
+                (None, init) => {
+                    init.map_or(crate::idle::QUIET_MS, |t| t.min(crate::idle::QUIET_MS))
+                }
             };
             // SAFETY: poll over valid fds owned by this function.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
@@ -102,10 +109,10 @@ impl<'a> Supervisor<'a> {
                 continue;
             }
             if n == 0 && self.stop_deadline.is_none() {
+                self.hibernate_init_if_quiet();
                 // A quiet second after the start or the last event: unmap the code the start
                 // path ran, so its page tables go (`idle`); it faults back in when needed.
-                if !released {
-                    self.hibernate_init();
+                if own_quiet && timeout == crate::idle::QUIET_MS {
                     crate::idle::release_heap();
                     let _ = crate::idle::release_code_pages();
                     released = true;
@@ -152,6 +159,7 @@ impl<'a> Supervisor<'a> {
             for i in closed.into_iter().rev() {
                 outs.remove(i);
             }
+            self.hibernate_init_if_quiet();
             if fds[0].revents & libc::POLLIN != 0 {
                 // Drain what is left: the exit message and the last output.
                 while self.chan_has_data() && self.on_message(on_end) {}
@@ -211,7 +219,10 @@ impl<'a> Supervisor<'a> {
                     on_end(code, signal);
                 }
             }
-            Ok(Some(FromInit::ProbeResult { id, outcome })) => self.on_probe_result(id, outcome),
+            Ok(Some(FromInit::ProbeResult { id, outcome })) => {
+                self.init_busy_at = Instant::now();
+                self.on_probe_result(id, outcome)
+            }
             Ok(Some(FromInit::HibernateFailed { errno })) => {
                 let error = io::Error::from_raw_os_error(errno);
                 tracing::warn!(isc = %self.spec.name, %error, "PID 1 could not exec the hibernating init; it stays whole (~180 KiB more per idle ISC)");
@@ -279,6 +290,7 @@ impl<'a> Supervisor<'a> {
                 let _ = respond(&mut stream, &ControlResponse::Stopping);
             }
             Ok(ControlRequest::Probe { names }) if !names.is_empty() => {
+                self.init_busy_at = Instant::now();
                 if let Err(e) = self.wake_init() {
                     let message = format!("waking PID 1 for the probes: {e}");
                     let _ = respond(&mut stream, &ControlResponse::Error { message });
@@ -321,14 +333,28 @@ impl<'a> Supervisor<'a> {
 }
 
 impl Supervisor<'_> {
-    /// A quiet second with no probe outstanding: PID 1 becomes the tiny init.
-    fn hibernate_init(&mut self) {
+    /// Milliseconds until PID 1 has been quiet long enough to hibernate (0: now); `None`
+    /// when it is not to hibernate (it does already, it cannot, a probe is outstanding, the
+    /// ISC ends or is being stopped).
+    fn init_quiet_in(&self) -> Option<i32> {
         if self.init_hibernating
             || !self.hibernation_works
             || !self.chan_open
             || !self.pending.is_empty()
             || self.exited.is_some()
+            || self.stop_deadline.is_some()
         {
+            return None;
+        }
+        let quiet = Duration::from_millis(crate::idle::QUIET_MS as u64);
+        // One more millisecond: poll(2) counts whole milliseconds.
+        Some(quiet.saturating_sub(self.init_busy_at.elapsed()).as_millis() as i32 + 1)
+    }
+
+    /// PID 1 quiet for a second, no probe outstanding: it becomes the tiny init.
+    fn hibernate_init_if_quiet(&mut self) {
+        let quiet = Duration::from_millis(crate::idle::QUIET_MS as u64);
+        if self.init_quiet_in().is_none() || self.init_busy_at.elapsed() < quiet {
             return;
         }
         let sent = crate::hibernate::tiny_init().map_err(|e| e.to_string()).and_then(|exe| {
