@@ -2,6 +2,7 @@
 //! checkpoints, size rotation and a fail-closed state when the log cannot be written.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -109,6 +110,9 @@ struct Inner {
     tick: Condvar,
     /// When [`AuditLog::tick`] first saw the current kick (it then syncs `period` later).
     kicked_at: Mutex<Option<Instant>>,
+    /// An eventfd written at every kick, for a caller that ticks the log from a loop of its
+    /// own and sleeps until there is something to tick ([`AuditLog::wake_ticks_with`]).
+    tick_waker: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
 }
 
 /// A tamper-evident audit log. `Sync`: share it by reference or `Arc` between threads. Several
@@ -176,6 +180,7 @@ impl AuditLog {
             pipeline: Pipeline::new(durable),
             tick: Condvar::new(),
             kicked_at: Mutex::new(None),
+            tick_waker: Mutex::new(None),
         });
         let log = AuditLog { inner, ticker: Mutex::new(None) };
         log.take_up_failed_detached_sync();
@@ -230,6 +235,14 @@ impl AuditLog {
         if sync_due || checkpoint_due {
             sync_and_checkpoint(&self.inner);
         }
+    }
+
+    /// Has every later append that needs a tick (an `Interval` sync, a timed checkpoint) write
+    /// to the eventfd `waker`, so that a loop calling [`AuditLog::tick`] can wait for
+    /// [`AuditLog::next_tick_in`] or that eventfd instead of polling; `None` stops it. The log
+    /// holds the descriptor until then, so it is never written after being closed.
+    pub fn wake_ticks_with(&self, waker: Option<Arc<std::os::fd::OwnedFd>>) {
+        *lock(&self.inner.tick_waker) = waker;
     }
 
     /// How long until [`AuditLog::tick`] has work to do: the rest of the sync period of
@@ -482,6 +495,12 @@ impl Inner {
         if ticker_period(&self.cfg).is_some() {
             lock(&self.pipeline.queue).kicked = true;
             self.tick.notify_all();
+            if let Some(fd) = lock(&self.tick_waker).as_deref() {
+                let one = 1u64;
+                // SAFETY: an 8-byte write to an eventfd the log holds open (its counter
+                // cannot overflow from these increments).
+                unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
         }
         Ok(seqs)
     }
@@ -655,5 +674,41 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
             log.tick();
         }
+    }
+
+    #[test]
+    fn an_append_that_needs_a_tick_writes_the_waker_until_it_is_unset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = AuditConfig::new(tmp.path().join("keys"));
+        c.durability = Durability::Interval(Duration::from_millis(30));
+        c.ticker_at_open = false;
+        let (log, _) = AuditLog::open(&tmp.path().join("audit"), c).unwrap();
+        // SAFETY: eventfd(2) with flags only; owned right below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(raw >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd =
+            Arc::new(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        let count = |fd: &std::os::fd::OwnedFd| {
+            let mut n = 0u64;
+            // SAFETY: an 8-byte read from our non-blocking eventfd into a local.
+            let r = unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+            if r == 8 {
+                n
+            } else {
+                0
+            }
+        };
+        log.append(Some("web"), Kind::IscCreate, Actor::Uid(0), json!({})).unwrap();
+        assert_eq!(count(&fd), 0, "not registered yet");
+        log.wake_ticks_with(Some(Arc::clone(&fd)));
+        log.append(Some("web"), Kind::IscStart, Actor::Uid(0), json!({})).unwrap();
+        log.append(Some("web"), Kind::IscStart, Actor::Uid(0), json!({})).unwrap();
+        assert_eq!(count(&fd), 2, "one wake per append");
+        assert!(log.next_tick_in().is_some(), "and the tick it woke for is due");
+        log.wake_ticks_with(None);
+        assert_eq!(Arc::strong_count(&fd), 1, "the log let go of the descriptor");
+        log.append(Some("web"), Kind::IscStart, Actor::Uid(0), json!({})).unwrap();
+        assert_eq!(count(&fd), 0);
     }
 }

@@ -26,12 +26,15 @@ const SYS_CLONE3: i64 = 435;
 /// been quiet this long, and never later than `DRAIN_MAX`.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(1);
-/// The longest a denial collector sleeps on a quiet socket (the kernel one: when the log has
-/// nothing due; the network one is woken through an eventfd to stop). It is woken earlier by a denial, by the barrier record at the end, or by the log's next
-/// sync or checkpoint that was pending when it went to sleep; a record another thread appends
-/// meanwhile is synced within this plus the log's interval. An idle ISC's collector wakes five
-/// times a second, not a hundred.
+/// The longest a denial collector sleeps on a quiet socket when nothing can wake it: no
+/// eventfd could be made (then `stop` is noticed only at a timeout, and the log's ticks are
+/// polled).
 pub(crate) const IDLE_POLL: Duration = Duration::from_millis(200);
+/// With an eventfd, a collector sleeps until a record arrives, it is told to stop, the log has
+/// a sync or checkpoint due (the log writes the eventfd at every append that needs one:
+/// `AuditLog::wake_ticks_with`), or a rate-limit summary is due; this is only the backstop.
+/// An idle ISC's collectors then wake once in this long instead of five times a second.
+pub(crate) const IDLE_WAKEABLE: Duration = Duration::from_secs(10);
 
 /// Which processes belong to the ISC: its host UID range (robust even after the process
 /// exited) or its PID namespace.
@@ -113,7 +116,7 @@ impl Collector {
     /// its reader waits on (it is kept open until the thread is joined).
     pub(crate) fn spawn(
         name: &str,
-        wake: Option<OwnedFd>,
+        wake: Option<Arc<OwnedFd>>,
         collect: impl FnOnce(&AtomicBool, &AtomicBool) -> DenialCounts + Send + 'static,
     ) -> std::io::Result<Collector> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -121,7 +124,7 @@ impl Collector {
         let (flag, last) = (Arc::clone(&stop), Arc::clone(&last_call));
         let thread =
             std::thread::Builder::new().name(name.into()).spawn(move || collect(&flag, &last))?;
-        Ok(Collector { stop, last_call, wake: wake.map(Arc::new), thread })
+        Ok(Collector { stop, last_call, wake, thread })
     }
 
     /// Tells it to drain and stop, waking it. Idempotent.
@@ -191,7 +194,12 @@ pub(crate) fn collect(
     name: &str,
     who: Attribution,
     stop: &AtomicBool,
+    wake: Option<Arc<OwnedFd>>,
 ) -> DenialCounts {
+    let idle = if wake.is_some() { IDLE_WAKEABLE } else { IDLE_POLL };
+    // Appends of other threads that need a tick wake this loop (the log holds the fd until
+    // it is unset below).
+    log.wake_ticks_with(wake);
     // The run's closing checkpoint is signed on the exit path: expand the key now, while the
     // service runs.
     log.prepare_signing();
@@ -221,7 +229,8 @@ pub(crate) fn collect(
         } else if stopping {
             DRAIN_QUIET
         } else {
-            log.next_tick_in().map_or(IDLE_POLL, |d| d.clamp(Duration::from_millis(1), IDLE_POLL))
+            let tick = log.next_tick_in().map_or(idle, |d| d.clamp(Duration::from_millis(1), idle));
+            limiter.summary_due_in().map_or(tick, |d| tick.min(d))
         };
         let asked = Instant::now();
         let ev = match reader.next_event(wait) {
@@ -234,6 +243,7 @@ pub(crate) fn collect(
                     Actor::Isc,
                     json!({"error": e.to_string(), "source": "kernel audit reader"}),
                 );
+                log.wake_ticks_with(None);
                 start_ticker(log, name);
                 return counts;
             }
@@ -294,6 +304,7 @@ pub(crate) fn collect(
             break;
         }
     }
+    log.wake_ticks_with(None);
     if let Some(n) = limiter.flush() {
         append(
             log,
@@ -335,7 +346,9 @@ pub(crate) fn collect_net(
     name: &str,
     stop: &AtomicBool,
     last_call: &AtomicBool,
+    wakeable: bool,
 ) -> DenialCounts {
+    let idle = if wakeable { IDLE_WAKEABLE } else { IDLE_POLL };
     let mut counts = DenialCounts::default();
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
@@ -347,7 +360,7 @@ pub(crate) fn collect_net(
         } else if stopping {
             NET_DRAIN_QUIET
         } else {
-            IDLE_POLL
+            limiter.summary_due_in().map_or(idle, |d| idle.min(d))
         };
         let asked = Instant::now();
         let d = src.reader.next(wait);
@@ -412,6 +425,15 @@ impl RateLimit {
             self.dropped += 1;
             false
         }
+    }
+    /// How long until the dropped count of this window is due as a summary (`None`: nothing
+    /// dropped).
+    fn summary_due_in(&self) -> Option<Duration> {
+        (self.dropped > 0).then(|| {
+            Duration::from_secs(1)
+                .saturating_sub(self.window.elapsed())
+                .max(Duration::from_millis(1))
+        })
     }
     /// The count dropped in a finished window, if any.
     fn take_summary(&mut self) -> Option<u64> {

@@ -278,26 +278,28 @@ impl AuditSession {
             init_pid: u32::try_from(st.init_pid).unwrap_or(0),
         };
         if let Some(mut src) = self.net.take() {
-            let wake = Collector::wake_fd();
+            let wake = Collector::wake_fd().map(Arc::new);
             if let Some(fd) = &wake {
                 src.reader.wake_on(fd.as_raw_fd());
             }
             let (log, name) = (Arc::clone(&self.log), self.name.clone());
+            let wakeable = wake.is_some();
             match Collector::spawn("isc-audit-net", wake, move |stop, last_call| {
-                collect_net(src, &log, &name, stop, last_call)
+                collect_net(src, &log, &name, stop, last_call, wakeable)
             }) {
                 Ok(c) => self.net_collector = Some(c),
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
             }
         }
         if let Some(mut reader) = self.reader.take() {
-            let wake = Collector::wake_fd();
+            let wake = Collector::wake_fd().map(Arc::new);
             if let Some(fd) = &wake {
                 reader.wake_on(fd.as_raw_fd());
             }
             let (log, name) = (Arc::clone(&self.log), self.name.clone());
+            let ticks = wake.clone();
             match Collector::spawn("isc-audit-kernel", wake, move |stop, _| {
-                collect(reader, &log, &name, attribution, stop)
+                collect(reader, &log, &name, attribution, stop, ticks)
             }) {
                 Ok(c) => self.collector = Some(c),
                 Err(e) => {

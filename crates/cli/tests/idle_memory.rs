@@ -49,6 +49,7 @@ impl Drop for Running<'_> {
         if self.1.try_wait().ok().flatten().is_none() {
             let _ = self.0.cmd().args(["stop", "idle-code"]).output();
             let _ = self.0.cmd().args(["stop", "idle-log"]).output();
+            let _ = self.0.cmd().args(["stop", "idle-wake"]).output();
             let _ = self.1.wait();
         }
     }
@@ -123,6 +124,47 @@ fn a_monitors_log_lines_keep_their_layout() {
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T' && time.as_bytes()[19] == b'.');
     assert!(rest.starts_with("  INFO isc_engine::supervisor: stopping: SIGTERM"), "{line}");
     assert!(rest.contains(" isc=idle-log "), "{line}");
+    drop(running);
+    assert_nothing_left(&env);
+}
+
+/// Voluntary context switches of each thread of `pid`, by thread name.
+fn wakeups(pid: i64) -> Vec<(String, u64)> {
+    let mut v = vec![];
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        v.push((name.trim().to_string(), n));
+    }
+    v.sort();
+    v
+}
+
+/// An idle ISC's monitor sleeps: its denial collector wakes for records, a stop, the audit
+/// log's due ticks or a backstop every 10 s, not five times a second (audit_collect.rs).
+#[test]
+fn an_idle_monitor_does_not_wake() {
+    let env = Env::new("idle-wake");
+    let m = env.manifest("idle-wake", &["/usr/bin/sleep", "60"], "");
+    let mut running = Running(&env, env.spawn(&m));
+    let monitor = env.wait_running("idle-wake")["monitor_pid"].as_i64().unwrap();
+    // Past the start's own ticks (its records' sync and timed checkpoint) and PID 1's
+    // hibernation.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = wakeups(monitor);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = wakeups(monitor);
+    assert_eq!(before.len(), after.len(), "{before:?} {after:?}");
+    assert!(before.iter().any(|(n, _)| n == "isc-audit-kerne"), "{before:?}");
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        assert!(b - a <= 1, "thread {name} woke {} times in 3 s", b - a);
+    }
+    assert!(env.cmd().args(["stop", "idle-wake"]).status().unwrap().success());
+    running.1.wait().unwrap();
     drop(running);
     assert_nothing_left(&env);
 }
