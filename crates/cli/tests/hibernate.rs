@@ -68,6 +68,17 @@ fn verdicts(env: &Env, name: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `isc run --json MANIFEST` with the service's output and the exit record captured.
+fn run_captured(env: &Env, manifest: &std::path::Path) -> std::process::Child {
+    env.cmd()
+        .args(["run", "--json"])
+        .arg(manifest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Stops (or kills) the ISC if the test fails first: nothing may be left running.
 struct Guard<'a>(&'a Env, &'a str, Option<std::process::Child>);
 
@@ -133,15 +144,7 @@ fn an_idle_pid_1_hibernates_reaps_stays_undumpable_and_wakes_for_probes() {
 fn a_service_ending_while_pid_1_hibernates_is_reported_with_its_status() {
     let env = Env::new("hib-end");
     let m = env.manifest("hib-end", &["/bin/sh", "-c", "/usr/bin/sleep 4; exit 5"], "");
-    let child = env
-        .cmd()
-        .args(["run", "--json"])
-        .arg(&m)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut g = Guard(&env, "hib-end", Some(child));
+    let mut g = Guard(&env, "hib-end", Some(run_captured(&env, &m)));
     let init = env.wait_running("hib-end")["init_pid"].as_i64().unwrap();
     wait_exe(init, TINY, 10);
     let out = g.2.take().unwrap().wait_with_output().unwrap();
@@ -222,15 +225,7 @@ fn the_service_cannot_open_a_hibernating_pid_1s_memory_or_executable() {
         (exec 3</proc/1/exe) 2>/dev/null && echo exe-opened || echo exe-denied; \
         (exec 3>/proc/1/mem) 2>/dev/null && echo mem-writable || echo mem-write-denied";
     let m = env.manifest("hib-attack", &["/bin/sh", "-c", script], "");
-    let child = env
-        .cmd()
-        .arg("run")
-        .arg(&m)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut g = Guard(&env, "hib-attack", Some(child));
+    let mut g = Guard(&env, "hib-attack", Some(run_captured(&env, &m)));
     let init = env.wait_running("hib-attack")["init_pid"].as_i64().unwrap();
     wait_exe(init, TINY, 3);
     let out = g.2.take().unwrap().wait_with_output().unwrap();
