@@ -105,11 +105,11 @@ pub(crate) struct Collector {
 impl Collector {
     /// A fresh eventfd for a reader's `wake_on`, to hand to [`Collector::spawn`] with it;
     /// `None` if none can be made (the reader then notices `stop` at its next timeout).
-    pub(crate) fn wake_fd() -> Option<OwnedFd> {
+    pub(crate) fn wake_fd() -> Option<Arc<OwnedFd>> {
         // SAFETY: eventfd(2) with flags only; the fd is owned right below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         // SAFETY: a fresh fd nobody else owns.
-        (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+        (raw >= 0).then(|| Arc::new(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
     /// Runs `collect(stop, last_call)` on a thread named `name`; `wake` must be the eventfd

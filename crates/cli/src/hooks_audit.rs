@@ -278,7 +278,7 @@ impl AuditSession {
             init_pid: u32::try_from(st.init_pid).unwrap_or(0),
         };
         if let Some(mut src) = self.net.take() {
-            let wake = Collector::wake_fd().map(Arc::new);
+            let wake = Collector::wake_fd();
             if let Some(fd) = &wake {
                 src.reader.wake_on(fd.as_raw_fd());
             }
@@ -292,7 +292,7 @@ impl AuditSession {
             }
         }
         if let Some(mut reader) = self.reader.take() {
-            let wake = Collector::wake_fd().map(Arc::new);
+            let wake = Collector::wake_fd();
             if let Some(fd) = &wake {
                 reader.wake_on(fd.as_raw_fd());
             }

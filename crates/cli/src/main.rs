@@ -140,18 +140,7 @@ enum ManifestCmd {
     Demo,
 }
 
-/// `isc __pid1 <service pid>`, exactly: the service pid when this process is a woken PID 1.
-fn hibernated_pid1() -> Option<std::ffi::OsString> {
-    let mut args = std::env::args_os();
-    let (_, verb, service) = (args.next()?, args.next()?, args.next()?);
-    (verb == isc_engine::hibernate::RESUME_ARG && args.next().is_none()).then_some(service)
-}
-
 fn main() -> ExitCode {
-    // PID 1 of an ISC woken from hibernation (isc_engine::hibernate): nothing else of isc runs.
-    if let Some(service) = hibernated_pid1() {
-        isc_engine::hibernate::resume_pid1(&service);
-    }
     // Like every Unix tool, end quietly when the reader of our output goes away
     // (`isc ps --json | grep -q …`) instead of panicking on EPIPE. The monitor blocks SIGPIPE
     // for itself, so a closed pipe never kills a running ISC.
@@ -159,6 +148,13 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     isc_engine::timing::mark("main entered");
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `isc __pid1 <service pid>`: PID 1 of an ISC woken from hibernation
+    // (isc_engine::hibernate); nothing else of isc runs.
+    if let [_, verb, service] = args.as_slice() {
+        if verb == isc_engine::hibernate::RESUME_ARG {
+            isc_engine::hibernate::resume_pid1(service);
+        }
+    }
     // A monitor (`isc run`, `isc dock monitor`) stays resident for as long as its ISC, one per
     // ISC: mallopt(3) M_ARENA_MAX=1 keeps its few threads on the main heap instead of giving
     // each allocating thread an arena of its own (a 64 MiB reservation with dirty pages and a

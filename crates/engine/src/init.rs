@@ -257,7 +257,7 @@ fn pid1_loop(spec: &IscSpec, channel: &Channel) -> ! {
             unsafe { libc::_exit(127) }
         }
     };
-    supervise(service, channel, sfd)
+    supervise(service, channel, sfd, Probes::default())
 }
 
 /// The whole PID 1 exec'd back from the tiny init (`hibernate::resume_pid1`): the service
@@ -266,11 +266,10 @@ pub(crate) fn supervise_resumed(service: i32, channel: &Channel) -> ! {
     let sfd = signal_fd();
     let mut probes = Probes::default();
     reap(service, channel, &mut probes);
-    supervise(service, channel, sfd)
+    supervise(service, channel, sfd, probes)
 }
 
-fn supervise(service: i32, channel: &Channel, sfd: RawFd) -> ! {
-    let mut probes = Probes::default();
+fn supervise(service: i32, channel: &Channel, sfd: RawFd, mut probes: Probes) -> ! {
     let mut fds = [
         libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: channel.raw_fd(), events: libc::POLLIN, revents: 0 },

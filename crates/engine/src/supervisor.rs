@@ -96,7 +96,9 @@ impl<'a> Supervisor<'a> {
                 revents: 0,
             }));
             let own_quiet = self.stop_deadline.is_none() && !released;
-            let timeout = match (self.stop_deadline, self.init_quiet_in()) {
+            // One more millisecond for PID 1's quiet: poll(2) counts whole milliseconds.
+            let init_quiet = self.init_quiet_left().map(|d| d.as_millis() as i32 + 1);
+            let timeout = match (self.stop_deadline, init_quiet) {
                 (Some(d), _) => d.saturating_duration_since(Instant::now()).as_millis() as i32,
                 (None, init) if released => init.unwrap_or(-1),
                 (None, init) => {
@@ -333,10 +335,10 @@ impl<'a> Supervisor<'a> {
 }
 
 impl Supervisor<'_> {
-    /// Milliseconds until PID 1 has been quiet long enough to hibernate (0: now); `None`
-    /// when it is not to hibernate (it does already, it cannot, a probe is outstanding, the
-    /// ISC ends or is being stopped).
-    fn init_quiet_in(&self) -> Option<i32> {
+    /// How long until PID 1 has been quiet long enough to hibernate (zero: now); `None` when
+    /// it is not to hibernate (it does already, it cannot, a probe is outstanding, the ISC
+    /// ends or is being stopped).
+    fn init_quiet_left(&self) -> Option<Duration> {
         if self.init_hibernating
             || !self.hibernation_works
             || !self.chan_open
@@ -347,14 +349,12 @@ impl Supervisor<'_> {
             return None;
         }
         let quiet = Duration::from_millis(crate::idle::QUIET_MS as u64);
-        // One more millisecond: poll(2) counts whole milliseconds.
-        Some(quiet.saturating_sub(self.init_busy_at.elapsed()).as_millis() as i32 + 1)
+        Some(quiet.saturating_sub(self.init_busy_at.elapsed()))
     }
 
     /// PID 1 quiet for a second, no probe outstanding: it becomes the tiny init.
     fn hibernate_init_if_quiet(&mut self) {
-        let quiet = Duration::from_millis(crate::idle::QUIET_MS as u64);
-        if self.init_quiet_in().is_none() || self.init_busy_at.elapsed() < quiet {
+        if self.init_quiet_left() != Some(Duration::ZERO) {
             return;
         }
         let sent = crate::hibernate::tiny_init().map_err(|e| e.to_string()).and_then(|exe| {
