@@ -1,29 +1,37 @@
-//! Builds `tiny/init.rs`, the hibernating PID 1 (docs/engine.md), into `$OUT_DIR/isc-init`,
-//! which `hibernate.rs` embeds. It is compiled here with the same rustc, not as a workspace
-//! binary: isc must carry it (PID 1 gets it as a memfd; nothing is installed beside isc), and
-//! it must be a freestanding program — no libc, no std, no start files — whatever profile
-//! builds isc, so its size and its syscalls do not depend on the build.
+//! Builds the tiny programs isc carries: `tiny/init.rs`, the hibernating PID 1 (docs/engine.md),
+//! into `$OUT_DIR/isc-init`, and `tiny/monitor.rs`, the hibernating monitor, into
+//! `$OUT_DIR/isc-monitor`; `hibernate.rs` embeds both. They are compiled here with the same
+//! rustc, not as workspace binaries: isc must carry them (they are exec'd from memfds; nothing
+//! is installed beside isc), and they must be freestanding programs — no libc, no std, no start
+//! files — whatever profile builds isc, so their size and their syscalls do not depend on the
+//! build.
 //!
-//! The result must be a static PIE **without relocations**: nothing in it applies them (no
+//! Each result must be a static PIE **without relocations**: nothing in it applies them (no
 //! loader, no libc start-up), and a PIE keeps ASLR. The build fails if the linker left any.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let src = "tiny/init.rs";
-    println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-changed=build.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     if !target.starts_with("x86_64-") || !target.contains("linux") {
-        panic!("isc's tiny PID 1 (crates/engine/tiny/init.rs) is written for x86_64 Linux, not {target}");
+        panic!("isc's tiny programs (crates/engine/tiny/) are for x86_64 Linux, not {target}");
     }
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let bin = out.join("isc-init");
+    build_tiny(&rustc, &target, "tiny/init.rs", &out.join("isc-init"));
+    build_tiny(&rustc, &target, "tiny/monitor.rs", &out.join("isc-monitor"));
+}
+
+/// Compiles `src` into the freestanding static PIE `bin` and checks it has no relocations.
+fn build_tiny(rustc: &OsString, target: &str, src: &str, bin: &Path) {
+    println!("cargo:rerun-if-changed={src}");
+    let name = bin.file_name().and_then(|n| n.to_str()).expect("a UTF-8 file name");
     let status = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "bin", "--crate-name", "isc_init"])
-        .args(["--target", &target])
+        .args(["--edition", "2021", "--crate-type", "bin", "--crate-name", &name.replace('-', "_")])
+        .args(["--target", target])
         .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "lto=fat"])
         .args(["-C", "codegen-units=1", "-C", "debuginfo=0", "-C", "strip=symbols"])
         .args(["-C", "relocation-model=pie"])
@@ -32,13 +40,13 @@ fn main() {
         .args(["-C", "link-arg=-Wl,-z,noexecstack"])
         .arg(src)
         .arg("-o")
-        .arg(&bin)
+        .arg(bin)
         .status()
-        .expect("running rustc for tiny/init.rs");
-    assert!(status.success(), "compiling tiny/init.rs failed");
-    let elf = std::fs::read(&bin).expect("reading the tiny init");
-    if let Some(name) = relocation_section(&elf) {
-        panic!("tiny/init.rs linked with relocations ({name}); it has no loader to apply them");
+        .unwrap_or_else(|e| panic!("running rustc for {src}: {e}"));
+    assert!(status.success(), "compiling {src} failed");
+    let elf = std::fs::read(bin).unwrap_or_else(|e| panic!("reading {}: {e}", bin.display()));
+    if let Some(kind) = relocation_section(&elf) {
+        panic!("{src} linked with relocations ({kind}); it has no loader to apply them");
     }
 }
 

@@ -230,6 +230,14 @@ fn in_initial_netns() -> bool {
 }
 
 /// Reads typed events from the kernel audit multicast group.
+/// What a [`KernelAuditReader`] knows beyond its socket.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReaderState {
+    /// Landlock domain id → pid of the task that created it.
+    pub domains: HashMap<String, u32>,
+    pub overflows: u64,
+}
+
 pub struct KernelAuditReader {
     fd: OwnedFd,
     buf: Vec<u8>,
@@ -286,6 +294,30 @@ impl KernelAuditReader {
             overflows: 0,
             wake: None,
         })
+    }
+
+    /// Events parsed from the socket but not yet returned by [`KernelAuditReader::next_event`].
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The socket (still a member of the group: records keep queueing in it) and what the
+    /// reader has learnt, for a monitor that hibernates (isc's `monitor_hibernate`); call only
+    /// without [`KernelAuditReader::has_queued`] events.
+    pub fn into_parts(self) -> (OwnedFd, ReaderState) {
+        (self.fd, ReaderState { domains: self.domains, overflows: self.overflows })
+    }
+
+    /// A reader again, from [`KernelAuditReader::into_parts`].
+    pub fn from_parts(fd: OwnedFd, state: ReaderState) -> KernelAuditReader {
+        KernelAuditReader {
+            fd,
+            buf: Vec::new(),
+            queue: Default::default(),
+            domains: state.domains,
+            overflows: state.overflows,
+            wake: None,
+        }
     }
 
     /// Lets a write to the eventfd `fd` (owned by the caller, open while this reader waits)

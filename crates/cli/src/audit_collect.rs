@@ -38,7 +38,7 @@ pub(crate) const IDLE_WAKEABLE: Duration = Duration::from_secs(10);
 
 /// Which processes belong to the ISC: its host UID range (robust even after the process
 /// exited) or its PID namespace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Attribution {
     pub(crate) uid_lo: u32,
     pub(crate) uid_hi: u32,
@@ -75,7 +75,7 @@ pub(crate) fn pidns_inode(pid: i32) -> Option<u64> {
 }
 
 /// Counters of the collector, reported in the `isc_exit` record.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DenialCounts {
     recorded: u64,
     suppressed: u64,
@@ -139,10 +139,32 @@ impl Collector {
         LastCall { flag: Arc::clone(&self.last_call), wake: self.wake.clone() }
     }
 
+    /// Asks a kernel collector to hand its reader back through `pause` and end at once,
+    /// without a drain (the monitor hibernates), and waits for its counts.
+    pub(crate) fn pause(self, pause: &Pause) -> Option<DenialCounts> {
+        pause.asked.store(true, Ordering::SeqCst);
+        wake(self.wake.as_deref());
+        self.thread.join().ok()
+    }
+
     /// Signals it and waits for its counts (`None` if it panicked).
     pub(crate) fn finish(self) -> Option<DenialCounts> {
         self.signal();
         self.thread.join().ok()
+    }
+}
+
+/// How a kernel collector is paused for a hibernating monitor: it returns its reader here.
+#[derive(Default)]
+pub(crate) struct Pause {
+    asked: AtomicBool,
+    reader: std::sync::Mutex<Option<KernelAuditReader>>,
+}
+
+impl Pause {
+    /// The reader a paused collector handed back.
+    pub(crate) fn take_reader(&self) -> Option<KernelAuditReader> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -195,6 +217,8 @@ pub(crate) fn collect(
     who: Attribution,
     stop: &AtomicBool,
     wake: Option<Arc<OwnedFd>>,
+    resumed: DenialCounts,
+    pause: &Pause,
 ) -> DenialCounts {
     let idle = if wake.is_some() { IDLE_WAKEABLE } else { IDLE_POLL };
     // Appends of other threads that need a tick wake this loop (the log holds the fd until
@@ -203,7 +227,7 @@ pub(crate) fn collect(
     // The run's closing checkpoint is signed on the exit path: expand the key now, while the
     // service runs.
     log.prepare_signing();
-    let mut counts = DenialCounts::default();
+    let mut counts = resumed;
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let mut stopping_since: Option<Instant> = None;
     // Pid the barrier record carries once emitted; 0: drain by quiet period instead.
@@ -220,6 +244,14 @@ pub(crate) fn collect(
     };
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        if !stopping && !reader.has_queued() && pause.asked.load(Ordering::SeqCst) {
+            log.wake_ticks_with(None);
+            if let Some(n) = limiter.flush() {
+                append(log, name, Kind::SeccompDenial, json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}));
+            }
+            *pause.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+            return counts;
+        }
         if stopping && stopping_since.is_none() {
             stopping_since = Some(Instant::now());
             own_barrier_due = armed;

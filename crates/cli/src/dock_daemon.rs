@@ -67,7 +67,8 @@ pub(crate) fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
                 req.name
             );
         }
-        let (record, _) = crate::run_manifest(&manifest, &[], dirs, &|o| {
+        let caller = crate::monitor_resume::Caller::Dock { request: request.to_string() };
+        let (record, _) = crate::run_manifest(&manifest, &[], dirs, &caller, &|o| {
             o.output = isc_engine::Output::LogDir {
                 dir: req.log_dir.clone(),
                 max_bytes: req.log_max_bytes,
@@ -79,6 +80,14 @@ pub(crate) fn monitor(dirs: &Dirs, request: &str) -> Result<ExitCode> {
         })?;
         Ok(record)
     })();
+    report_exit(&req, result)
+}
+
+/// Leaves the run's exit record where the Dock reads it; the exit status is the service's.
+pub(crate) fn report_exit(
+    req: &MonitorRequest,
+    result: Result<isc_engine::ExitRecord>,
+) -> Result<ExitCode> {
     let ended_ms = isc_dock::records::now_ms();
     let info = match result {
         Ok(r) => ExitInfo {

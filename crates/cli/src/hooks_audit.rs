@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::audit_collect::{
     collect, collect_net, pidns_inode, start_ticker, Attribution, Collector, DenialCounts,
-    NetSource,
+    NetSource, Pause,
 };
 use crate::launch::Dirs;
 
@@ -130,11 +130,35 @@ pub struct AuditSession {
     /// The end is on the trail (`record_exit` ran), and this thread signs and syncs it.
     exit_recorded: bool,
     exit_sync: Option<isc_engine::beside::Beside<()>>,
+    /// Whose kernel records are this ISC's (known once it runs).
+    who: Option<Attribution>,
+    /// How the kernel collector is paused when the monitor hibernates.
+    pause: Arc<Pause>,
+}
+
+/// What a session keeps while its monitor hibernates (`isc_engine::monitor_hibernate`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SuspendedSession {
+    name: String,
+    reader_fd: std::os::fd::RawFd,
+    reader: isc_audit::kernel::ReaderState,
+    who: Attribution,
+    counts: DenialCounts,
+    memory_limit: Option<u64>,
 }
 
 impl AuditSession {
     /// Opens the trail and checks it can take records; an error means the start is refused.
     pub fn begin(dirs: &Dirs, name: &str) -> Result<AuditSession> {
+        let reader = KernelAuditReader::open();
+        AuditSession::begin_with(dirs, name, Some(reader))
+    }
+
+    fn begin_with(
+        dirs: &Dirs,
+        name: &str,
+        reader: Option<Result<KernelAuditReader, isc_audit::kernel::KernelAuditError>>,
+    ) -> Result<AuditSession> {
         let refuse = |e: anyhow::Error| {
             e.context(format!(
                 "refusing to start ISC `{name}`: the audit trail cannot record it (fail closed)"
@@ -142,10 +166,14 @@ impl AuditSession {
         };
         let log = open_for_session(dirs).map_err(refuse)?;
         isc_engine::timing::mark("audit log opened");
-        log.ensure_writable().map_err(|e| refuse(e.into()))?;
+        // A start fails closed; a woken monitor (no reader given) goes on as a whole one would,
+        // recording what it can.
+        if reader.is_some() {
+            log.ensure_writable().map_err(|e| refuse(e.into()))?;
+        }
         // Opened now, before clone, so denials of a service that fails fast are still queued.
-        let (reader, reader_error) = match KernelAuditReader::open() {
-            Ok(r) => (Some(r), None),
+        let (reader, reader_error) = match reader.transpose() {
+            Ok(r) => (r, None),
             Err(e) => {
                 tracing::warn!(isc = name, error = %e, "kernel denials will not be on the audit trail");
                 (None, Some(e.to_string()))
@@ -169,7 +197,70 @@ impl AuditSession {
             memory_limit: None,
             exit_recorded: false,
             exit_sync: None,
+            who: None,
+            pause: Arc::default(),
         })
+    }
+
+    /// The monitor may hibernate: the kernel collector runs (it also ticks the log), there is
+    /// no network collector, and the end is not being recorded.
+    pub(crate) fn can_hibernate(&self) -> bool {
+        self.collector.is_some()
+            && self.who.is_some()
+            && self.net.is_none()
+            && self.net_collector.is_none()
+            && !self.exit_recorded
+    }
+
+    /// Pauses the kernel collector (its socket stays open: records keep queueing in it for
+    /// the tiny monitor to look at), covers and syncs what is on the trail.
+    pub(crate) fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
+        use isc_engine::monitor_hibernate::{AuditWatch, Suspended};
+        let counts = self.collector.take().and_then(|c| c.pause(&self.pause)).unwrap_or_default();
+        if let Err(e) = self.log.checkpoint().and_then(|_| self.log.sync()) {
+            tracing::error!(isc = %self.name, error = %e, "syncing the audit trail before hibernating");
+        }
+        let Some(reader) = self.pause.take_reader() else {
+            tracing::error!(isc = %self.name, "the kernel collector ended without its reader; denials are no longer collected");
+            return Suspended::default();
+        };
+        let who = self.who.expect("can_hibernate checked it");
+        let (fd, reader) = reader.into_parts();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        let state = SuspendedSession {
+            name: self.name.clone(),
+            reader_fd: fd,
+            reader,
+            who,
+            counts,
+            memory_limit: self.memory_limit,
+        };
+        Suspended {
+            state: serde_json::to_value(state).expect("the session serializes"),
+            keep: vec![fd],
+            audit: Some(AuditWatch {
+                fd,
+                uid_lo: who.uid_lo,
+                uid_hi: who.uid_hi,
+                pidns_ino: who.pidns_ino.unwrap_or(0),
+            }),
+            ..Suspended::default()
+        }
+    }
+
+    /// The session of a woken monitor: the trail reopened, the kernel collector restarted on
+    /// the kept socket with its counts.
+    pub(crate) fn resume(dirs: &Dirs, state: serde_json::Value) -> Result<AuditSession> {
+        let s: SuspendedSession =
+            serde_json::from_value(state).context("the saved audit session")?;
+        let mut session = AuditSession::begin_with(dirs, &s.name, None)?;
+        // SAFETY: the saved state names this descriptor once, as the session's.
+        let fd = unsafe { isc_engine::monitor_hibernate::adopt_fd(s.reader_fd) }
+            .context("the kept kernel audit socket")?;
+        session.memory_limit = s.memory_limit;
+        session.pidns_ino = s.who.pidns_ino;
+        session.start_kernel_collector(KernelAuditReader::from_parts(fd, s.reader), s.who, s.counts);
+        Ok(session)
     }
 
     /// The run's audit log, for records other start hooks append (e.g. the secrets read).
@@ -291,21 +382,31 @@ impl AuditSession {
                 Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
             }
         }
-        if let Some(mut reader) = self.reader.take() {
-            let wake = Collector::wake_fd();
-            if let Some(fd) = &wake {
-                reader.wake_on(fd.as_raw_fd());
-            }
-            let (log, name) = (Arc::clone(&self.log), self.name.clone());
-            let ticks = wake.clone();
-            match Collector::spawn("isc-audit-kernel", wake, move |stop, _| {
-                collect(reader, &log, &name, attribution, stop, ticks)
-            }) {
-                Ok(c) => self.collector = Some(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the kernel denial collector");
-                    start_ticker(&self.log, &self.name);
-                }
+        if let Some(reader) = self.reader.take() {
+            self.start_kernel_collector(reader, attribution, DenialCounts::default());
+        }
+    }
+
+    fn start_kernel_collector(
+        &mut self,
+        mut reader: KernelAuditReader,
+        who: Attribution,
+        counts: DenialCounts,
+    ) {
+        self.who = Some(who);
+        let wake = Collector::wake_fd();
+        if let Some(fd) = &wake {
+            reader.wake_on(fd.as_raw_fd());
+        }
+        let (log, name) = (Arc::clone(&self.log), self.name.clone());
+        let (ticks, pause) = (wake.clone(), Arc::clone(&self.pause));
+        match Collector::spawn("isc-audit-kernel", wake, move |stop, _| {
+            collect(reader, &log, &name, who, stop, ticks, counts, &pause)
+        }) {
+            Ok(c) => self.collector = Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the kernel denial collector");
+                start_ticker(&self.log, &self.name);
             }
         }
     }
@@ -531,6 +632,18 @@ impl StartHooks for AuditedHooks<'_> {
     fn after_start(&mut self, state: &IscState) {
         self.inner.after_start(state);
         self.session.on_started(state);
+    }
+    fn can_hibernate(&self) -> bool {
+        self.session.can_hibernate() && self.inner.can_hibernate()
+    }
+    fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
+        let mut all = isc_engine::monitor_hibernate::Suspended {
+            state: serde_json::Value::Array(vec![]),
+            ..Default::default()
+        };
+        all.merge(self.session.suspend());
+        all.merge(self.inner.suspend());
+        all
     }
 }
 

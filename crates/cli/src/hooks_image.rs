@@ -37,6 +37,22 @@ impl ImageHold {
     pub fn is_mounted(&self) -> bool {
         self.mount.is_some()
     }
+
+    /// A hibernating monitor can keep it: a lease is one descriptor (a mounted image is not
+    /// kept across a hibernation yet).
+    pub fn can_hibernate(&self) -> bool {
+        self.mount.is_none()
+    }
+
+    /// The lease as (image id, descriptor) for a hibernating monitor; the hold is empty after.
+    pub fn keep(&mut self) -> Option<(String, std::os::fd::OwnedFd)> {
+        self.lease.take().map(ImageLease::into_kept)
+    }
+
+    /// The hold of a woken monitor, from [`ImageHold::keep`].
+    pub fn adopt(kept: Option<(String, std::os::fd::OwnedFd)>) -> ImageHold {
+        ImageHold { lease: kept.map(|(id, fd)| ImageLease::adopt(id, fd)), mount: None }
+    }
 }
 
 impl Drop for ImageHold {

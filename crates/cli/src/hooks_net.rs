@@ -356,6 +356,11 @@ fn forwarding_on() -> bool {
 }
 
 impl StartHooks for NetHooks {
+    /// Without a network there is nothing to keep (a network's lease and egress refresher are
+    /// not kept across a hibernation yet).
+    fn can_hibernate(&self) -> bool {
+        self.request.is_none()
+    }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.setup(child_pid).map_err(|e| ("setting up the ISC's network", format!("{e:#}")))
     }

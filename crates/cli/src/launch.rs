@@ -205,6 +205,32 @@ impl CgroupHooks {
         })
     }
 
+    /// The cgroup side of a woken monitor (`CgroupHooks::suspend`): the ISC's cgroup opened
+    /// by name, its start lock adopted, its event files held again.
+    pub fn resume(name: &str, limits: Limits, state_dir: &Path, state: serde_json::Value) -> Result<Self> {
+        let kept: isc_engine::monitor_hibernate::KeptLock =
+            serde_json::from_value(state).context("the saved cgroup state")?;
+        // SAFETY: the saved state names this descriptor once, as the start lock's.
+        let fd = unsafe { isc_engine::monitor_hibernate::adopt_fd(kept.fd) }
+            .context("the kept start lock")?;
+        let starting = isc_engine::state::StartingLock::adopt(isc_engine::state::LockFile::adopt(
+            kept.path,
+            fd.into(),
+        ));
+        let layout = cgroup_layout().context("detecting the cgroup layout")?;
+        let cgroup = isc_cgroup::open(layout, None, &cgroup_name(state_dir, name))
+            .with_context(|| format!("opening the cgroup of ISC `{name}`"))?;
+        cgroup.hold_event_files();
+        Ok(Self {
+            cgroup: Some(cgroup),
+            limits,
+            _starting: starting,
+            cloned_into_v2: Default::default(),
+            end_events: None,
+            teardown: None,
+        })
+    }
+
     /// The cgroup's event counters, read once at the end (the exit record's reason and
     /// `limit_events`); `None` if they cannot be read.
     fn end_events(&mut self) -> Option<&isc_cgroup::Events> {
@@ -317,6 +343,21 @@ impl StartHooks for CgroupHooks {
     fn init_gone(&mut self) {
         // The counters are read (the exit record is built before this): removal may begin.
         self.teardown = Some(self.teardown_in_background());
+    }
+
+    fn can_hibernate(&self) -> bool {
+        self.cgroup.is_some() && self.teardown.is_none()
+    }
+
+    /// The cgroup is found again by its name; only the start lock's descriptor is kept.
+    fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
+        let lock = self._starting.lock();
+        let kept = isc_engine::monitor_hibernate::KeptLock { path: lock.path().into(), fd: lock.fd() };
+        isc_engine::monitor_hibernate::Suspended {
+            keep: vec![kept.fd],
+            state: serde_json::to_value(kept).expect("a path and a number serialize"),
+            ..Default::default()
+        }
     }
 
     fn clone_into_cgroup(&self) -> Option<std::os::fd::RawFd> {

@@ -17,6 +17,7 @@ mod hooks_net;
 mod hooks_vault;
 mod launch;
 mod monitor_log;
+mod monitor_resume;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -193,6 +194,11 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let dirs = Dirs { root: cli.root, state: cli.state };
+    // A monitor woken from its hibernation (isc_engine::monitor_hibernate), whatever its
+    // command line (kept as it was for the Dock's identity check).
+    if let Some(saved) = isc_engine::monitor_hibernate::take_saved() {
+        return monitor_resume::resume(saved?, &dirs);
+    }
     match cli.cmd {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
         Cmd::Audit { cmd } => cmd_audit::dispatch(&dirs, cmd),
@@ -344,11 +350,22 @@ fn run(file: Option<&Path>, json: bool, weaken: &[String], dirs: &Dirs) -> Resul
         None => Manifest::parse(isc_manifest::DEMO_TOML, Path::new("<built-in demo>"))?,
     };
     isc_engine::timing::mark("manifest parsed");
-    let (record, image_id) =
-        run_manifest(&manifest, weaken, dirs, &|o| o.netns = Some(std::sync::Arc::clone(&netns)))?;
+    let caller = monitor_resume::Caller::Run { json };
+    let (record, image_id) = run_manifest(&manifest, weaken, dirs, &caller, &|o| {
+        o.netns = Some(std::sync::Arc::clone(&netns))
+    })?;
     isc_engine::timing::mark("image released");
+    report_run(&record, image_id, json)
+}
+
+/// What `isc run` prints at the end, and its exit status (the service's).
+pub(crate) fn report_run(
+    record: &isc_engine::ExitRecord,
+    image_id: String,
+    json: bool,
+) -> Result<ExitCode> {
     if json {
-        let mut v = serde_json::to_value(&record)?;
+        let mut v = serde_json::to_value(record)?;
         v["image_id"] = image_id.into();
         eprintln!("{}", serde_json::to_string(&v)?);
     } else if let Some(reason) = &record.reason {
@@ -367,6 +384,7 @@ pub(crate) fn run_manifest(
     manifest: &Manifest,
     weaken: &[String],
     dirs: &Dirs,
+    caller: &monitor_resume::Caller,
     tweak: &dyn Fn(&mut isc_engine::RunOptions),
 ) -> Result<(isc_engine::ExitRecord, String)> {
     if let Ok(running) = state::get(&dirs.state, &manifest.name) {
@@ -390,7 +408,7 @@ pub(crate) fn run_manifest(
     }
     isc_engine::timing::mark("stale networks collected");
     // The image lease and any EROFS mount live until the ISC has ended (dropped at return).
-    let (mut spec, image_hold) =
+    let (mut spec, mut image_hold) =
         audit.step("preparing the image", launch::resolve(manifest, dirs))?;
     isc_engine::timing::mark("image resolved");
     spec.weakening = weakening(weaken)?;
@@ -422,9 +440,26 @@ pub(crate) fn run_manifest(
         audit.step("planning the network", hooks_net::NetHooks::prepare(manifest, dirs))?;
     isc_engine::timing::mark("network planned");
     let result = {
-        let mut chain = isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net]);
+        let mut frame = monitor_resume::Frame::new(&mut image_hold, caller);
+        let mut chain =
+            isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net, &mut frame]);
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut chain))
     };
+    let record = finish_run(audit, cgroup, vault, net, result, &spec.name)?;
+    drop(image_hold);
+    Ok((record, spec.image_id.clone()))
+}
+
+/// The end of a run once its monitor returned: the network, the audit trail's last records
+/// and the cgroup go, each as soon as it can.
+pub(crate) fn finish_run(
+    mut audit: hooks_audit::AuditSession,
+    mut cgroup: CgroupHooks,
+    vault: hooks_vault::VaultHooks,
+    mut net: hooks_net::NetHooks,
+    result: Result<isc_engine::ExitRecord, isc_engine::MonitorError>,
+    name: &str,
+) -> Result<isc_engine::ExitRecord> {
     isc_engine::timing::mark("monitor returned");
     // The ISC's processes are gone and its end is being recorded and made durable on the
     // audit collector's thread (`exit_known`). The cgroup goes on a thread of its own while
@@ -435,11 +470,11 @@ pub(crate) fn run_manifest(
         // network drain can end with what is queued. After a failed teardown it waits for quiet.
         Ok(()) => audit.network_gone(),
         Err(e) => {
-            tracing::error!(isc = %spec.name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers")
+            tracing::error!(isc = %name, error = format!("{e:#}"), "network teardown failed; a reconcile removes the leftovers")
         }
     }
     isc_engine::timing::mark("network removed");
-    let record = audit.finish(result).with_context(|| format!("ISC `{}`", spec.name));
+    let record = audit.finish(result).with_context(|| format!("ISC `{name}`"));
     // The closing checkpoint and sync find nothing new after a recorded end.
     drop(audit);
     drop(vault);
@@ -447,7 +482,7 @@ pub(crate) fn run_manifest(
     teardown.join();
     drop(cgroup);
     isc_engine::timing::mark("cgroup removed");
-    Ok((record?, spec.image_id.clone()))
+    record
 }
 
 fn ps(dirs: &Dirs, json: bool) -> Result<ExitCode> {

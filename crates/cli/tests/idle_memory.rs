@@ -1,6 +1,8 @@
 //! What an idle ISC gives back once its service runs (`isc_engine::idle`, docs/benchmarks.md
-//! "Idle memory"): after a quiet second, its monitor unmaps the code of the isc binary that
-//! the start path ran, so the page tables mapping it can go, and PID 1 hibernates.
+//! "Idle memory"): after a quiet second, PID 1 hibernates, and a monitor that stays whole
+//! (one whose hooks cannot be kept across a hibernation, here because the ISC has a secret:
+//! `isc_engine::monitor_hibernate`; tests/monitor_hibernate.rs for the others) unmaps the code
+//! of the isc binary that the start path ran, so the page tables mapping it can go, and sleeps.
 
 mod common;
 
@@ -27,6 +29,20 @@ fn code_resident_kib(pid: i64) -> u64 {
         }
     }
     total
+}
+
+/// A manifest running `sleep 60` with a secret, so that its monitor stays whole.
+fn whole_monitor_manifest(env: &Env, name: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    let mut set = env
+        .cmd()
+        .args(["secret", "set", "tok", "--isc", name])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin.take().unwrap().write_all(b"canary").unwrap();
+    assert!(set.wait().unwrap().success());
+    env.manifest(name, &["/usr/bin/sleep", "60"], "[secrets]\ntok = {}\n")
 }
 
 /// Stops the ISC if the test fails before it does (nothing may be left running).
@@ -58,7 +74,7 @@ impl Drop for Running<'_> {
 #[test]
 fn an_idle_isc_unmaps_the_code_its_start_ran() {
     let env = Env::new("idle-code");
-    let m = env.manifest("idle-code", &["/usr/bin/sleep", "60"], "");
+    let m = whole_monitor_manifest(&env, "idle-code");
     let mut running = Running(&env, env.spawn(&m));
     let s = env.wait_running("idle-code");
     let (monitor, init) = (s["monitor_pid"].as_i64().unwrap(), s["init_pid"].as_i64().unwrap());
@@ -149,7 +165,7 @@ fn wakeups(pid: i64) -> Vec<(String, u64)> {
 #[test]
 fn an_idle_monitor_does_not_wake() {
     let env = Env::new("idle-wake");
-    let m = env.manifest("idle-wake", &["/usr/bin/sleep", "60"], "");
+    let m = whole_monitor_manifest(&env, "idle-wake");
     let mut running = Running(&env, env.spawn(&m));
     let monitor = env.wait_running("idle-wake")["monitor_pid"].as_i64().unwrap();
     // Past the start's own ticks (its records' sync and timed checkpoint) and PID 1's

@@ -192,6 +192,11 @@ impl Channel {
         Channel { fd: unsafe { OwnedFd::from_raw_fd(fd) } }
     }
 
+    /// One end again, from its descriptor (a woken monitor's, `monitor_hibernate`).
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

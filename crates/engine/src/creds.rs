@@ -51,6 +51,15 @@ pub struct UidRange {
 }
 
 impl UidRange {
+    pub fn lock(&self) -> &crate::state::LockFile {
+        &self._lock
+    }
+
+    /// The range a previous image of this process held (a woken monitor's).
+    pub fn adopt(host_base: u32, slot: u32, lock: crate::state::LockFile) -> UidRange {
+        UidRange { host_base, slot, _lock: lock }
+    }
+
     /// Takes the first free slot, starting at a point derived from `hint` (the ISC name), so
     /// ISCs usually keep the same range across restarts and allocation is O(1) in practice.
     pub fn allocate(

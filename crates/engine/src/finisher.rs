@@ -68,6 +68,12 @@ pub fn hold(fd: OwnedFd) {
 }
 
 /// Closes the descriptors [`hold`] keeps, here and now (a monitor that goes on running).
+/// The descriptors held for the finisher now (a hibernating monitor keeps them across its
+/// execs and holds them again once woken).
+pub fn held_fds() -> Vec<RawFd> {
+    HELD.iter().map(|s| s.load(Ordering::Acquire)).filter(|fd| *fd >= 0).collect()
+}
+
 pub fn release_held() {
     for slot in &HELD {
         let fd = slot.swap(-1, Ordering::AcqRel);

@@ -18,6 +18,11 @@
 //! - a memfd is on an internal mount, which Landlock does not confine (security/landlock/fs.c:
 //!   disconnected roots of `MNT_INTERNAL` mounts are allowed), and the ISC's mount namespace
 //!   never shows it: no path inside the ISC leads to either program.
+//!
+//! The monitor hibernates the same way (`monitor_hibernate.rs`): it execs the tiny monitor
+//! (`tiny/monitor.rs`) from a sealed, execute-only memfd made here, which sleeps on the
+//! descriptors and deadline of a [`MonitorPlan`] and execs the whole isc back with the same
+//! argv and environment when anything needs the monitor.
 
 use std::ffi::CString;
 use std::io;
@@ -28,36 +33,138 @@ use crate::channel::Channel;
 /// The hibernating init, built by `build.rs` from `tiny/init.rs`.
 pub const TINY_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isc-init"));
 
+/// The hibernating monitor, built by `build.rs` from `tiny/monitor.rs`.
+pub const TINY_MONITOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isc-monitor"));
+
+/// The variable in the tiny monitor's environment that names its plan: the decimal number of
+/// an inherited memfd holding [`MonitorPlan::encode`]. It stays in the environment of the
+/// whole isc woken back (the tiny monitor keeps its envp as it came).
+pub const PLAN_ENV: &str = "ISC_HIBERNATE_PLAN";
+
 /// `argv[1]` of the whole isc exec'd back into PID 1: `isc __pid1 <service pid>`.
 pub const RESUME_ARG: &str = "__pid1";
 
 /// memfd_create(2) `MFD_EXEC` (Linux 6.3): say so, or a `vm.memfd_noexec` host may refuse.
 const MFD_EXEC: libc::c_uint = 0x10;
+/// memfd_create(2) `MFD_NOEXEC_SEAL` (Linux 6.3): a plan is data, never to be executed.
+const MFD_NOEXEC_SEAL: libc::c_uint = 0x08;
 /// fcntl(2) `F_SEAL_EXEC` (Linux 6.3): the mode's execute bits can no longer change.
 const F_SEAL_EXEC: libc::c_int = 0x20;
 
+/// `what` names the program or file, and whose it is ("PID 1's hibernating init").
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
-    #[error("memfd_create for PID 1's {what}: {source}")]
+    #[error("memfd_create for {what}: {source}")]
     Memfd { what: &'static str, source: io::Error },
-    #[error("writing PID 1's {what} into its memfd: {source}")]
+    #[error("writing {what} into its memfd: {source}")]
     Fill { what: &'static str, source: io::Error },
-    #[error("making PID 1's {what} execute-only: {source}")]
+    #[error("making {what} execute-only: {source}")]
     Mode { what: &'static str, source: io::Error },
-    #[error("sealing PID 1's {what}: {source}")]
+    #[error("sealing {what}: {source}")]
     Seal { what: &'static str, source: io::Error },
+    #[error("the hibernating monitor waits on at most {max} descriptors, not {count}")]
+    TooManyFds { count: usize, max: usize },
 }
 
 /// The tiny init as a sealed, execute-only memfd for `ToInit::Hibernate`.
 pub fn tiny_init() -> Result<OwnedFd, HibernateError> {
-    sealed_exec_memfd(c"isc-init", "hibernating init", |fd| write_all(fd, TINY_INIT))
+    sealed_exec_memfd(c"isc-init", "PID 1's hibernating init", |fd| write_all(fd, TINY_INIT))
+}
+
+/// The tiny monitor as a sealed, execute-only memfd, for the monitor to exec in place. Its
+/// `/proc/PID/exe` reads `/memfd:isc-monitor (deleted)` while it sleeps.
+pub fn tiny_monitor() -> Result<OwnedFd, HibernateError> {
+    sealed_exec_memfd(c"isc-monitor", "the hibernating monitor", |fd| write_all(fd, TINY_MONITOR))
+}
+
+/// What the hibernating monitor (`tiny/monitor.rs`) sleeps on, and what it execs when any of
+/// it happens. Every descriptor must be open without `FD_CLOEXEC` when the tiny monitor is
+/// exec'd; it closes none of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorPlan {
+    /// The whole isc, exec'd on wake: `execveat(exe_fd, "", argv, envp, AT_EMPTY_PATH)`.
+    pub exe_fd: RawFd,
+    /// -1, or a NETLINK_AUDIT socket bound to the audit multicast group. Records provably of
+    /// other ISCs (or the host) are dropped; anything else wakes the monitor, unread.
+    pub audit_fd: RawFd,
+    /// -1, or the CLOCK_MONOTONIC time in milliseconds at which to wake.
+    pub deadline_ms: i64,
+    /// The ISC's host uids, `uid_lo..uid_hi`: an audit record with one of them is its own.
+    pub uid_lo: u32,
+    pub uid_hi: u32,
+    /// The inode of the ISC's PID namespace (`/proc/PID/ns/pid`); 0 if unknown, and then
+    /// every audit record wakes the monitor.
+    pub pidns_ino: u64,
+    /// Wake when any is readable or hung up (at most [`MonitorPlan::MAX_FDS`]).
+    pub fds: Vec<RawFd>,
+}
+
+impl MonitorPlan {
+    /// "ISM1" read as a little-endian u32.
+    pub const MAGIC: u32 = 0x314D_5349;
+    pub const VERSION: u32 = 1;
+    pub const MAX_FDS: usize = 64;
+
+    /// The plan as the tiny monitor reads it, little-endian, no padding: magic, version (u32),
+    /// exe_fd, audit_fd (i32), deadline_ms (i64), uid_lo, uid_hi (u32), pidns_ino (u64),
+    /// n_fds (u32), then the n_fds descriptors (i32). A plan with more than
+    /// [`MonitorPlan::MAX_FDS`] descriptors is encoded as it is, and the tiny monitor wakes
+    /// at once on it; [`MonitorPlan::plan_memfd`] refuses it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(44 + 4 * self.fds.len());
+        b.extend_from_slice(&Self::MAGIC.to_le_bytes());
+        b.extend_from_slice(&Self::VERSION.to_le_bytes());
+        b.extend_from_slice(&self.exe_fd.to_le_bytes());
+        b.extend_from_slice(&self.audit_fd.to_le_bytes());
+        b.extend_from_slice(&self.deadline_ms.to_le_bytes());
+        b.extend_from_slice(&self.uid_lo.to_le_bytes());
+        b.extend_from_slice(&self.uid_hi.to_le_bytes());
+        b.extend_from_slice(&self.pidns_ino.to_le_bytes());
+        b.extend_from_slice(&(self.fds.len() as u32).to_le_bytes());
+        for fd in &self.fds {
+            b.extend_from_slice(&fd.to_le_bytes());
+        }
+        b
+    }
+
+    /// The encoded plan in a sealed memfd (close-on-exec: clear it before the exec), whose
+    /// number goes into the tiny monitor's environment as [`PLAN_ENV`].
+    pub fn plan_memfd(&self) -> Result<OwnedFd, HibernateError> {
+        let what = "the hibernating monitor's plan";
+        if self.fds.len() > Self::MAX_FDS {
+            return Err(HibernateError::TooManyFds { count: self.fds.len(), max: Self::MAX_FDS });
+        }
+        let name = c"isc-monitor-plan";
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+        let mut raw = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_NOEXEC_SEAL) };
+        if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // Before Linux 6.3 there is no MFD_NOEXEC_SEAL.
+            // SAFETY: as above.
+            raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        }
+        if raw < 0 {
+            return Err(HibernateError::Memfd { what, source: io::Error::last_os_error() });
+        }
+        // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        write_all(fd.as_raw_fd(), &self.encode())
+            .map_err(|source| HibernateError::Fill { what, source })?;
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: fcntl F_ADD_SEALS with an integer argument on our memfd.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(HibernateError::Seal { what, source: io::Error::last_os_error() });
+        }
+        Ok(fd)
+    }
 }
 
 /// This very isc binary (`/proc/self/exe`, even if replaced on disk since) as a sealed,
 /// execute-only memfd for `ToInit::Wake`: PID 1 must run the code that speaks this monitor's
 /// protocol.
 pub fn whole_isc() -> Result<OwnedFd, HibernateError> {
-    sealed_exec_memfd(c"isc", "isc executable", copy_self)
+    sealed_exec_memfd(c"isc", "PID 1's isc executable", copy_self)
 }
 
 fn sealed_exec_memfd(
@@ -202,6 +309,72 @@ mod tests {
     fn the_tiny_init_is_a_small_static_elf() {
         assert_eq!(&TINY_INIT[..4], b"\x7fELF");
         assert!(TINY_INIT.len() < 16 * 1024, "{} bytes", TINY_INIT.len());
+    }
+
+    #[test]
+    fn the_tiny_monitor_is_a_small_static_elf() {
+        assert_eq!(&TINY_MONITOR[..4], b"\x7fELF");
+        assert!(TINY_MONITOR.len() < 16 * 1024, "{} bytes", TINY_MONITOR.len());
+        let fd = tiny_monitor().unwrap();
+        assert_eq!(mode_and_seals(&fd).0, 0o111);
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert!(link.to_string_lossy().starts_with("/memfd:isc-monitor "), "{link:?}");
+        let len = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().len();
+        assert_eq!(len as usize, TINY_MONITOR.len());
+    }
+
+    #[test]
+    fn a_monitor_plan_is_encoded_at_the_tiny_monitors_offsets() {
+        let plan = MonitorPlan {
+            exe_fd: 7,
+            audit_fd: -1,
+            deadline_ms: 0x0102_0304_0506_0708,
+            uid_lo: 100_000,
+            uid_hi: 165_536,
+            pidns_ino: 0x1122_3344_5566_7788,
+            fds: vec![3, 4, 300],
+        };
+        let b = plan.encode();
+        assert_eq!(b.len(), 44 + 3 * 4);
+        assert_eq!(&b[0..4], b"ISM1");
+        assert_eq!(&b[4..8], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[7, 0, 0, 0]);
+        assert_eq!(&b[12..16], &[0xff; 4]);
+        assert_eq!(&b[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&b[24..28], &100_000u32.to_le_bytes());
+        assert_eq!(&b[28..32], &165_536u32.to_le_bytes());
+        assert_eq!(&b[32..40], &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
+        assert_eq!(&b[40..44], &[3, 0, 0, 0]);
+        assert_eq!(&b[44..], &[3, 0, 0, 0, 4, 0, 0, 0, 44, 1, 0, 0]);
+        let none = MonitorPlan { deadline_ms: -1, fds: vec![], ..plan };
+        assert_eq!(&none.encode()[16..24], &[0xff; 8]);
+        assert_eq!(none.encode().len(), 44);
+    }
+
+    #[test]
+    fn a_plan_memfd_is_sealed_and_holds_the_encoding() {
+        let plan = MonitorPlan {
+            exe_fd: 5,
+            audit_fd: 6,
+            deadline_ms: 1234,
+            uid_lo: 1,
+            uid_hi: 2,
+            pidns_ino: 3,
+            fds: vec![9; MonitorPlan::MAX_FDS],
+        };
+        let fd = plan.plan_memfd().unwrap();
+        let bytes = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(bytes, plan.encode());
+        let need = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        let seals = mode_and_seals(&fd).1;
+        assert_eq!(seals & need, need, "seals {seals:#x}");
+        // SAFETY: fcntl F_GETFD with no argument.
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) }, libc::FD_CLOEXEC);
+        let more = MonitorPlan { fds: vec![9; MonitorPlan::MAX_FDS + 1], ..plan };
+        assert!(matches!(
+            more.plan_memfd(),
+            Err(HibernateError::TooManyFds { count: 65, max: 64 })
+        ));
     }
 
     #[test]

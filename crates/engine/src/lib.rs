@@ -17,6 +17,7 @@ pub mod init;
 pub mod logfile;
 pub mod lsm;
 pub mod monitor;
+pub mod monitor_hibernate;
 pub mod netns;
 pub mod probe;
 pub mod probe_battery;
@@ -31,5 +32,5 @@ pub mod syscall;
 pub mod timing;
 
 pub use logfile::Output;
-pub use monitor::{run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
+pub use monitor::{resume, run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
 pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};

@@ -80,7 +80,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// What the monitor does with the service's stdout and stderr.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Output {
     /// Copy to the monitor's own stdout (fd 1) and stderr (fd 2).
     #[default]
@@ -106,6 +106,19 @@ impl Dest {
                 let sink = LogSink::start(dir, *max_bytes, *keep)?;
                 Ok((Dest::Log(Arc::clone(&sink)), Dest::Log(sink)))
             }
+        }
+    }
+
+    /// Nothing is queued and no writer thread runs (one that parked its file is reaped), so
+    /// the monitor may exec: [`Dest::for_output`] reopens the same file after a wake.
+    pub(crate) fn is_stderr(&self) -> bool {
+        matches!(self, Dest::Fd(2))
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        match self {
+            Dest::Fd(_) => true,
+            Dest::Log(sink) => sink.is_idle(),
         }
     }
 
@@ -174,6 +187,19 @@ impl LogSink {
             queue: Arc::new((Mutex::new(queue), Condvar::new())),
             writer: Mutex::new(None),
         }))
+    }
+
+    fn is_idle(&self) -> bool {
+        {
+            let q = lock(&self.queue.0);
+            if q.running || !q.chunks.is_empty() || q.dropped > 0 {
+                return false;
+            }
+        }
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+        true
     }
 
     fn push(&self, bytes: &[u8]) {

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -20,7 +20,8 @@ use crate::netns::{self, NetnsError, PreparedNetns};
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
 use crate::state::{IscState, Registration, StateError};
-use crate::supervisor::Supervisor;
+use crate::monitor_hibernate::{self as sleep, KeptLock, SavedMonitor, Suspended};
+use crate::supervisor::{RunEnd, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -144,6 +145,17 @@ pub trait StartHooks {
     fn clone_into_cgroup(&self) -> Option<RawFd> {
         None
     }
+    /// Whether the monitor may hibernate with this hook (`monitor_hibernate`): everything it
+    /// holds survives as descriptors and a state it can be rebuilt from after a wake, and its
+    /// threads can be stopped. No by default: the monitor then stays whole.
+    fn can_hibernate(&self) -> bool {
+        false
+    }
+    /// The monitor is about to hibernate (every hook said it can): stop threads, make what
+    /// is pending durable, and say what to keep. Forwarders must forward it.
+    fn suspend(&mut self) -> Suspended {
+        Suspended::default()
+    }
 }
 
 /// Several hooks run in order; the first exit reason wins. The one forwarder of every
@@ -182,6 +194,16 @@ impl StartHooks for HookChain<'_> {
     fn self_attach_files(&self) -> Vec<std::path::PathBuf> {
         self.0.iter().flat_map(|h| h.self_attach_files()).collect()
     }
+    fn can_hibernate(&self) -> bool {
+        self.0.iter().all(|h| h.can_hibernate())
+    }
+    fn suspend(&mut self) -> Suspended {
+        let mut all = Suspended { state: serde_json::Value::Array(vec![]), ..Default::default() };
+        for h in self.0.iter_mut() {
+            all.merge(h.suspend());
+        }
+        all
+    }
 }
 
 /// No hooks.
@@ -189,6 +211,9 @@ pub struct NoHooks;
 impl StartHooks for NoHooks {
     fn before_release(&mut self, _: i32) -> Result<(), (&'static str, String)> {
         Ok(())
+    }
+    fn can_hibernate(&self) -> bool {
+        true
     }
 }
 
@@ -389,47 +414,254 @@ pub fn run(
     release_start_heap();
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
-    let mut sup = Supervisor::new(spec, &parent_chan, &registration);
+    let running = Running {
+        registration,
+        range,
+        child,
+        chan: parent_chan,
+        sfd,
+        t0,
+        start_ms,
+    };
+    guard.pidfd = None;
+    supervise(spec, opts, running, vec![(out_r, dests.0), (err_r, dests.1)], None, hooks)
+}
+
+/// What the monitor holds while its ISC runs: made by [`run`], or rebuilt by [`resume`].
+struct Running {
+    registration: Registration,
+    range: UidRange,
+    child: Launched,
+    chan: Channel,
+    sfd: OwnedFd,
+    t0: Instant,
+    start_ms: u64,
+}
+
+/// The monitor of a running ISC, until its end is handled: the event loop, hibernating when
+/// quiet (if every hook can), and the end's records.
+fn supervise(
+    spec: &IscSpec,
+    opts: &RunOptions,
+    r: Running,
+    outputs: Vec<(OwnedFd, Dest)>,
+    resumed: Option<&SavedMonitor>,
+    hooks: &mut dyn StartHooks,
+) -> Result<ExitRecord, MonitorError> {
+    let mut guard = KillOnDrop { pidfd: Some(r.child.pidfd.as_raw_fd()) };
+    let mut sup = Supervisor::new(spec, &r.chan, &r.registration, outputs);
+    if let Some(s) = resumed {
+        sup.restore(s.next_probe, s.init_hibernating, s.init_hibernation_works);
+    }
     // The end is handled once: as soon as PID 1 reports it with nothing else left in the ISC
     // (from inside the supervisor's loop), else once PID 1 is gone.
     let mut record: Option<ExitRecord> = None;
-    let mut on_end = |code: Option<i32>, signal: Option<i32>| {
-        hooks.service_ended();
-        crate::timing::mark("service ended");
-        let r = ExitRecord {
-            name: spec.name.clone(),
-            code,
-            signal,
-            status: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
-            host_uid_base: range.host_base,
-            start_ms,
-            run_ms: t0.elapsed().as_millis() as u64,
-            reason: hooks.exit_reason(),
-            limit_events: hooks.limit_events(),
+    let wait_status = loop {
+        let end = {
+            let mut on_end = |code: Option<i32>, signal: Option<i32>| {
+                record = Some(end_record(spec, &r, hooks, code, signal));
+            };
+            sup.run(&r.child, r.sfd.as_raw_fd(), &mut on_end)
         };
-        hooks.exit_known(&r);
-        crate::timing::mark("exit record built");
-        record = Some(r);
+        match end {
+            RunEnd::Exited(status) => break status,
+            RunEnd::Quiet => {
+                if !hooks.can_hibernate() {
+                    tracing::debug!(isc = %spec.name, "a start hook cannot resume after a hibernation: the monitor stays whole");
+                    sup.monitor_hibernation_works = false;
+                } else if sup.outputs_idle() {
+                    if let Err(error) = hibernate(spec, opts, &r, &sup, hooks) {
+                        tracing::warn!(isc = %spec.name, %error, "the monitor cannot hibernate; it stays whole (~400 KiB more per idle ISC)");
+                        sup.monitor_hibernation_works = false;
+                    }
+                }
+            }
+        }
     };
-    let outputs = [(out_r, dests.0), (err_r, dests.1)];
-    let wait_status = sup.run(&child, sfd.as_raw_fd(), outputs, &mut on_end);
     guard.pidfd = None;
     let (code, signal) = sup.exited.unwrap_or_else(|| decode_status(wait_status));
     // The ISC is gone: unregister it now (its entry, control socket and name lock), before
     // the exit path's threads start and compete with it for the CPU — once the cgroup's
     // removal is under way, if the end (and with it the cgroup's counters) is recorded.
-    if sup.ended_reported {
+    let ended_reported = sup.ended_reported;
+    drop(sup);
+    let Running { registration, range, t0, start_ms, .. } = r;
+    if ended_reported {
         hooks.init_gone();
-        drop(sup);
         drop(registration);
     } else {
-        drop(sup);
         drop(registration);
-        on_end(code, signal);
+        let run_ms = t0.elapsed().as_millis() as u64;
+        record = Some(build_end(spec, hooks, range.host_base, start_ms, run_ms, code, signal));
         hooks.init_gone();
     }
+    drop(range);
     crate::timing::mark("service exited");
     Ok(record.expect("the end was handled"))
+}
+
+fn end_record(
+    spec: &IscSpec,
+    r: &Running,
+    hooks: &mut dyn StartHooks,
+    code: Option<i32>,
+    signal: Option<i32>,
+) -> ExitRecord {
+    let run_ms = r.t0.elapsed().as_millis() as u64;
+    build_end(spec, hooks, r.range.host_base, r.start_ms, run_ms, code, signal)
+}
+
+/// Records the end with the hooks (`service_ended`, `exit_known`).
+fn build_end(
+    spec: &IscSpec,
+    hooks: &mut dyn StartHooks,
+    host_uid_base: u32,
+    start_ms: u64,
+    run_ms: u64,
+    code: Option<i32>,
+    signal: Option<i32>,
+) -> ExitRecord {
+    hooks.service_ended();
+    crate::timing::mark("service ended");
+    let r = ExitRecord {
+        name: spec.name.clone(),
+        code,
+        signal,
+        status: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+        host_uid_base,
+        start_ms,
+        run_ms,
+        reason: hooks.exit_reason(),
+        limit_events: hooks.limit_events(),
+    };
+    hooks.exit_known(&r);
+    crate::timing::mark("exit record built");
+    r
+}
+
+/// Suspends the hooks and execs the tiny monitor (`monitor_hibernate`). Returns only when
+/// nothing has been changed yet (the programs or memfds could not be made).
+fn hibernate(
+    spec: &IscSpec,
+    opts: &RunOptions,
+    r: &Running,
+    sup: &Supervisor<'_>,
+    hooks: &mut dyn StartHooks,
+) -> Result<(), sleep::MonitorSleepError> {
+    let prepared = sleep::Prepared::new()?;
+    let held = crate::finisher::held_fds();
+    let suspended = hooks.suspend();
+    let outputs = sup.output_fds();
+    let (registration_dir, registration_lock, listener) = r.registration.kept();
+    let kept_lock = |l: &crate::state::LockFile| KeptLock { path: l.path().into(), fd: l.fd() };
+    let saved = SavedMonitor {
+        spec: spec.clone(),
+        state_dir: opts.state_dir.clone(),
+        uid_base: opts.uid_base,
+        uid_slots: opts.uid_slots,
+        seccomp_log: opts.seccomp_log,
+        output: opts.output.clone(),
+        manifest: opts.manifest.clone(),
+        spec_hash: opts.spec_hash.clone(),
+        defer_mount_teardown: opts.defer_mount_teardown,
+        start_ms: r.start_ms,
+        run_ms: r.t0.elapsed().as_millis() as u64,
+        saved_mono_ms: sleep::mono_ms(),
+        init_pid: r.child.pid,
+        pidfd: r.child.pidfd.as_raw_fd(),
+        channel: r.chan.raw_fd(),
+        signalfd: r.sfd.as_raw_fd(),
+        listener,
+        outputs: outputs.clone(),
+        registration_dir,
+        registration_lock: kept_lock(registration_lock),
+        uid_lock: kept_lock(r.range.lock()),
+        host_uid_base: r.range.host_base,
+        uid_slot: r.range.slot,
+        held: held.clone(),
+        next_probe: sup.next_probe(),
+        init_hibernating: sup.init_hibernating(),
+        init_hibernation_works: sup.hibernation_works,
+        plan_fd: -1,
+        exe_fd: -1,
+        hooks: suspended.state,
+    };
+    let mut wake_on = vec![saved.pidfd, saved.signalfd, saved.channel, saved.listener];
+    wake_on.extend(outputs.iter().map(|(fd, _)| *fd));
+    wake_on.extend(&suspended.wake_on);
+    let keep = wake_on
+        .iter()
+        .chain(&suspended.keep)
+        .chain(&held)
+        .chain(&[saved.registration_lock.fd, saved.uid_lock.fd])
+        .copied()
+        .collect::<Vec<_>>();
+    keep.iter().for_each(|fd| {
+        sleep::keep_fd(*fd);
+    });
+    if let Some(a) = &suspended.audit {
+        sleep::keep_fd(a.fd);
+    }
+    let plan = crate::hibernate::MonitorPlan {
+        exe_fd: -1,
+        audit_fd: suspended.audit.map_or(-1, |a| a.fd),
+        deadline_ms: suspended
+            .deadline
+            .map_or(-1, |d| (sleep::mono_ms() + d.as_millis() as u64) as i64),
+        uid_lo: suspended.audit.map_or(0, |a| a.uid_lo),
+        uid_hi: suspended.audit.map_or(0, |a| a.uid_hi),
+        pidns_ino: suspended.audit.map_or(0, |a| a.pidns_ino),
+        fds: wake_on,
+    };
+    tracing::debug!(isc = %spec.name, "the monitor hibernates");
+    prepared.exec(saved, plan)
+}
+
+/// Resumes the monitor of a running ISC in a whole isc woken from the tiny monitor, with its
+/// hooks rebuilt by the caller from [`SavedMonitor::hooks`]; returns like [`run`].
+pub fn resume(saved: SavedMonitor, hooks: &mut dyn StartHooks) -> Result<ExitRecord, MonitorError> {
+    let adopt = |fd: RawFd, what: &'static str| {
+        // SAFETY: the saved state names each of these descriptors once, as ours.
+        unsafe { sleep::adopt_fd(fd) }.map_err(|source| MonitorError::Resource { what, source })
+    };
+    let asleep_ms = sleep::mono_ms().saturating_sub(saved.saved_mono_ms);
+    let run = Duration::from_millis(saved.run_ms + asleep_ms);
+    let t0 = Instant::now().checked_sub(run).unwrap_or_else(Instant::now);
+    let adopt_lock = |l: &KeptLock| -> Result<crate::state::LockFile, MonitorError> {
+        Ok(crate::state::LockFile::adopt(l.path.clone(), adopt(l.fd, "lock file")?.into()))
+    };
+    let registration = Registration::adopt(
+        saved.registration_dir.clone(),
+        adopt_lock(&saved.registration_lock)?,
+        adopt(saved.listener, "control socket")?,
+    );
+    let range = UidRange::adopt(saved.host_uid_base, saved.uid_slot, adopt_lock(&saved.uid_lock)?);
+    let child = Launched { pid: saved.init_pid, pidfd: adopt(saved.pidfd, "PID 1's pidfd")? };
+    let chan = Channel::from_fd(adopt(saved.channel, "control channel")?);
+    let sfd = adopt(saved.signalfd, "signalfd")?;
+    for fd in &saved.held {
+        crate::finisher::hold(adopt(*fd, "held namespace")?);
+    }
+    let mut opts = RunOptions::new(saved.state_dir.clone());
+    opts.uid_base = saved.uid_base;
+    opts.uid_slots = saved.uid_slots;
+    opts.seccomp_log = saved.seccomp_log;
+    opts.output = saved.output.clone();
+    opts.manifest = saved.manifest.clone();
+    opts.spec_hash = saved.spec_hash.clone();
+    opts.defer_mount_teardown = saved.defer_mount_teardown;
+    let dests = Dest::for_output(&opts.output)
+        .map_err(|source| MonitorError::Resource { what: "log file", source })?;
+    let mut dests = [Some(dests.0), Some(dests.1)];
+    let mut outputs = Vec::new();
+    for (fd, stderr) in &saved.outputs {
+        let i = usize::from(*stderr);
+        // Both of a log's pipes go to the same file: either destination serves.
+        let dest = dests[i].take().or_else(|| dests[1 - i].take()).expect("two destinations");
+        outputs.push((adopt(*fd, "output pipe")?, dest));
+    }
+    let running = Running { registration, range, child, chan, sfd, t0, start_ms: saved.start_ms };
+    supervise(&saved.spec, &opts, running, outputs, Some(&saved), hooks)
 }
 
 /// Keeps PID 1's mount namespace referenced until this process's finisher ends (see `finisher`):

@@ -94,6 +94,22 @@ impl LockFile {
     }
 }
 
+impl LockFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self._file.as_raw_fd()
+    }
+
+    /// The lock a previous image of this process held (a woken monitor's): the flock belongs
+    /// to the open file, which the exec kept.
+    pub fn adopt(path: PathBuf, file: File) -> LockFile {
+        LockFile { path, _file: file }
+    }
+}
+
 impl Drop for LockFile {
     fn drop(&mut self) {
         // Unlinked while still locked; the lock goes when `_file` closes right after.
@@ -157,6 +173,16 @@ impl Registration {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Its directory, name lock and control socket's descriptor, for a hibernating monitor.
+    pub fn kept(&self) -> (PathBuf, &LockFile, std::os::fd::RawFd) {
+        (self.dir.clone(), &self._lock, self.listener.as_raw_fd())
+    }
+
+    /// The registration a previous image of this process held (a woken monitor's).
+    pub fn adopt(dir: PathBuf, lock: LockFile, listener: std::os::fd::OwnedFd) -> Registration {
+        Registration { dir, _lock: lock, listener: UnixListener::from(listener) }
+    }
 }
 
 impl Drop for Registration {
@@ -207,6 +233,15 @@ pub fn list(state_dir: &Path) -> Result<Vec<IscState>, StateError> {
 pub struct StartingLock(#[allow(dead_code)] LockFile);
 
 impl StartingLock {
+    pub fn lock(&self) -> &LockFile {
+        &self.0
+    }
+
+    /// The lock a previous image of this process held (a woken monitor's).
+    pub fn adopt(lock: LockFile) -> StartingLock {
+        StartingLock(lock)
+    }
+
     pub fn take(state_dir: &Path, name: &str) -> Result<Self, StateError> {
         let locks = state_dir.join("locks");
         mkdir_private(&locks)?;

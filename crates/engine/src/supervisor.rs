@@ -38,7 +38,20 @@ pub(crate) struct Supervisor<'a> {
     /// own: a service whose output keeps the monitor busy leaves PID 1 idle all the same.
     init_busy_at: Instant,
     /// False once hibernation failed: PID 1 stays whole (warned once).
-    hibernation_works: bool,
+    pub(crate) hibernation_works: bool,
+    /// False once the monitor itself cannot hibernate (`monitor_hibernate`): it stays whole.
+    pub(crate) monitor_hibernation_works: bool,
+    /// The service's stdout and stderr and where they go; a closed one is removed.
+    outs: Vec<(OwnedFd, Dest)>,
+    buf: Vec<u8>,
+}
+
+/// Why [`Supervisor::run`] returned.
+pub(crate) enum RunEnd {
+    /// PID 1 is gone, with this wait status.
+    Exited(i32),
+    /// Everything has been quiet for a second: the monitor may hibernate.
+    Quiet,
 }
 
 impl<'a> Supervisor<'a> {
@@ -46,6 +59,7 @@ impl<'a> Supervisor<'a> {
         spec: &'a IscSpec,
         chan: &'a Channel,
         registration: &'a Registration,
+        outputs: Vec<(OwnedFd, Dest)>,
     ) -> Supervisor<'a> {
         Supervisor {
             spec,
@@ -60,7 +74,36 @@ impl<'a> Supervisor<'a> {
             init_hibernating: false,
             init_busy_at: Instant::now(),
             hibernation_works: true,
+            monitor_hibernation_works: true,
+            outs: outputs,
+            buf: Vec::with_capacity(RELAY_BUF),
         }
+    }
+
+    /// Restores what a hibernated monitor saved (`monitor_hibernate`).
+    pub(crate) fn restore(&mut self, next_probe: u64, init_hibernating: bool, init_works: bool) {
+        self.next_probe = next_probe;
+        self.init_hibernating = init_hibernating;
+        self.hibernation_works = init_works;
+    }
+
+    pub(crate) fn next_probe(&self) -> u64 {
+        self.next_probe
+    }
+
+    pub(crate) fn init_hibernating(&self) -> bool {
+        self.init_hibernating
+    }
+
+    /// The output pipes still open, and whether each is the service's stderr (relayed to
+    /// fd 2; both go to one log otherwise).
+    pub(crate) fn output_fds(&self) -> Vec<(RawFd, bool)> {
+        self.outs.iter().map(|(fd, d)| (fd.as_raw_fd(), d.is_stderr())).collect()
+    }
+
+    /// No output is waiting to be written (a log writer thread has parked its file).
+    pub(crate) fn outputs_idle(&self) -> bool {
+        self.outs.iter().all(|(_, d)| d.is_idle())
     }
 
     /// The event loop; returns PID 1's wait status. `on_end(code, signal)` is called as soon
@@ -72,11 +115,24 @@ impl<'a> Supervisor<'a> {
         &mut self,
         child: &Launched,
         sfd: RawFd,
-        outputs: [(OwnedFd, Dest); 2],
         on_end: &mut dyn FnMut(Option<i32>, Option<i32>),
-    ) -> i32 {
-        let mut outs: Vec<(OwnedFd, Dest)> = outputs.into();
-        let mut buf = Vec::with_capacity(RELAY_BUF);
+    ) -> RunEnd {
+        let mut outs = std::mem::take(&mut self.outs);
+        let mut buf = std::mem::take(&mut self.buf);
+        let end = self.run_loop(child, sfd, on_end, &mut outs, &mut buf);
+        self.outs = outs;
+        self.buf = buf;
+        end
+    }
+
+    fn run_loop(
+        &mut self,
+        child: &Launched,
+        sfd: RawFd,
+        on_end: &mut dyn FnMut(Option<i32>, Option<i32>),
+        outs: &mut Vec<(OwnedFd, Dest)>,
+        buf: &mut Vec<u8>,
+    ) -> RunEnd {
         let listener_fd = self.registration.listener.as_raw_fd();
         let mut released = false;
         loop {
@@ -112,6 +168,9 @@ impl<'a> Supervisor<'a> {
             }
             if n == 0 && self.stop_deadline.is_none() {
                 self.hibernate_init_if_quiet();
+                if own_quiet && timeout == crate::idle::QUIET_MS && self.monitor_may_hibernate() {
+                    return RunEnd::Quiet;
+                }
                 // A quiet second after the start or the last event: unmap the code the start
                 // path ran, so its page tables go (`idle`); it faults back in when needed.
                 if own_quiet && timeout == crate::idle::QUIET_MS {
@@ -151,7 +210,7 @@ impl<'a> Supervisor<'a> {
             for (i, (fd, dest)) in outs.iter().enumerate() {
                 let rev = fds[4 + i].revents;
                 if rev & libc::POLLIN != 0 {
-                    if !relay(fd.as_raw_fd(), dest, &mut buf) {
+                    if !relay(fd.as_raw_fd(), dest, buf) {
                         closed.push(i);
                     }
                 } else if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
@@ -165,11 +224,11 @@ impl<'a> Supervisor<'a> {
             if fds[0].revents & libc::POLLIN != 0 {
                 // Drain what is left: the exit message and the last output.
                 while self.chan_has_data() && self.on_message(on_end) {}
-                for (fd, dest) in &outs {
-                    while relay(fd.as_raw_fd(), dest, &mut buf) {}
+                for (fd, dest) in outs.iter() {
+                    while relay(fd.as_raw_fd(), dest, buf) {}
                 }
                 crate::timing::mark("PID 1 gone");
-                return wait_pidfd(&child.pidfd);
+                return RunEnd::Exited(wait_pidfd(&child.pidfd));
             }
         }
     }
@@ -335,6 +394,17 @@ impl<'a> Supervisor<'a> {
 }
 
 impl Supervisor<'_> {
+    /// Nothing is outstanding and PID 1 is not about to be sent to sleep: the monitor itself
+    /// may hibernate.
+    fn monitor_may_hibernate(&self) -> bool {
+        self.monitor_hibernation_works
+            && self.chan_open
+            && self.pending.is_empty()
+            && self.exited.is_none()
+            && self.stop_deadline.is_none()
+            && self.init_quiet_left().is_none()
+    }
+
     /// How long until PID 1 has been quiet long enough to hibernate (zero: now); `None` when
     /// it is not to hibernate (it does already, it cannot, a probe is outstanding, the ISC
     /// ends or is being stopped).

@@ -173,6 +173,17 @@ impl ImageLease {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// The lease as its id and the locked file: a monitor that hibernates keeps the
+    /// descriptor across its execs (the shared flock belongs to the open file).
+    pub fn into_kept(self) -> (String, std::os::fd::OwnedFd) {
+        (self.id, self.lock.file.into())
+    }
+
+    /// The lease a previous image of this process held ([`ImageLease::into_kept`]).
+    pub fn adopt(id: String, fd: std::os::fd::OwnedFd) -> ImageLease {
+        ImageLease { id, lock: Flock { file: fd.into() } }
+    }
 }
 
 impl AsFd for ImageLease {

@@ -1,0 +1,228 @@
+//! A hibernating monitor (`isc_engine::monitor_hibernate`, docs/engine.md): after a quiet
+//! second an idle ISC's monitor is a few-KiB program holding its descriptors; anything that
+//! needs the monitor execs the whole isc back, which goes on as if it had never slept.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const TINY_MONITOR: &str = "/memfd:isc-monitor (deleted)";
+
+fn exe_of(pid: i64) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits up to `secs` for `pid`'s executable to be `want`.
+fn wait_exe(pid: i64, want: &str, secs: u64) {
+    let t = Instant::now();
+    while exe_of(pid) != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{pid} runs {:?}, not {want:?}, after {secs} s",
+            exe_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status_field(pid: i64, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `isc run --json MANIFEST` with the service's output and the exit record captured.
+fn run_captured(env: &Env, manifest: &std::path::Path) -> std::process::Child {
+    env.cmd()
+        .args(["run", "--json"])
+        .arg(manifest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops (or kills) the ISC if the test fails first: nothing may be left running.
+struct Guard<'a>(&'a Env, &'a str, Option<std::process::Child>);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.2.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = self.0.cmd().args(["stop", self.1]).output();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The ISC's records on the trail (`isc audit show --json --isc NAME`).
+fn trail(env: &Env, name: &str) -> Vec<Value> {
+    let out = env.cmd().args(["audit", "show", "--json", "--isc", name]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn audit_verifies(env: &Env) {
+    let out = env.cmd().args(["audit", "verify"]).output().unwrap();
+    assert!(out.status.success(), "the trail must verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_idle_monitor_hibernates_and_wakes_for_verify_and_stop() {
+    let env = Env::new("mh-idle");
+    let m = env.manifest("mh-idle", &["/bin/sh", "-c", "trap 'exit 7' TERM; /usr/bin/sleep 600 & wait"], "");
+    let mut g = Guard(&env, "mh-idle", Some(run_captured(&env, &m)));
+    let s = env.wait_running("mh-idle");
+    let monitor = s["monitor_pid"].as_i64().unwrap();
+    let cmdline = fs::read(format!("/proc/{monitor}/cmdline")).unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    // The whole monitor: ~400 KiB of private memory, two threads (docs/benchmarks.md).
+    let anon = status_field(monitor, "RssAnon:");
+    assert!(anon <= 32, "a hibernating monitor has {anon} KiB of anonymous memory");
+    assert_eq!(status_field(monitor, "Threads:"), 1);
+    // Same process, same command line: the Dock recognises its monitors by it.
+    assert_eq!(fs::read(format!("/proc/{monitor}/cmdline")).unwrap(), cmdline);
+    // The registry needs no monitor: `isc ps` leaves it asleep.
+    assert_eq!(env.ps()[0]["monitor_pid"], monitor);
+    assert_eq!(exe_of(monitor), TINY_MONITOR);
+    // `isc verify` wakes it (and PID 1): every check passes.
+    let out = env.cmd().args(["verify", "mh-idle", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["score"]["pass"], true, "{v}");
+    assert_ne!(exe_of(monitor), TINY_MONITOR, "woken for the probes");
+    // …and it hibernates again.
+    wait_exe(monitor, TINY_MONITOR, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.cmd().args(["stop", "mh-idle"]).status().unwrap().success());
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let rec = exit_record(&out);
+    assert_eq!(rec["code"], 7, "{rec}");
+    // The run's length counts the time asleep (> 2 quiet seconds plus the verify).
+    assert!(rec["run_ms"].as_u64().unwrap() >= 2000, "{rec}");
+    let recs = trail(&env, "mh-idle");
+    let exit = recs.iter().find(|r| r["kind"] == "isc_exit").unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(exit["detail"]["code"], 7);
+    audit_verifies(&env);
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn a_service_ending_while_its_monitor_hibernates_is_recorded_and_cleaned_up() {
+    let env = Env::new("mh-end");
+    let m = env.manifest("mh-end", &["/bin/sh", "-c", "/usr/bin/sleep 3; echo done; exit 5"], "");
+    let mut g = Guard(&env, "mh-end", Some(run_captured(&env, &m)));
+    let monitor = env.wait_running("mh-end")["monitor_pid"].as_i64().unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    // The output written while the monitor slept woke it and was relayed.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+    let rec = exit_record(&out);
+    assert_eq!(rec["code"], 5, "{rec}");
+    assert!(rec["run_ms"].as_u64().unwrap() >= 3000, "{rec}");
+    let recs = trail(&env, "mh-end");
+    assert!(recs.iter().any(|r| r["kind"] == "isc_exit" && r["detail"]["code"] == 5), "{recs:#?}");
+    audit_verifies(&env);
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn a_denial_while_the_monitor_hibernates_is_on_the_trail() {
+    let env = Env::new("mh-deny");
+    // bpf(2) is denied (EPERM, logged by the kernel) once the monitor has gone to sleep.
+    let script = format!("/usr/bin/sleep 3; {ISC} probe bpf; /usr/bin/sleep 600");
+    let m = env.manifest("mh-deny", &["/bin/sh", "-c", &script], "");
+    let mut g = Guard(&env, "mh-deny", Some(run_captured(&env, &m)));
+    let monitor = env.wait_running("mh-deny")["monitor_pid"].as_i64().unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    let t = Instant::now();
+    let denial = loop {
+        let recs = trail(&env, "mh-deny");
+        if let Some(d) = recs
+            .into_iter()
+            .find(|r| r["kind"] == "seccomp_denial" && r["detail"]["syscall"] == libc::SYS_bpf)
+        {
+            break d;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no bpf denial on the trail");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(denial["actor"], "kernel");
+    // Back to sleep after it, then stopped: the exit record counts the denial made while the
+    // monitor slept (the collector's counts survive its execs).
+    wait_exe(monitor, TINY_MONITOR, 10);
+    assert!(env.cmd().args(["stop", "mh-deny"]).status().unwrap().success());
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    let recs = trail(&env, "mh-deny");
+    let exit = recs.iter().find(|r| r["kind"] == "isc_exit").unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(exit["detail"]["kernel_denials"]["recorded"], 1, "{exit}");
+    assert!(out.status.code().is_some());
+    audit_verifies(&env);
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn another_iscs_denials_leave_a_hibernating_monitor_asleep() {
+    let env = Env::new("mh-quiet");
+    let m = env.manifest("mh-quiet", &["/usr/bin/sleep", "600"], "");
+    let mut g = Guard(&env, "mh-quiet", Some(env.spawn(&m)));
+    let monitor = env.wait_running("mh-quiet")["monitor_pid"].as_i64().unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    let switches = status_field(monitor, "voluntary_ctxt_switches:");
+    // Another ISC's service is denied three times (kernel audit records on every monitor's
+    // socket): this monitor reads and drops them without waking the whole isc.
+    let other = env.manifest("mh-noisy", &[ISC, "probe", "bpf", "bpf", "bpf"], "");
+    let out = env.run(&other, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(exe_of(monitor), TINY_MONITOR, "woken by another ISC's denials");
+    let woke = status_field(monitor, "voluntary_ctxt_switches:") - switches;
+    assert!(woke >= 1, "the records never reached the hibernating monitor");
+    let recs = trail(&env, "mh-noisy");
+    assert!(recs.iter().any(|r| r["kind"] == "seccomp_denial"), "{recs:#?}");
+    assert!(trail(&env, "mh-quiet").iter().all(|r| r["kind"] != "seccomp_denial"));
+    assert!(env.cmd().args(["stop", "mh-quiet"]).status().unwrap().success());
+    let _ = g.2.take().unwrap().wait();
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn an_isc_dies_with_its_hibernating_monitor() {
+    let env = Env::new("mh-kill");
+    let m = env.manifest("mh-kill", &["/usr/bin/sleep", "600"], "");
+    let mut g = Guard(&env, "mh-kill", Some(env.spawn(&m)));
+    let s = env.wait_running("mh-kill");
+    let (monitor, init) = (s["monitor_pid"].as_i64().unwrap(), s["init_pid"].as_i64().unwrap());
+    wait_exe(monitor, TINY_MONITOR, 10);
+    // SAFETY: SIGKILL to the monitor this test started (its pid from the registry).
+    assert_eq!(unsafe { libc::kill(monitor as i32, libc::SIGKILL) }, 0);
+    let mut c = g.2.take().unwrap();
+    let _ = c.wait();
+    let mut err = String::new();
+    let _ = c.stderr.take().unwrap().read_to_string(&mut err);
+    // PID 1 sees its channel close and ends the ISC.
+    let t = Instant::now();
+    while fs::metadata(format!("/proc/{init}")).is_ok() {
+        assert!(t.elapsed() < Duration::from_secs(10), "PID 1 outlived its monitor");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next start of the name collects what the dead monitor left.
+    let again = env.manifest("mh-kill", &["/bin/sh", "-c", "exit 0"], "");
+    let out = env.run(&again, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&env);
+}
