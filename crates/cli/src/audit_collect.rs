@@ -247,7 +247,12 @@ pub(crate) fn collect(
         if !stopping && !reader.has_queued() && pause.asked.load(Ordering::SeqCst) {
             log.wake_ticks_with(None);
             if let Some(n) = limiter.flush() {
-                append(log, name, Kind::SeccompDenial, json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}));
+                append(
+                    log,
+                    name,
+                    Kind::SeccompDenial,
+                    json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
+                );
             }
             *pause.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
             return counts;

@@ -259,7 +259,11 @@ impl AuditSession {
             .context("the kept kernel audit socket")?;
         session.memory_limit = s.memory_limit;
         session.pidns_ino = s.who.pidns_ino;
-        session.start_kernel_collector(KernelAuditReader::from_parts(fd, s.reader), s.who, s.counts);
+        session.start_kernel_collector(
+            KernelAuditReader::from_parts(fd, s.reader),
+            s.who,
+            s.counts,
+        );
         Ok(session)
     }
 

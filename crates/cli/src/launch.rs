@@ -207,7 +207,12 @@ impl CgroupHooks {
 
     /// The cgroup side of a woken monitor (`CgroupHooks::suspend`): the ISC's cgroup opened
     /// by name, its start lock adopted, its event files held again.
-    pub fn resume(name: &str, limits: Limits, state_dir: &Path, state: serde_json::Value) -> Result<Self> {
+    pub fn resume(
+        name: &str,
+        limits: Limits,
+        state_dir: &Path,
+        state: serde_json::Value,
+    ) -> Result<Self> {
         let kept: isc_engine::monitor_hibernate::KeptLock =
             serde_json::from_value(state).context("the saved cgroup state")?;
         // SAFETY: the saved state names this descriptor once, as the start lock's.
@@ -352,7 +357,8 @@ impl StartHooks for CgroupHooks {
     /// The cgroup is found again by its name; only the start lock's descriptor is kept.
     fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
         let lock = self._starting.lock();
-        let kept = isc_engine::monitor_hibernate::KeptLock { path: lock.path().into(), fd: lock.fd() };
+        let kept =
+            isc_engine::monitor_hibernate::KeptLock { path: lock.path().into(), fd: lock.fd() };
         isc_engine::monitor_hibernate::Suspended {
             keep: vec![kept.fd],
             state: serde_json::to_value(kept).expect("a path and a number serialize"),

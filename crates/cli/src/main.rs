@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             .init();
     }
     isc_engine::timing::mark("logging set up");
-    match dispatch(cli) {
+    match dispatch(cli, monitor) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("isc: error: {e:#}");
@@ -192,12 +192,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<ExitCode> {
+fn dispatch(cli: Cli, monitor: bool) -> Result<ExitCode> {
     let dirs = Dirs { root: cli.root, state: cli.state };
-    // A monitor woken from its hibernation (isc_engine::monitor_hibernate), whatever its
-    // command line (kept as it was for the Dock's identity check).
-    if let Some(saved) = isc_engine::monitor_hibernate::take_saved() {
-        return monitor_resume::resume(saved?, &dirs);
+    // A monitor woken from its hibernation (isc_engine::monitor_hibernate): its command line
+    // is the one it started with (the Dock recognises its monitors by it).
+    if monitor {
+        if let Some(saved) = isc_engine::monitor_hibernate::take_saved() {
+            return monitor_resume::resume(saved?, &dirs);
+        }
     }
     match cli.cmd {
         Cmd::Run { file, json, unsafe_weaken } => run(file.as_deref(), json, &unsafe_weaken, &dirs),
@@ -441,8 +443,7 @@ pub(crate) fn run_manifest(
     isc_engine::timing::mark("network planned");
     let result = {
         let mut frame = monitor_resume::Frame::new(&mut image_hold, caller);
-        let mut chain =
-            isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net, &mut frame]);
+        let mut chain = isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net, &mut frame]);
         isc_engine::run(&spec, &opts, &mut audit.hooks(&mut chain))
     };
     let record = finish_run(audit, cgroup, vault, net, result, &spec.name)?;

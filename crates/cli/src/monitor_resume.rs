@@ -75,7 +75,9 @@ fn split_hooks(saved: &SavedMonitor) -> Result<[serde_json::Value; 5]> {
     let parts = |v: &serde_json::Value, n: usize| -> Result<Vec<serde_json::Value>> {
         match v.as_array() {
             Some(a) if a.len() == n => Ok(a.clone()),
-            _ => bail!("the saved hooks are not the {n} this isc keeps (another isc version hibernated?)"),
+            _ => bail!(
+                "the saved hooks are not the {n} this isc keeps (another isc version hibernated?)"
+            ),
         }
     };
     let top = parts(&saved.hooks, 2)?;
@@ -104,23 +106,24 @@ pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
         };
         let image = ImageHold::adopt(lease);
         let audit = AuditSession::resume(dirs, session)?;
-        let cgroup =
-            CgroupHooks::resume(&name, launch::limits(&manifest), &dirs.state, cgroup)?;
+        let cgroup = CgroupHooks::resume(&name, launch::limits(&manifest), &dirs.state, cgroup)?;
         // Neither has anything to keep when the monitor could hibernate: rebuilt as the start
         // made them (no secrets, no volumes, no network).
         let mut spec = saved.spec.clone();
-        let vault = crate::hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec, audit.log())?;
+        let vault =
+            crate::hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec, audit.log())?;
         let net = crate::hooks_net::NetHooks::prepare(&manifest, dirs)?;
         Ok::<_, anyhow::Error>((frame.caller, image, audit, cgroup, vault, net))
     })();
-    let (caller, mut image, mut audit, mut cgroup, mut vault, mut net) = woken
-        .with_context(|| format!("resuming the hibernated monitor of ISC `{name}` (its ISC ends with it)"))?;
+    let (caller, mut image, mut audit, mut cgroup, mut vault, mut net) =
+        woken.with_context(|| {
+            format!("resuming the hibernated monitor of ISC `{name}` (its ISC ends with it)")
+        })?;
     tracing::debug!(isc = %name, "the monitor resumed");
     let image_id = saved.spec.image_id.clone();
     let result = {
         let mut frame = Frame::new(&mut image, &caller);
-        let mut chain =
-            isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net, &mut frame]);
+        let mut chain = isc_engine::HookChain(vec![&mut cgroup, &mut vault, &mut net, &mut frame]);
         isc_engine::resume(saved, &mut audit.hooks(&mut chain))
     };
     let record = crate::finish_run(audit, cgroup, vault, net, result, &name);

@@ -77,13 +77,21 @@ fn trail(env: &Env, name: &str) -> Vec<Value> {
 
 fn audit_verifies(env: &Env) {
     let out = env.cmd().args(["audit", "verify"]).output().unwrap();
-    assert!(out.status.success(), "the trail must verify: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the trail must verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn an_idle_monitor_hibernates_and_wakes_for_verify_and_stop() {
     let env = Env::new("mh-idle");
-    let m = env.manifest("mh-idle", &["/bin/sh", "-c", "trap 'exit 7' TERM; /usr/bin/sleep 600 & wait"], "");
+    let m = env.manifest(
+        "mh-idle",
+        &["/bin/sh", "-c", "trap 'exit 7' TERM; /usr/bin/sleep 600 & wait"],
+        "",
+    );
     let mut g = Guard(&env, "mh-idle", Some(run_captured(&env, &m)));
     let s = env.wait_running("mh-idle");
     let monitor = s["monitor_pid"].as_i64().unwrap();

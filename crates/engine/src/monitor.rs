@@ -16,11 +16,11 @@ use crate::creds::{self, CredsError, UidRange};
 use crate::fdpass;
 use crate::init::{self, ChildContext};
 use crate::logfile::{Dest, Output};
+use crate::monitor_hibernate::{self as sleep, KeptLock, SavedMonitor, Suspended};
 use crate::netns::{self, NetnsError, PreparedNetns};
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
 use crate::state::{IscState, Registration, StateError};
-use crate::monitor_hibernate::{self as sleep, KeptLock, SavedMonitor, Suspended};
 use crate::supervisor::{RunEnd, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -414,15 +414,7 @@ pub fn run(
     release_start_heap();
     tracing::debug!(isc = %spec.name, init_pid = child.pid, start_us = t0.elapsed().as_micros() as u64, "ISC started");
 
-    let running = Running {
-        registration,
-        range,
-        child,
-        chan: parent_chan,
-        sfd,
-        t0,
-        start_ms,
-    };
+    let running = Running { registration, range, child, chan: parent_chan, sfd, t0, start_ms };
     guard.pidfd = None;
     supervise(spec, opts, running, vec![(out_r, dests.0), (err_r, dests.1)], None, hooks)
 }

@@ -215,7 +215,8 @@ impl Prepared {
 
 fn sealable_memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
     // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -229,7 +230,12 @@ fn fill_and_seal(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
     while off < bytes.len() {
         // SAFETY: pwrite(2) from a live slice to our memfd.
         let n = unsafe {
-            libc::pwrite(fd.as_raw_fd(), bytes[off..].as_ptr().cast(), bytes.len() - off, off as i64)
+            libc::pwrite(
+                fd.as_raw_fd(),
+                bytes[off..].as_ptr().cast(),
+                bytes.len() - off,
+                off as i64,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -288,7 +294,8 @@ fn execveat(fd: RawFd, env: &[CString]) -> io::Error {
 
 /// The state saved by the previous image, if this process is a woken monitor: reads it (and
 /// closes its memfd) and removes the hibernation's variables from the environment, so nothing
-/// this process starts inherits them. Call first thing, while single-threaded.
+/// this process starts inherits them. Call first thing, while single-threaded, and only in a
+/// process started as a monitor (`isc run`, `isc dock monitor`).
 pub fn take_saved() -> Option<Result<SavedMonitor, MonitorSleepError>> {
     let value = std::env::var_os(RESUME_ENV)?;
     std::env::remove_var(RESUME_ENV);
@@ -299,6 +306,15 @@ pub fn take_saved() -> Option<Result<SavedMonitor, MonitorSleepError>> {
         let fd: RawFd = fd_text.parse().map_err(|_| bad("not a descriptor number".into()))?;
         // SAFETY: the previous image named this descriptor for us alone.
         let fd = unsafe { adopt_fd(fd) }.map_err(|e| bad(e.to_string()))?;
+        // Only a sealed memfd (what `Prepared::exec` leaves) is a saved state: not a file
+        // someone's environment happened to name.
+        let sealed =
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl(F_GET_SEALS) on a descriptor we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & sealed != sealed {
+            return Err(bad("not a sealed memfd left by a hibernating monitor".into()));
+        }
         let mut file = std::fs::File::from(fd);
         // The previous image wrote it through this same open file: its offset is at the end.
         std::io::Seek::rewind(&mut file).map_err(|e| bad(e.to_string()))?;

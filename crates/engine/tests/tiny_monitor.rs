@@ -172,27 +172,37 @@ impl Sleeper {
 
     /// It is still the tiny monitor after `QUIET`.
     fn stays_asleep(&mut self) {
-        std::thread::sleep(QUIET);
-        assert_eq!(self.exited(), None, "the tiny monitor ended");
-        assert!(self.exe().starts_with("/memfd:isc-monitor "), "{}", self.exe());
+        self.stays_asleep_at("");
     }
 
-    /// The raw wait status once the child ends (within 10 s).
-    fn wait(&mut self) -> i32 {
+    /// `stays_asleep`, with `what` in the failure message.
+    fn stays_asleep_at(&mut self, what: &str) {
+        std::thread::sleep(QUIET);
+        assert_eq!(self.exited(), None, "{what}: the tiny monitor ended");
+        assert!(self.exe().starts_with("/memfd:isc-monitor "), "{what}: {}", self.exe());
+    }
+
+    /// The raw wait status once the child ends (within 10 s); `what` is for failure messages.
+    fn wait(&mut self, what: &str) -> i32 {
         let t = Instant::now();
         loop {
             if let Some(st) = self.exited() {
                 return st;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "still running: {}", self.exe());
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}: still running: {}", self.exe());
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// It woke: the shell ran with exactly the tiny monitor's argv and envp, in this process.
     fn woke(&mut self) {
-        let st = self.wait();
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == WOKE, "wait status {st:#x}");
+        self.woke_at("");
+    }
+
+    /// `woke`, with `what` in the failure messages.
+    fn woke_at(&mut self, what: &str) {
+        let st = self.wait(what);
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == WOKE, "{what}: status {st:#x}");
         let joined = |v: &[CString]| -> Vec<u8> {
             v.iter().flat_map(|s| s.as_bytes_with_nul().iter().copied()).collect()
         };
@@ -203,7 +213,7 @@ impl Sleeper {
 
     /// It exited by itself with `code`, without waking the shell.
     fn exits(&mut self, code: i32) {
-        let st = self.wait();
+        let st = self.wait("");
         assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == code, "wait status {st:#x}");
         assert!(!self.report.path().join("cmdline").exists(), "the shell ran");
     }
@@ -241,15 +251,27 @@ fn peek(sock: &OwnedFd) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// An audit record as the kernel multicasts it: nlmsghdr (length, AUDIT_SECCOMP, no flags)
-/// and the text.
-fn record(text: &str) -> Vec<u8> {
-    record_with_len(text, 16 + text.len() as u32)
+/// `AUDIT_SECCOMP`, `AUDIT_LANDLOCK_ACCESS`, `AUDIT_LANDLOCK_DOMAIN`: the record types the
+/// whole monitor's reader handles, and `AUDIT_SYSCALL`, one it ignores.
+const SECCOMP: u16 = 1326;
+const LANDLOCK_ACCESS: u16 = 1423;
+const LANDLOCK_DOMAIN: u16 = 1424;
+const SYSCALL: u16 = 1300;
+
+/// An audit record of type `ty` as the kernel multicasts it: nlmsghdr (length, type, no
+/// flags) and the text.
+fn typed(ty: u16, text: &str) -> Vec<u8> {
+    nlmsg(ty, text, 16 + text.len() as u32)
 }
 
-fn record_with_len(text: &str, nlmsg_len: u32) -> Vec<u8> {
+/// An `AUDIT_SECCOMP` record.
+fn record(text: &str) -> Vec<u8> {
+    typed(SECCOMP, text)
+}
+
+fn nlmsg(ty: u16, text: &str, nlmsg_len: u32) -> Vec<u8> {
     let mut b = nlmsg_len.to_ne_bytes().to_vec();
-    b.extend_from_slice(&1326u16.to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
     b.extend_from_slice(&[0; 10]);
     b.extend_from_slice(text.as_bytes());
     b
@@ -376,75 +398,130 @@ fn without_a_plan_or_an_executable_it_exits_125() {
     assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
 }
 
-/// A plan whose audit socket is the fake's first end, in a PID namespace that is not the
-/// test's: records with the test's own pid are then another ISC's.
+/// A plan whose audit socket is the fake's first end, for an ISC in the PID namespace whose
+/// `/proc/N/ns/pid` inode is `pidns_ino` (0: unknown).
 fn audit_plan(exe: &OwnedFd, audit: &OwnedFd, pidns_ino: u64) -> MonitorPlan {
     MonitorPlan { audit_fd: audit.as_raw_fd(), pidns_ino, ..plan(exe) }
 }
 
 #[test]
-fn audit_records_of_other_pid_namespaces_are_dropped_and_its_own_wake_it_unread() {
+fn audit_records_the_whole_monitor_would_drop_are_consumed_and_its_own_wake_it_unread() {
     let exe = sh();
-    let (audit, kernel) = fake_audit();
     let me = std::process::id();
-    let plan_fd = audit_plan(&exe, &audit, own_pidns_ino() + 1).plan_memfd().unwrap();
-    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
-    let foreign = [
-        record(&format!("audit(1.2:3): auid={UID_LO} uid=0 gid=0 ses=1 pid={me} comm=\"x\"")),
-        // ppid= is not pid=, and the other *uid= fields are not uid=.
-        record(&format!(
-            "audit(1.2:4): ppid={} pid={me} euid={UID_LO} suid={UID_LO} fsuid={UID_LO} \
-             ouid={UID_LO} uid={UID_HI}",
-            gone_pid()
-        )),
-        // pid= first in the text; an nlmsg_len that does not fit: the text is all of it.
-        record_with_len(&format!("pid={me} uid=4294967295"), 0),
-        record_with_len(&format!("pid={me}"), 100_000),
+    let gone = gone_pid();
+    // The test runs in the pretend ISC's PID namespace: its own pid is the ISC's.
+    let ours = own_pidns_ino();
+    let cases: [(&str, u64, Vec<u8>); 8] = [
+        (
+            "a type the reader ignores",
+            ours,
+            typed(SYSCALL, &format!("audit(1.2:3): ppid=1 pid={me} auid={UID_LO} uid={UID_LO}")),
+        ),
+        ("a gone pid", ours, record(&format!("audit(1.2:3): pid={gone} uid=0 comm=\"x\""))),
+        ("no pid and no uid", ours, record("audit(1.2:3): arch=c000003e syscall=1 code=0x0")),
+        (
+            "another PID namespace",
+            ours + 1,
+            record(&format!("audit(1.2:3): auid=0 uid=0 ses=1 pid={me} comm=\"x\"")),
+        ),
+        ("PID namespace unknown", 0, record(&format!("audit(1.2:3): pid={me} uid={UID_HI}"))),
+        (
+            "only other *uid= fields in range",
+            ours,
+            record(&format!(
+                "audit(1.2:3): auid={UID_LO} euid={UID_LO} suid={UID_LO} fsuid={UID_LO} \
+                 ouid={UID_LO} uid={UID_HI} pid={gone}"
+            )),
+        ),
+        ("only a ppid= of the ISC's", ours, record(&format!("audit(1.2:3): ppid={me} uid=0"))),
+        // pid= first in the text; an nlmsg_len past the datagram: the text is all of it.
+        ("nlmsg_len past the datagram", ours, nlmsg(SECCOMP, &format!("pid={gone}"), 100_000)),
     ];
-    for r in &foreign {
-        send(&kernel, r);
+    for (what, pidns_ino, datagram) in cases {
+        let (audit, kernel) = fake_audit();
+        let plan_fd = audit_plan(&exe, &audit, pidns_ino).plan_memfd().unwrap();
+        let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+        send(&kernel, &datagram);
+        s.stays_asleep_at(what);
+        assert_eq!(peek(&audit), None, "{what}: the record was consumed");
     }
+    // One after the other, then the ISC's own: it wakes, and that record is left queued.
+    let (audit, kernel) = fake_audit();
+    let plan_fd = audit_plan(&exe, &audit, ours).plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    send(&kernel, &typed(SYSCALL, &format!("audit(1.2:4): pid={me} uid={UID_LO}")));
+    send(&kernel, &record(&format!("audit(1.2:4): pid={gone} uid=0")));
     s.stays_asleep();
-    assert_eq!(peek(&audit), None, "the foreign records were consumed");
-    let own = record(&format!("audit(1.2:5): pid={me} uid={} comm=\"x\"", UID_LO + 5));
+    assert_eq!(peek(&audit), None, "the records were consumed");
+    let own = record(&format!("audit(1.2:5): pid={me} uid=0 comm=\"x\""));
     send(&kernel, &own);
     s.woke();
     assert_eq!(peek(&audit), Some(own), "the ISC's own record is left for the whole monitor");
 }
 
 #[test]
-fn audit_records_it_cannot_prove_foreign_wake_it_and_stay_queued() {
+fn audit_records_of_the_isc_or_that_it_cannot_judge_wake_it_and_stay_queued() {
     let exe = sh();
     let me = std::process::id();
-    let other_ns = own_pidns_ino() + 1;
+    let gone = gone_pid();
+    let ours = own_pidns_ino();
+    // Each would be dropped but for what the case is about.
     let two = {
-        let mut b = record(&format!("audit(1.2:3): pid={me}"));
+        let mut b = record(&format!("audit(1.2:3): pid={gone}"));
         while !b.len().is_multiple_of(4) {
             b.push(0);
         }
-        b.extend(record(&format!("audit(1.2:3): pid={me} uid={UID_LO}")));
+        b.extend(record(&format!("audit(1.2:3): pid={gone} uid=0")));
         b
     };
-    let cases: [(&str, u64, Vec<u8>); 12] = [
-        ("pidns unknown", 0, record(&format!("audit(1.2:3): pid={me} uid=0"))),
-        ("same pidns", own_pidns_ino(), record(&format!("audit(1.2:3): pid={me} uid=0"))),
-        ("gone pid", other_ns, record(&format!("audit(1.2:3): pid={} uid=0", gone_pid()))),
-        ("no pid", other_ns, record(&format!("audit(1.2:3): ppid={me} opid={me} uid=0"))),
-        ("own uid", other_ns, record(&format!("audit(1.2:3): pid={me} uid={}", UID_HI - 1))),
-        ("uid not a number", other_ns, record(&format!("audit(1.2:3): pid={me} uid=x1"))),
-        ("pid not a number", other_ns, record("audit(1.2:3): pid=1x uid=0")),
+    let cases: [(&str, u64, Vec<u8>); 14] = [
+        ("a uid in range", ours, record(&format!("audit(1.2:3): pid={gone} uid={}", UID_HI - 1))),
+        ("a pid in its namespace", ours, record(&format!("audit(1.2:3): uid=0 pid={me}"))),
         (
-            "a second pid gone",
-            other_ns,
-            record(&format!("audit(1.2:3): pid={me} uid=0 pid={}", gone_pid())),
+            "a second pid in its namespace",
+            ours,
+            record(&format!("audit(1.2:3): pid={gone} uid=0 pid={me}")),
         ),
-        ("two messages", other_ns, two),
-        ("no text", other_ns, record_with_len("", 16)[..12].to_vec()),
-        ("empty", other_ns, vec![]),
+        (
+            "a Landlock access with a pid in its namespace",
+            ours,
+            typed(LANDLOCK_ACCESS, &format!("audit(1.2:3): domain=1a blockers=fs.x pid={me}")),
+        ),
+        // As the kernel writes them: attributed by the domain's pid, which only the whole
+        // monitor knows.
+        (
+            "a Landlock access, which has no pid",
+            ours,
+            typed(LANDLOCK_ACCESS, "audit(1.2:3): domain=1a blockers=fs.write_file path=\"/x\""),
+        ),
+        (
+            "a Landlock domain created in its namespace",
+            ours,
+            typed(
+                LANDLOCK_DOMAIN,
+                &format!("audit(1.2:3): domain=1a status=allocated mode=enforcing pid={me} uid=0"),
+            ),
+        ),
+        ("a pid that is not a number", ours, record("audit(1.2:3): pid=abc uid=0")),
+        ("a uid that is not a number", ours, record(&format!("audit(1.2:3): pid={gone} uid=x1"))),
+        ("two messages", ours, two),
         (
             "cut at 9 KiB",
-            other_ns,
-            record(&format!("audit(1.2:3): pid={me} uid=0 {}", "a".repeat(9 * 1024))),
+            ours,
+            record(&format!("audit(1.2:3): pid={gone} uid=0 {}", "a".repeat(9 * 1024))),
+        ),
+        (
+            "nlmsg_len shorter than the header",
+            ours,
+            nlmsg(SECCOMP, &format!("audit(1.2:3): pid={gone} uid=0"), 15),
+        ),
+        ("no text", ours, nlmsg(SECCOMP, "", 16)[..12].to_vec()),
+        ("empty", ours, vec![]),
+        // Unknown namespace: the uid alone makes it the ISC's.
+        (
+            "a uid in range, PID namespace unknown",
+            0,
+            record(&format!("audit(1.2:3): uid={UID_LO}")),
         ),
     ];
     for (what, pidns_ino, datagram) in cases {
@@ -453,7 +530,7 @@ fn audit_records_it_cannot_prove_foreign_wake_it_and_stay_queued() {
         let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
         send(&kernel, &datagram);
         let t = Instant::now();
-        s.woke();
+        s.woke_at(what);
         assert!(t.elapsed() < Duration::from_secs(3), "{what}: {:?}", t.elapsed());
         assert_eq!(peek(&audit).as_deref(), Some(&datagram[..]), "{what}");
     }

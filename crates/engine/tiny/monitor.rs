@@ -8,10 +8,12 @@
 //! saved state. argv and envp go back exactly as they came: other processes know the monitor
 //! by `/proc/PID/cmdline`, and the whole isc finds its state through its environment.
 //!
-//! The one event handled here is an audit record that provably belongs to someone else: every
+//! The one event handled here is an audit record the whole monitor would read and drop: every
 //! monitor's audit socket receives every record on the host, and waking for each would wake
-//! every idle monitor whenever any ISC is denied something. Whatever is not provably foreign
-//! wakes the whole isc unread, so nothing this ISC must record is lost.
+//! every idle monitor whenever any process on the host is audited. `foreign` applies the whole
+//! monitor's own test (`Attribution::owns`, crates/cli/src/audit_collect.rs) to the record's
+//! text, so a record is dropped here exactly when waking would only have the whole isc drop it;
+//! anything else, and anything this program cannot judge, wakes the whole isc unread.
 //!
 //! No libc, no allocation, no std: raw system calls. Built by `build.rs` as a static PIE
 //! without relocations (ASLR kept, nothing to relocate), embedded in isc and exec'd from a
@@ -54,10 +56,15 @@ const PLAN_VERSION: u32 = 1;
 const PLAN_HEADER: usize = 44;
 const PLAN_MAX: usize = 4096;
 const MAX_FDS: usize = 64;
-/// An audit record is at most ~8970 bytes (kernel/audit.c `AUDIT_BUFSIZ` growth is bounded by
-/// `MAX_AUDIT_MESSAGE_LENGTH` 8970); a datagram that fills this buffer may have been cut.
+/// Audit records are at most ~8970 bytes (`MAX_AUDIT_MESSAGE_LENGTH`, linux/audit.h); a
+/// datagram that fills this buffer may have been cut, and proves nothing.
 const RECORD_MAX: usize = 9 * 1024;
 const NLMSG_HDRLEN: usize = 16;
+/// The record types the whole monitor's reader handles (crates/audit/src/kernel.rs,
+/// `KernelAuditReader::handle`); it ignores every other.
+const AUDIT_SECCOMP: u16 = 1326;
+const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
+const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// A failed wake is retried this often, `RETRY_NS` apart, before the process gives up.
 const WAKE_RETRIES: usize = 3;
 const RETRY_NS: i64 = 100_000_000;
@@ -350,8 +357,9 @@ fn time_left(deadline_ms: i64) -> Option<[i64; 2]> {
     (sec > 0 || (sec == 0 && nsec > 0)).then_some([sec, nsec])
 }
 
-/// The audit socket is readable: drops its first record if it is provably another's and
-/// returns true (sleep on), or returns false, leaving the record for the whole monitor.
+/// The audit socket is readable: drops its first record if the whole monitor would drop it
+/// too (`foreign`) and returns true (sleep on), or returns false, leaving the record for the
+/// whole monitor.
 fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>) -> bool {
     let recv = |buf: &mut MaybeUninit<[u8; RECORD_MAX]>, flags: usize| {
         // SAFETY: recvfrom of one datagram into the local buffer, at most its size; no
@@ -380,41 +388,64 @@ fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>) -> bool {
     n >= 0 || n == EAGAIN || n == EINTR
 }
 
-/// Whether an audit datagram provably concerns neither this ISC nor its monitor: every `pid=`
-/// field names a live process outside this ISC's PID namespace (there is at least one), and
-/// no `uid=` field is one of this ISC's uids. Anything odd (a cut or multi-message datagram,
-/// a field that is not a number, a process already gone) is not proof.
+/// Whether the whole monitor would read an audit datagram and drop it, so that waking it buys
+/// nothing. Its collector keeps an event only if `Attribution::owns`
+/// (crates/cli/src/audit_collect.rs) says so: the uid is one of this ISC's, or the pid is a
+/// live process in this ISC's PID namespace. A process already gone, a record without a pid or
+/// an unknown namespace (`pidns_ino` 0) fails that test there as here, and its reader ignores
+/// all but seccomp and Landlock records: waking for those would only have the whole isc drop
+/// them. An `AUDIT_LANDLOCK_DOMAIN` record is no event but the pid that later denials of its
+/// domain are attributed by; one whose pid fails the test can never make them the ISC's.
+///
+/// A record is the ISC's here if any `uid=` field is in `uid_lo..uid_hi` or any `pid=` field
+/// names a process whose `/proc/N/ns/pid` is `pidns_ino`: `owns` looks at the first of each,
+/// and at the uid of seccomp records only, so this keeps at least what it keeps. What cannot
+/// be judged here wakes the whole isc, which can: a datagram that may have been cut or holds
+/// another message, a malformed header, a `pid=` or `uid=` that is not a number, and every
+/// `AUDIT_LANDLOCK_ACCESS` record. Those carry no pid: the reader attributes them by their
+/// domain's pid from its table (`KernelAuditReader::handle`, crates/audit/src/kernel.rs), which
+/// the plan does not carry, so dropping one here could lose this ISC's denial.
 fn foreign(record: &[u8], plan: &Plan) -> bool {
     let n = record.len();
-    if plan.pidns_ino == 0 || !(NLMSG_HDRLEN..RECORD_MAX).contains(&n) {
+    if !(NLMSG_HDRLEN..RECORD_MAX).contains(&n) {
         return false;
     }
-    // An nlmsg_len that does not fit what was received: the text is all of it, as audit's
-    // own reader takes it (crates/audit/src/kernel.rs, `split_netlink`).
     let len = u32_at(record, 0) as usize;
-    let end = if len < NLMSG_HDRLEN || len > n { n } else { len };
+    if len < NLMSG_HDRLEN {
+        return false;
+    }
+    // An nlmsg_len beyond what was received: the text is all of it, as audit's own reader
+    // takes it (crates/audit/src/kernel.rs, `split_netlink`).
+    let end = len.min(n);
     if ((end + 3) & !3) < n {
         // Another message follows, which the whole monitor would read too.
         return false;
     }
-    let mut pids = 0;
+    // Netlink headers are in host order.
+    match u16::from_ne_bytes([record[4], record[5]]) {
+        AUDIT_SECCOMP | AUDIT_LANDLOCK_DOMAIN => {}
+        AUDIT_LANDLOCK_ACCESS => return false,
+        _ => return true,
+    }
     // Fields are space-separated; values with spaces are hex-encoded or quoted whole by the
-    // kernel, so a `pid=` in a value starts no field unless it is in a quoted user message,
-    // and an extra `pid=` can only make a record less foreign.
+    // kernel, so a `pid=` or `uid=` in a value starts no field unless it is in a quoted user
+    // message, and such an extra field can only make a record the ISC's.
     for field in record[NLMSG_HDRLEN..end].split(|c| *c == b' ') {
-        if let Some(v) = field.strip_prefix(b"pid=") {
-            match number(v).and_then(|_| pidns_of(v)) {
-                Some(ino) if ino != plan.pidns_ino => pids += 1,
-                _ => return false,
+        let ours = if let Some(v) = field.strip_prefix(b"pid=") {
+            match number(v) {
+                Some(_) => plan.pidns_ino != 0 && pidns_of(v) == Some(plan.pidns_ino),
+                None => true,
             }
         } else if let Some(v) = field.strip_prefix(b"uid=") {
-            match number(v) {
-                Some(uid) if uid < plan.uid_lo as u64 || uid >= plan.uid_hi as u64 => {}
-                _ => return false,
-            }
+            number(v).is_none_or(|uid| (plan.uid_lo as u64..plan.uid_hi as u64).contains(&uid))
+        } else {
+            false
+        };
+        if ours {
+            return false;
         }
     }
-    pids > 0
+    true
 }
 
 /// The inode of `/proc/<pid>/ns/pid` (stat follows the nsfs link to the namespace itself),
