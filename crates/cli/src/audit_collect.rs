@@ -141,7 +141,7 @@ impl Collector {
 
     /// Asks a kernel collector to hand its reader back through `pause` and end at once,
     /// without a drain (the monitor hibernates), and waits for its counts.
-    pub(crate) fn pause(self, pause: &Pause) -> Option<DenialCounts> {
+    pub(crate) fn pause(self, pause: &Handover) -> Option<DenialCounts> {
         pause.asked.store(true, Ordering::SeqCst);
         wake(self.wake.as_deref());
         self.thread.join().ok()
@@ -154,14 +154,20 @@ impl Collector {
     }
 }
 
-/// How a kernel collector is paused for a hibernating monitor: it returns its reader here.
+/// A kernel collector's hand-over across a hibernation of its monitor: the counts it starts
+/// from (those of the monitor before the sleep), and where it returns its reader when paused.
 #[derive(Default)]
-pub(crate) struct Pause {
+pub(crate) struct Handover {
+    pub(crate) resumed: DenialCounts,
     asked: AtomicBool,
     reader: std::sync::Mutex<Option<KernelAuditReader>>,
 }
 
-impl Pause {
+impl Handover {
+    pub(crate) fn starting_from(resumed: DenialCounts) -> Handover {
+        Handover { resumed, ..Handover::default() }
+    }
+
     /// The reader a paused collector handed back.
     pub(crate) fn take_reader(&self) -> Option<KernelAuditReader> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
@@ -217,8 +223,7 @@ pub(crate) fn collect(
     who: Attribution,
     stop: &AtomicBool,
     wake: Option<Arc<OwnedFd>>,
-    resumed: DenialCounts,
-    pause: &Pause,
+    pause: &Handover,
 ) -> DenialCounts {
     let idle = if wake.is_some() { IDLE_WAKEABLE } else { IDLE_POLL };
     // Appends of other threads that need a tick wake this loop (the log holds the fd until
@@ -227,7 +232,7 @@ pub(crate) fn collect(
     // The run's closing checkpoint is signed on the exit path: expand the key now, while the
     // service runs.
     log.prepare_signing();
-    let mut counts = resumed;
+    let mut counts = pause.resumed;
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let mut stopping_since: Option<Instant> = None;
     // Pid the barrier record carries once emitted; 0: drain by quiet period instead.

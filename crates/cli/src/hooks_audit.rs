@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::audit_collect::{
     collect, collect_net, pidns_inode, start_ticker, Attribution, Collector, DenialCounts,
-    NetSource, Pause,
+    Handover, NetSource,
 };
 use crate::launch::Dirs;
 
@@ -132,8 +132,8 @@ pub struct AuditSession {
     exit_sync: Option<isc_engine::beside::Beside<()>>,
     /// Whose kernel records are this ISC's (known once it runs).
     who: Option<Attribution>,
-    /// How the kernel collector is paused when the monitor hibernates.
-    pause: Arc<Pause>,
+    /// The kernel collector's hand-over when the monitor hibernates.
+    pause: Arc<Handover>,
 }
 
 /// What a session keeps while its monitor hibernates (`isc_engine::monitor_hibernate`).
@@ -398,6 +398,8 @@ impl AuditSession {
         counts: DenialCounts,
     ) {
         self.who = Some(who);
+        // A fresh hand-over per collector: it starts from `counts`.
+        self.pause = Arc::new(Handover::starting_from(counts));
         let wake = Collector::wake_fd();
         if let Some(fd) = &wake {
             reader.wake_on(fd.as_raw_fd());
@@ -405,7 +407,7 @@ impl AuditSession {
         let (log, name) = (Arc::clone(&self.log), self.name.clone());
         let (ticks, pause) = (wake.clone(), Arc::clone(&self.pause));
         match Collector::spawn("isc-audit-kernel", wake, move |stop, _| {
-            collect(reader, &log, &name, who, stop, ticks, counts, &pause)
+            collect(reader, &log, &name, who, stop, ticks, &pause)
         }) {
             Ok(c) => self.collector = Some(c),
             Err(e) => {

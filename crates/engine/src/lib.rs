@@ -32,5 +32,7 @@ pub mod syscall;
 pub mod timing;
 
 pub use logfile::Output;
-pub use monitor::{resume, run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
+pub use monitor::{
+    resume, run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks,
+};
 pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};
