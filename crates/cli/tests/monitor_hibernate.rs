@@ -3,12 +3,14 @@
 //! needs the monitor execs the whole isc back, which goes on as if it had never slept.
 
 mod common;
+mod dockproc;
 
 use std::fs;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
+use dockproc::DockProc;
 use serde_json::Value;
 
 const TINY_MONITOR: &str = "/memfd:isc-monitor (deleted)";
@@ -233,4 +235,39 @@ fn an_isc_dies_with_its_hibernating_monitor() {
     let out = env.run(&again, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nothing_left(&env);
+}
+
+#[test]
+fn a_dock_monitor_hibernates_logs_its_services_output_and_outlives_a_killed_dock() {
+    let mut d = DockProc::start("mh-dock", "");
+    // One line 3 s after the start, when the monitor sleeps; then it waits for a stop.
+    let script = "sleep 3; echo late-line; trap 'exit 7' TERM; sleep 1000 & wait";
+    let m = d.manifest("mh-dock", script, "", "");
+    d.ok(&["up", m.to_str().unwrap()]);
+    let monitor = d.wait_status("mh-dock", "running", Duration::from_secs(10))["monitor_pid"]
+        .as_i64()
+        .unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    // The line woke it and reached the Dock's log file.
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&d.ok(&["dock", "logs", "mh-dock"]).stdout).contains("late-line")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "the line never reached the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Asleep again; a killed and restarted Dock re-adopts the same process (its command line
+    // is the one the Dock started).
+    wait_exe(monitor, TINY_MONITOR, 10);
+    d.kill9();
+    d.spawn();
+    let r = d.record("mh-dock");
+    assert_eq!(r["status"], "running", "{r}");
+    assert_eq!(r["monitor_pid"], monitor, "{r}");
+    // A stop through the new Dock wakes it; the Dock reads the exit record it leaves.
+    let r: Value =
+        serde_json::from_slice(&d.ok(&["dock", "stop", "mh-dock", "--json"]).stdout).unwrap();
+    assert_eq!(r["status"], "exited", "{r}");
+    assert_eq!(r["last_exit"]["code"], 7, "{r}");
+    let recs = trail(&d.env, "mh-dock");
+    assert!(recs.iter().any(|r| r["kind"] == "isc_exit" && r["detail"]["code"] == 7), "{recs:#?}");
 }

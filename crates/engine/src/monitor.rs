@@ -444,6 +444,7 @@ fn supervise(
     let mut sup = Supervisor::new(spec, &r.chan, &r.registration, outputs);
     if let Some(s) = resumed {
         sup.restore(s.next_probe, s.init_hibernating, s.init_hibernation_works);
+        sup.monitor_hibernation_works = s.monitor_hibernation_works;
     }
     // The end is handled once: as soon as PID 1 reports it with nothing else left in the ISC
     // (from inside the supervisor's loop), else once PID 1 is gone.
@@ -577,6 +578,7 @@ fn hibernate(
         plan_fd: -1,
         exe_fd: -1,
         hooks: suspended.state,
+        monitor_hibernation_works: true,
     };
     let mut wake_on = vec![saved.pidfd, saved.signalfd, saved.channel, saved.listener];
     wake_on.extend(outputs.iter().map(|(fd, _)| *fd));

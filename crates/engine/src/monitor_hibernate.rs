@@ -36,6 +36,9 @@ use crate::spec::IscSpec;
 
 /// The environment variable naming the saved state's descriptor for the whole isc woken back.
 pub const RESUME_ENV: &str = "ISC_MONITOR_RESUME";
+/// Set when the whole isc was exec'd straight back because the tiny monitor's exec failed: it
+/// must not try again (each try would cost an exec of the whole isc every quiet second).
+const STAY_WHOLE_ENV: &str = "ISC_MONITOR_STAY_WHOLE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorSleepError {
@@ -136,6 +139,13 @@ pub struct SavedMonitor {
     pub plan_fd: RawFd,
     pub exe_fd: RawFd,
     pub hooks: serde_json::Value,
+    /// False when the tiny monitor could not be exec'd: the resumed monitor stays whole.
+    #[serde(skip, default = "yes")]
+    pub monitor_hibernation_works: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// CLOCK_MONOTONIC in milliseconds (std's `Instant` is not serialisable).
@@ -206,7 +216,9 @@ impl Prepared {
             (RESUME_ENV, self.state.as_raw_fd()),
         ]);
         let error = execveat(self.tiny.as_raw_fd(), &env);
-        tracing::error!(%error, "exec of the hibernating monitor failed; resuming the whole monitor");
+        tracing::error!(%error, "exec of the hibernating monitor failed; resuming the whole monitor, which stays whole");
+        let mut env = env;
+        env.push(CString::new(format!("{STAY_WHOLE_ENV}=1")).expect("no NUL"));
         let error = execveat(self.exe.as_raw_fd(), &env);
         tracing::error!(%error, "exec of isc to resume the monitor failed; aborting (the ISC ends with its monitor)");
         std::process::abort()
@@ -298,7 +310,9 @@ fn execveat(fd: RawFd, env: &[CString]) -> io::Error {
 /// process started as a monitor (`isc run`, `isc dock monitor`).
 pub fn take_saved() -> Option<Result<SavedMonitor, MonitorSleepError>> {
     let value = std::env::var_os(RESUME_ENV)?;
+    let stay_whole = std::env::var_os(STAY_WHOLE_ENV).is_some();
     std::env::remove_var(RESUME_ENV);
+    std::env::remove_var(STAY_WHOLE_ENV);
     std::env::remove_var(crate::hibernate::PLAN_ENV);
     let fd_text = value.to_string_lossy().into_owned();
     let bad = |detail: String| MonitorSleepError::Saved { fd: fd_text.clone(), detail };
@@ -320,7 +334,9 @@ pub fn take_saved() -> Option<Result<SavedMonitor, MonitorSleepError>> {
         std::io::Seek::rewind(&mut file).map_err(|e| bad(e.to_string()))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
-        let saved: SavedMonitor = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let mut saved: SavedMonitor =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        saved.monitor_hibernation_works = !stay_whole;
         for fd in [saved.plan_fd, saved.exe_fd] {
             // SAFETY: named by the saved state as ours to close.
             drop(unsafe { adopt_fd(fd) });
@@ -328,4 +344,38 @@ pub fn take_saved() -> Option<Result<SavedMonitor, MonitorSleepError>> {
         Ok(saved)
     })();
     Some(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take_with(fd: &OwnedFd) -> MonitorSleepError {
+        std::env::set_var(RESUME_ENV, fd.as_raw_fd().to_string());
+        let got = take_saved().expect("the variable is set");
+        assert!(std::env::var_os(RESUME_ENV).is_none(), "the variable is removed");
+        match got {
+            Ok(_) => panic!("not a saved state"),
+            Err(e) => e,
+        }
+    }
+
+    /// Only a sealed memfd is taken for a saved state, whatever a caller's environment names;
+    /// without the variable nothing is resumed. (One test: it sets a process-wide variable.)
+    #[test]
+    fn only_a_sealed_memfd_is_a_saved_state() {
+        assert!(take_saved().is_none());
+        let unsealed = sealable_memfd(c"test-state").unwrap();
+        let raw = unsealed.as_raw_fd();
+        let e = take_with(&unsealed).to_string();
+        std::mem::forget(unsealed);
+        assert!(e.contains("not a sealed memfd"), "{e}");
+        // SAFETY: fcntl(F_GETFD) on a number: the descriptor was closed by take_saved.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1, "closed after the refusal");
+        let sealed = sealable_memfd(c"test-state").unwrap();
+        fill_and_seal(&sealed, b"{\"spec\": 1}").unwrap();
+        let e = take_with(&sealed).to_string();
+        std::mem::forget(sealed);
+        assert!(e.contains("cannot be read") && !e.contains("sealed"), "a sealed one is parsed: {e}");
+    }
 }
