@@ -376,6 +376,9 @@ mod tests {
         fill_and_seal(&sealed, b"{\"spec\": 1}").unwrap();
         let e = take_with(&sealed).to_string();
         std::mem::forget(sealed);
-        assert!(e.contains("cannot be read") && !e.contains("sealed"), "a sealed one is parsed: {e}");
+        assert!(
+            e.contains("cannot be read") && !e.contains("sealed"),
+            "a sealed one is parsed: {e}"
+        );
     }
 }
