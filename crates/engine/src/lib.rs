@@ -32,7 +32,6 @@ pub mod syscall;
 pub mod timing;
 
 pub use logfile::Output;
-pub use monitor::{
-    resume, run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks,
-};
+pub use monitor::{run, ExitRecord, HookChain, MonitorError, NoHooks, RunOptions, StartHooks};
+pub use monitor_hibernate::resume;
 pub use spec::{BindMount, IscSpec, RlimitSpec, TmpfsMount, Weakening};

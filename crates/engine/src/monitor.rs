@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -16,7 +16,7 @@ use crate::creds::{self, CredsError, UidRange};
 use crate::fdpass;
 use crate::init::{self, ChildContext};
 use crate::logfile::{Dest, Output};
-use crate::monitor_hibernate::{self as sleep, KeptLock, SavedMonitor, Suspended};
+use crate::monitor_hibernate::{self as sleep, SavedMonitor, Suspended};
 use crate::netns::{self, NetnsError, PreparedNetns};
 use crate::seccomp::{self, SeccompError};
 use crate::spec::IscSpec;
@@ -420,19 +420,19 @@ pub fn run(
 }
 
 /// What the monitor holds while its ISC runs: made by [`run`], or rebuilt by [`resume`].
-struct Running {
-    registration: Registration,
-    range: UidRange,
-    child: Launched,
-    chan: Channel,
-    sfd: OwnedFd,
-    t0: Instant,
-    start_ms: u64,
+pub(crate) struct Running {
+    pub(crate) registration: Registration,
+    pub(crate) range: UidRange,
+    pub(crate) child: Launched,
+    pub(crate) chan: Channel,
+    pub(crate) sfd: OwnedFd,
+    pub(crate) t0: Instant,
+    pub(crate) start_ms: u64,
 }
 
 /// The monitor of a running ISC, until its end is handled: the event loop, hibernating when
 /// quiet (if every hook can), and the end's records.
-fn supervise(
+pub(crate) fn supervise(
     spec: &IscSpec,
     opts: &RunOptions,
     r: Running,
@@ -463,7 +463,7 @@ fn supervise(
                     tracing::debug!(isc = %spec.name, "a start hook cannot resume after a hibernation: the monitor stays whole");
                     sup.monitor_hibernation_works = false;
                 } else if sup.outputs_idle() {
-                    if let Err(error) = hibernate(spec, opts, &r, &sup, hooks) {
+                    if let Err(error) = sleep::hibernate(spec, opts, &r, &sup, hooks) {
                         tracing::warn!(isc = %spec.name, %error, "the monitor cannot hibernate; it stays whole (~400 KiB more per idle ISC)");
                         sup.monitor_hibernation_works = false;
                     }
@@ -530,132 +530,6 @@ fn build_end(
     hooks.exit_known(&r);
     crate::timing::mark("exit record built");
     r
-}
-
-/// Suspends the hooks and execs the tiny monitor (`monitor_hibernate`). Returns only when
-/// nothing has been changed yet (the programs or memfds could not be made).
-fn hibernate(
-    spec: &IscSpec,
-    opts: &RunOptions,
-    r: &Running,
-    sup: &Supervisor<'_>,
-    hooks: &mut dyn StartHooks,
-) -> Result<(), sleep::MonitorSleepError> {
-    let prepared = sleep::Prepared::new()?;
-    let held = crate::finisher::held_fds();
-    let suspended = hooks.suspend();
-    let outputs = sup.output_fds();
-    let (registration_dir, registration_lock, listener) = r.registration.kept();
-    let kept_lock = |l: &crate::state::LockFile| KeptLock { path: l.path().into(), fd: l.fd() };
-    let saved = SavedMonitor {
-        spec: spec.clone(),
-        state_dir: opts.state_dir.clone(),
-        uid_base: opts.uid_base,
-        uid_slots: opts.uid_slots,
-        seccomp_log: opts.seccomp_log,
-        output: opts.output.clone(),
-        manifest: opts.manifest.clone(),
-        spec_hash: opts.spec_hash.clone(),
-        defer_mount_teardown: opts.defer_mount_teardown,
-        start_ms: r.start_ms,
-        run_ms: r.t0.elapsed().as_millis() as u64,
-        saved_mono_ms: sleep::mono_ms(),
-        init_pid: r.child.pid,
-        pidfd: r.child.pidfd.as_raw_fd(),
-        channel: r.chan.raw_fd(),
-        signalfd: r.sfd.as_raw_fd(),
-        listener,
-        outputs: outputs.clone(),
-        registration_dir,
-        registration_lock: kept_lock(registration_lock),
-        uid_lock: kept_lock(r.range.lock()),
-        host_uid_base: r.range.host_base,
-        uid_slot: r.range.slot,
-        held: held.clone(),
-        next_probe: sup.next_probe(),
-        init_hibernating: sup.init_hibernating(),
-        init_hibernation_works: sup.hibernation_works,
-        plan_fd: -1,
-        exe_fd: -1,
-        hooks: suspended.state,
-        monitor_hibernation_works: true,
-    };
-    let mut wake_on = vec![saved.pidfd, saved.signalfd, saved.channel, saved.listener];
-    wake_on.extend(outputs.iter().map(|(fd, _)| *fd));
-    wake_on.extend(&suspended.wake_on);
-    let keep = wake_on
-        .iter()
-        .chain(&suspended.keep)
-        .chain(&held)
-        .chain(&[saved.registration_lock.fd, saved.uid_lock.fd])
-        .copied()
-        .collect::<Vec<_>>();
-    keep.iter().for_each(|fd| {
-        sleep::keep_fd(*fd);
-    });
-    if let Some(a) = &suspended.audit {
-        sleep::keep_fd(a.fd);
-    }
-    let plan = crate::hibernate::MonitorPlan {
-        exe_fd: -1,
-        audit_fd: suspended.audit.map_or(-1, |a| a.fd),
-        deadline_ms: suspended
-            .deadline
-            .map_or(-1, |d| (sleep::mono_ms() + d.as_millis() as u64) as i64),
-        uid_lo: suspended.audit.map_or(0, |a| a.uid_lo),
-        uid_hi: suspended.audit.map_or(0, |a| a.uid_hi),
-        pidns_ino: suspended.audit.map_or(0, |a| a.pidns_ino),
-        fds: wake_on,
-    };
-    tracing::debug!(isc = %spec.name, "the monitor hibernates");
-    prepared.exec(saved, plan)
-}
-
-/// Resumes the monitor of a running ISC in a whole isc woken from the tiny monitor, with its
-/// hooks rebuilt by the caller from [`SavedMonitor::hooks`]; returns like [`run`].
-pub fn resume(saved: SavedMonitor, hooks: &mut dyn StartHooks) -> Result<ExitRecord, MonitorError> {
-    let adopt = |fd: RawFd, what: &'static str| {
-        // SAFETY: the saved state names each of these descriptors once, as ours.
-        unsafe { sleep::adopt_fd(fd) }.map_err(|source| MonitorError::Resource { what, source })
-    };
-    let asleep_ms = sleep::mono_ms().saturating_sub(saved.saved_mono_ms);
-    let run = Duration::from_millis(saved.run_ms + asleep_ms);
-    let t0 = Instant::now().checked_sub(run).unwrap_or_else(Instant::now);
-    let adopt_lock = |l: &KeptLock| -> Result<crate::state::LockFile, MonitorError> {
-        Ok(crate::state::LockFile::adopt(l.path.clone(), adopt(l.fd, "lock file")?.into()))
-    };
-    let registration = Registration::adopt(
-        saved.registration_dir.clone(),
-        adopt_lock(&saved.registration_lock)?,
-        adopt(saved.listener, "control socket")?,
-    );
-    let range = UidRange::adopt(saved.host_uid_base, saved.uid_slot, adopt_lock(&saved.uid_lock)?);
-    let child = Launched { pid: saved.init_pid, pidfd: adopt(saved.pidfd, "PID 1's pidfd")? };
-    let chan = Channel::from_fd(adopt(saved.channel, "control channel")?);
-    let sfd = adopt(saved.signalfd, "signalfd")?;
-    for fd in &saved.held {
-        crate::finisher::hold(adopt(*fd, "held namespace")?);
-    }
-    let mut opts = RunOptions::new(saved.state_dir.clone());
-    opts.uid_base = saved.uid_base;
-    opts.uid_slots = saved.uid_slots;
-    opts.seccomp_log = saved.seccomp_log;
-    opts.output = saved.output.clone();
-    opts.manifest = saved.manifest.clone();
-    opts.spec_hash = saved.spec_hash.clone();
-    opts.defer_mount_teardown = saved.defer_mount_teardown;
-    let dests = Dest::for_output(&opts.output)
-        .map_err(|source| MonitorError::Resource { what: "log file", source })?;
-    let mut dests = [Some(dests.0), Some(dests.1)];
-    let mut outputs = Vec::new();
-    for (fd, stderr) in &saved.outputs {
-        let i = usize::from(*stderr);
-        // Both of a log's pipes go to the same file: either destination serves.
-        let dest = dests[i].take().or_else(|| dests[1 - i].take()).expect("two destinations");
-        outputs.push((adopt(*fd, "output pipe")?, dest));
-    }
-    let running = Running { registration, range, child, chan, sfd, t0, start_ms: saved.start_ms };
-    supervise(&saved.spec, &opts, running, outputs, Some(&saved), hooks)
 }
 
 /// Keeps PID 1's mount namespace referenced until this process's finisher ends (see `finisher`):
