@@ -139,9 +139,14 @@ impl Collector {
         LastCall { flag: Arc::clone(&self.last_call), wake: self.wake.clone() }
     }
 
-    /// Asks a kernel collector to hand its reader back through `pause` and end at once,
-    /// without a drain (the monitor hibernates), and waits for its counts.
-    pub(crate) fn pause(self, pause: &Handover) -> Option<DenialCounts> {
+    /// Is its thread still reading? (It ends by itself only when its reader fails.)
+    pub(crate) fn running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    /// Asks a collector to hand its reader back through `pause` and end at once, without a
+    /// drain (the monitor hibernates), and waits for its counts.
+    pub(crate) fn pause<R>(self, pause: &Handover<R>) -> Option<DenialCounts> {
         pause.asked.store(true, Ordering::SeqCst);
         wake(self.wake.as_deref());
         self.thread.join().ok()
@@ -154,22 +159,38 @@ impl Collector {
     }
 }
 
-/// A kernel collector's hand-over across a hibernation of its monitor: the counts it starts
-/// from (those of the monitor before the sleep), and where it returns its reader when paused.
-#[derive(Default)]
-pub(crate) struct Handover {
+/// A collector's hand-over across a hibernation of its monitor: the counts it starts from
+/// (those of the monitor before the sleep), and where it returns its reader (`R`: the kernel
+/// audit socket's, or the NFLOG group's) when paused.
+pub(crate) struct Handover<R> {
     pub(crate) resumed: DenialCounts,
     asked: AtomicBool,
-    reader: std::sync::Mutex<Option<KernelAuditReader>>,
+    reader: std::sync::Mutex<Option<R>>,
 }
 
-impl Handover {
-    pub(crate) fn starting_from(resumed: DenialCounts) -> Handover {
-        Handover { resumed, ..Handover::default() }
+impl<R> Default for Handover<R> {
+    fn default() -> Handover<R> {
+        Handover::starting_from(DenialCounts::default())
+    }
+}
+
+impl<R> Handover<R> {
+    pub(crate) fn starting_from(resumed: DenialCounts) -> Handover<R> {
+        Handover { resumed, asked: AtomicBool::new(false), reader: std::sync::Mutex::new(None) }
+    }
+
+    /// Has the monitor asked the collector to hand its reader back?
+    fn asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// Where a paused collector leaves its reader.
+    fn give_back(&self, reader: R) {
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
     }
 
     /// The reader a paused collector handed back.
-    pub(crate) fn take_reader(&self) -> Option<KernelAuditReader> {
+    pub(crate) fn take_reader(&self) -> Option<R> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -223,7 +244,7 @@ pub(crate) fn collect(
     who: Attribution,
     stop: &AtomicBool,
     wake: Option<Arc<OwnedFd>>,
-    pause: &Handover,
+    pause: &Handover<KernelAuditReader>,
 ) -> DenialCounts {
     let idle = if wake.is_some() { IDLE_WAKEABLE } else { IDLE_POLL };
     // Appends of other threads that need a tick wake this loop (the log holds the fd until
@@ -249,7 +270,7 @@ pub(crate) fn collect(
     };
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        if !stopping && !reader.has_queued() && pause.asked.load(Ordering::SeqCst) {
+        if !stopping && !reader.has_queued() && pause.asked() {
             log.wake_ticks_with(None);
             if let Some(n) = limiter.flush() {
                 append(
@@ -259,7 +280,7 @@ pub(crate) fn collect(
                     json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
                 );
             }
-            *pause.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+            pause.give_back(reader);
             return counts;
         }
         if stopping && stopping_since.is_none() {
@@ -375,8 +396,20 @@ fn net_drop_detail(d: &Denial, group: u16) -> serde_json::Value {
     })
 }
 
+/// How a network collector runs beside the rest of its session.
+pub(crate) struct NetDuty {
+    /// The eventfd its reader also waits on ([`Collector::wake_fd`]), if one could be made.
+    pub(crate) wake: Option<Arc<OwnedFd>>,
+    /// It also ticks the log (interval syncs, timed checkpoints), as the kernel collector
+    /// otherwise does: there is none (isc runs outside the initial network namespace, where
+    /// alone the kernel sends audit records), and one thread waking anyway is cheaper than the
+    /// log's own ticker — which, unlike a collector, cannot be paused for a hibernation.
+    pub(crate) ticks_log: bool,
+}
+
 /// The network collector thread: appends this ISC's dropped packets (the prefix carries the
-/// ISC id `hooks_net` gave it) until `stop`, then drains the socket.
+/// ISC id `hooks_net` gave it) until `stop`, then drains the socket. Asked through `pause`
+/// (the monitor hibernates), it hands its source back and ends at once, without a drain.
 ///
 /// The drain ends early at the last call ([`LastCall`]), given once the ISC's host link is
 /// deleted: deleting a device waits for every packet in flight through it to be processed or
@@ -388,24 +421,47 @@ pub(crate) fn collect_net(
     name: &str,
     stop: &AtomicBool,
     last_call: &AtomicBool,
-    wakeable: bool,
+    duty: NetDuty,
+    pause: &Handover<NetSource>,
 ) -> DenialCounts {
-    let idle = if wakeable { IDLE_WAKEABLE } else { IDLE_POLL };
-    let mut counts = DenialCounts::default();
+    let idle = if duty.wake.is_some() { IDLE_WAKEABLE } else { IDLE_POLL };
+    let ticks = duty.ticks_log;
+    if ticks {
+        log.wake_ticks_with(duty.wake);
+        log.prepare_signing();
+    }
+    let mut counts = pause.resumed;
     let mut limiter = RateLimit::new(DENIALS_PER_SECOND);
     let summary = |n| json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND});
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let last = last_call.load(Ordering::SeqCst);
+        if !stopping && !src.reader.has_pending() && pause.asked() {
+            if let Some(n) = limiter.flush() {
+                append(log, name, Kind::NetDrop, summary(n));
+            }
+            if ticks {
+                log.wake_ticks_with(None);
+            }
+            pause.give_back(src);
+            return counts;
+        }
         let wait = if last {
             Duration::ZERO
         } else if stopping {
             NET_DRAIN_QUIET
         } else {
-            limiter.summary_due_in().map_or(idle, |d| idle.min(d))
+            let tick = match log.next_tick_in() {
+                Some(d) if ticks => d.clamp(Duration::from_millis(1), idle),
+                _ => idle,
+            };
+            limiter.summary_due_in().map_or(tick, |d| tick.min(d))
         };
         let asked = Instant::now();
         let d = src.reader.next(wait);
+        if ticks {
+            log.tick();
+        }
         if let Some(n) = limiter.take_summary() {
             append(log, name, Kind::NetDrop, summary(n));
         }
@@ -429,6 +485,9 @@ pub(crate) fn collect_net(
     }
     if let Some(n) = limiter.flush() {
         append(log, name, Kind::NetDrop, summary(n));
+    }
+    if ticks {
+        log.wake_ticks_with(None);
     }
     counts
 }

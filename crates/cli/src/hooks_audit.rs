@@ -11,6 +11,12 @@
 //! group of that ISC alone (`isc_net::audit_nflog_group`; one socket per group is all the
 //! kernel allows). The monitor binds it once the network is set up (before the service is
 //! released) and an `isc-audit-net` thread appends `net_drop` records.
+//!
+//! A hibernating monitor (`isc_engine::monitor_hibernate`): both threads are paused, their
+//! sockets kept; see `hooks_audit_sleep.rs`.
+
+#[path = "hooks_audit_sleep.rs"]
+mod sleep;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -28,7 +34,7 @@ use serde_json::json;
 
 use crate::audit_collect::{
     collect, collect_net, pidns_inode, start_ticker, Attribution, Collector, DenialCounts,
-    Handover, NetSource,
+    Handover, NetDuty, NetSource,
 };
 use crate::launch::Dirs;
 
@@ -133,18 +139,13 @@ pub struct AuditSession {
     /// Whose kernel records are this ISC's (known once it runs).
     who: Option<Attribution>,
     /// The kernel collector's hand-over when the monitor hibernates.
-    pause: Arc<Handover>,
-}
-
-/// What a session keeps while its monitor hibernates (`isc_engine::monitor_hibernate`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SuspendedSession {
-    name: String,
-    reader_fd: std::os::fd::RawFd,
-    reader: isc_audit::kernel::ReaderState,
-    who: Attribution,
-    counts: DenialCounts,
-    memory_limit: Option<u64>,
+    pause: Arc<Handover<KernelAuditReader>>,
+    /// The network collector's.
+    net_pause: Arc<Handover<NetSource>>,
+    /// The network collector ticks the log (there is no kernel collector: `NetDuty`).
+    net_ticks: bool,
+    /// The log's own ticker thread runs (no collector ticks it).
+    own_ticker: bool,
 }
 
 impl AuditSession {
@@ -199,72 +200,10 @@ impl AuditSession {
             exit_sync: None,
             who: None,
             pause: Arc::default(),
+            net_pause: Arc::default(),
+            net_ticks: false,
+            own_ticker: false,
         })
-    }
-
-    /// The monitor may hibernate: the kernel collector runs (it also ticks the log), there is
-    /// no network collector, and the end is not being recorded.
-    pub(crate) fn can_hibernate(&self) -> bool {
-        self.collector.is_some()
-            && self.who.is_some()
-            && self.net.is_none()
-            && self.net_collector.is_none()
-            && !self.exit_recorded
-    }
-
-    /// Pauses the kernel collector (its socket stays open: records keep queueing in it for
-    /// the tiny monitor to look at), covers and syncs what is on the trail.
-    pub(crate) fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
-        use isc_engine::monitor_hibernate::{AuditWatch, Suspended};
-        let counts = self.collector.take().and_then(|c| c.pause(&self.pause)).unwrap_or_default();
-        if let Err(e) = self.log.checkpoint().and_then(|_| self.log.sync()) {
-            tracing::error!(isc = %self.name, error = %e, "syncing the audit trail before hibernating");
-        }
-        let Some(reader) = self.pause.take_reader() else {
-            tracing::error!(isc = %self.name, "the kernel collector ended without its reader; denials are no longer collected");
-            return Suspended::default();
-        };
-        let who = self.who.expect("can_hibernate checked it");
-        let (fd, reader) = reader.into_parts();
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
-        let state = SuspendedSession {
-            name: self.name.clone(),
-            reader_fd: fd,
-            reader,
-            who,
-            counts,
-            memory_limit: self.memory_limit,
-        };
-        Suspended {
-            state: serde_json::to_value(state).expect("the session serializes"),
-            keep: vec![fd],
-            audit: Some(AuditWatch {
-                fd,
-                uid_lo: who.uid_lo,
-                uid_hi: who.uid_hi,
-                pidns_ino: who.pidns_ino.unwrap_or(0),
-            }),
-            ..Suspended::default()
-        }
-    }
-
-    /// The session of a woken monitor: the trail reopened, the kernel collector restarted on
-    /// the kept socket with its counts.
-    pub(crate) fn resume(dirs: &Dirs, state: serde_json::Value) -> Result<AuditSession> {
-        let s: SuspendedSession =
-            serde_json::from_value(state).context("the saved audit session")?;
-        let mut session = AuditSession::begin_with(dirs, &s.name, None)?;
-        // SAFETY: the saved state names this descriptor once, as the session's.
-        let fd = unsafe { isc_engine::monitor_hibernate::adopt_fd(s.reader_fd) }
-            .context("the kept kernel audit socket")?;
-        session.memory_limit = s.memory_limit;
-        session.pidns_ino = s.who.pidns_ino;
-        session.start_kernel_collector(
-            KernelAuditReader::from_parts(fd, s.reader),
-            s.who,
-            s.counts,
-        );
-        Ok(session)
     }
 
     /// The run's audit log, for records other start hooks append (e.g. the secrets read).
@@ -332,10 +271,11 @@ impl AuditSession {
     fn on_started(&mut self, st: &IscState) {
         // The kernel denial collector wakes up regularly anyway, so it also does the log's
         // interval syncs and timed checkpoints (`AuditLog::tick`): one thread (~40 KiB of
-        // kernel stack, task and user stack) less per ISC. Without a collector the log's
-        // own ticker thread does it.
-        if self.reader.is_none() {
-            start_ticker(&self.log, &self.name);
+        // kernel stack, task and user stack) less per ISC. Without one the network collector,
+        // if any, does it (`NetDuty`); without either, the log's own ticker thread.
+        let net_ticks = self.reader.is_none() && self.net.is_some();
+        if self.reader.is_none() && !net_ticks {
+            self.start_own_ticker();
         }
         // The network policy this start put in place (nftables chains, sets, DNAT, shaping) is a
         // policy change of the host's boundary: record what was applied.
@@ -372,22 +312,46 @@ impl AuditSession {
             pidns_ino: self.pidns_ino,
             init_pid: u32::try_from(st.init_pid).unwrap_or(0),
         };
-        if let Some(mut src) = self.net.take() {
-            let wake = Collector::wake_fd();
-            if let Some(fd) = &wake {
-                src.reader.wake_on(fd.as_raw_fd());
-            }
-            let (log, name) = (Arc::clone(&self.log), self.name.clone());
-            let wakeable = wake.is_some();
-            match Collector::spawn("isc-audit-net", wake, move |stop, last_call| {
-                collect_net(src, &log, &name, stop, last_call, wakeable)
-            }) {
-                Ok(c) => self.net_collector = Some(c),
-                Err(e) => tracing::error!(error = %e, "cannot start the network denial collector"),
-            }
+        if let Some(src) = self.net.take() {
+            self.start_net_collector(src, DenialCounts::default(), net_ticks);
         }
         if let Some(reader) = self.reader.take() {
             self.start_kernel_collector(reader, attribution, DenialCounts::default());
+        }
+    }
+
+    /// The log's own ticker thread, when no collector ticks it. A monitor whose log ticks
+    /// this way stays whole (the thread cannot be paused).
+    fn start_own_ticker(&mut self) {
+        self.own_ticker = true;
+        start_ticker(&self.log, &self.name);
+    }
+
+    /// Starts the network collector on `src`, from `counts` (those of the monitor before a
+    /// hibernation); it ticks the log too if `ticks_log` (no kernel collector).
+    fn start_net_collector(&mut self, mut src: NetSource, counts: DenialCounts, ticks_log: bool) {
+        // A fresh hand-over per collector: it starts from `counts`.
+        self.net_pause = Arc::new(Handover::starting_from(counts));
+        let wake = Collector::wake_fd();
+        if let Some(fd) = &wake {
+            src.reader.wake_on(fd.as_raw_fd());
+        }
+        let (log, name) = (Arc::clone(&self.log), self.name.clone());
+        let pause = Arc::clone(&self.net_pause);
+        let duty = NetDuty { wake: wake.clone(), ticks_log };
+        match Collector::spawn("isc-audit-net", wake, move |stop, last_call| {
+            collect_net(src, &log, &name, stop, last_call, duty, &pause)
+        }) {
+            Ok(c) => {
+                self.net_collector = Some(c);
+                self.net_ticks = ticks_log;
+            }
+            Err(e) => {
+                tracing::error!(isc = %self.name, error = %e, "cannot start the network denial collector");
+                if ticks_log {
+                    self.start_own_ticker();
+                }
+            }
         }
     }
 
@@ -411,8 +375,8 @@ impl AuditSession {
         }) {
             Ok(c) => self.collector = Some(c),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the kernel denial collector");
-                start_ticker(&self.log, &self.name);
+                tracing::error!(isc = %self.name, error = %e, "cannot start the kernel denial collector");
+                self.start_own_ticker();
             }
         }
     }

@@ -14,6 +14,13 @@
 //! re-resolves each name when its TTL expires (`isc_net::refresh`) and replaces the ISC's
 //! egress rules (and the `egress` of its record) under the same lock; every change, and the
 //! start and end of a failure streak, is a `net_policy` record on the audit trail.
+//!
+//! A hibernating monitor (`isc_engine::monitor_hibernate`) keeps the network as it is: the
+//! kernel forwards and filters without it, and what `finish` needs to tear it down (the lease,
+//! the egress rules in force) is saved as state ([`NetHooks::resume`] rebuilds it). Peers
+//! update this ISC's sets from their own processes, under the peers lock, from its record.
+//! A monitor with an egress DNS refresher stays whole: its thread's TTL timers are not kept
+//! across the sleep yet (they would need the tiny monitor's deadline).
 
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
@@ -26,7 +33,7 @@ use isc_engine::StartHooks;
 use isc_manifest::{EgressRule, Manifest, Proto};
 use isc_net::{
     Bandwidth, EgressRefresher, EgressRule as NetEgressRule, EgressSpec, EgressTarget, IscNetLease,
-    IscNetPolicy, IscNetRequest, Listen, NetConfig, Publish, RefreshEvent,
+    IscNetPolicy, IscNetRequest, KeptNetLease, Listen, NetConfig, Publish, RefreshEvent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -290,6 +297,13 @@ pub struct NetHooks {
     egress_in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
 }
 
+/// What [`NetHooks`] keeps while its monitor hibernates: what `finish` tears down.
+#[derive(Serialize, Deserialize)]
+struct KeptNet {
+    lease: KeptNetLease,
+    egress_in_force: Option<Vec<NetEgressRule>>,
+}
+
 impl NetHooks {
     /// Plans the network of `m` (nothing happens yet).
     pub fn prepare(m: &Manifest, dirs: &Dirs) -> Result<Self> {
@@ -307,6 +321,29 @@ impl NetHooks {
             lease: None,
             refresher: None,
             egress_in_force: Arc::default(),
+        })
+    }
+
+    /// The network hooks of a woken monitor, from what [`StartHooks::suspend`] kept (a JSON
+    /// null, a monitor without network, is [`NetHooks::prepare`]'s business): the network is
+    /// still up, and `finish` tears it down as the sleeping monitor's would have.
+    pub fn resume(m: &Manifest, dirs: &Dirs, state: serde_json::Value) -> Result<Self> {
+        let kept: KeptNet = serde_json::from_value(state).context("the saved network state")?;
+        let request = request(m, dirs)?;
+        if request.is_none() {
+            bail!("the saved state holds a network, the saved manifest declares none");
+        }
+        let cfg = net_config(dirs);
+        Ok(Self {
+            lease: Some(IscNetLease::adopt(&cfg, kept.lease)),
+            cfg,
+            dirs: dirs.clone(),
+            state: dirs.state.clone(),
+            name: m.name.clone(),
+            allow_from: m.network.as_ref().map(|n| n.allow_from.clone()).unwrap_or_default(),
+            request,
+            refresher: None,
+            egress_in_force: Arc::new(Mutex::new(kept.egress_in_force)),
         })
     }
 
@@ -356,10 +393,23 @@ fn forwarding_on() -> bool {
 }
 
 impl StartHooks for NetHooks {
-    /// Without a network there is nothing to keep (a network's lease and egress refresher are
-    /// not kept across a hibernation yet).
+    /// Without a network there is nothing to keep; with one, its lease and the egress rules
+    /// in force are kept. Not with an egress DNS refresher running (egress host names): its
+    /// TTL timers would need the tiny monitor's deadline, and the monitor stays whole.
     fn can_hibernate(&self) -> bool {
-        self.request.is_none()
+        self.request.is_none() || (self.lease.is_some() && self.refresher.is_none())
+    }
+
+    /// The lease (disarmed: the exec tears nothing down) and the egress rules in force, as
+    /// state; no descriptor.
+    fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
+        let Some(lease) = self.lease.take() else { return Default::default() };
+        let egress_in_force = self.egress_in_force.lock().ok().and_then(|e| e.clone());
+        let kept = KeptNet { lease: lease.into_kept(), egress_in_force };
+        isc_engine::monitor_hibernate::Suspended {
+            state: serde_json::to_value(kept).expect("the network state serializes"),
+            ..Default::default()
+        }
     }
     fn before_release(&mut self, child_pid: i32) -> Result<(), (&'static str, String)> {
         self.setup(child_pid).map_err(|e| ("setting up the ISC's network", format!("{e:#}")))

@@ -3,9 +3,10 @@
 //! `run_manifest`'s start hooks say whether they can be kept across the monitor's execs and
 //! what to keep; [`Frame`] adds what only `run_manifest`'s own frame holds (the image lease
 //! and who started the run). A woken isc lands in [`resume`]: it rebuilds the same hooks from
-//! the saved state — the audit session on its kept socket, the cgroup by its name, the empty
-//! vault and network hooks from the manifest — lets the engine go on supervising, and ends the
-//! run exactly as `isc run` or the Dock's `isc dock monitor` would have.
+//! the saved state — the audit session on its kept sockets, the cgroup by its name, the network
+//! from its kept lease (or, without one, from the manifest), the empty vault hooks from the
+//! manifest — lets the engine go on supervising, and ends the run exactly as `isc run` or the
+//! Dock's `isc dock monitor` would have.
 
 use std::os::fd::{IntoRawFd, RawFd};
 use std::process::ExitCode;
@@ -91,7 +92,7 @@ fn split_hooks(saved: &SavedMonitor) -> Result<[serde_json::Value; 5]> {
 pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
     let name = saved.spec.name.clone();
     let woken = (|| {
-        let [session, cgroup, _vault, _net, frame] = split_hooks(&saved)?;
+        let [session, cgroup, _vault, net, frame] = split_hooks(&saved)?;
         let manifest: Manifest = serde_json::from_value(
             saved.manifest.clone().context("the saved state has no manifest")?,
         )
@@ -107,12 +108,17 @@ pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
         let image = ImageHold::adopt(lease);
         let audit = AuditSession::resume(dirs, session)?;
         let cgroup = CgroupHooks::resume(&name, launch::limits(&manifest), &dirs.state, cgroup)?;
-        // Neither has anything to keep when the monitor could hibernate: rebuilt as the start
-        // made them (no secrets, no volumes, no network).
+        // Nothing to keep when the monitor could hibernate: rebuilt as the start made them (no
+        // secrets, no volumes).
         let mut spec = saved.spec.clone();
         let vault =
             crate::hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec, audit.log())?;
-        let net = crate::hooks_net::NetHooks::prepare(&manifest, dirs)?;
+        // A network keeps its lease (null: none to keep, as without `[network]`).
+        let net = if net.is_null() {
+            crate::hooks_net::NetHooks::prepare(&manifest, dirs)?
+        } else {
+            crate::hooks_net::NetHooks::resume(&manifest, dirs, net)?
+        };
         Ok::<_, anyhow::Error>((frame.caller, image, audit, cgroup, vault, net))
     })();
     let (caller, mut image, mut audit, mut cgroup, mut vault, mut net) =

@@ -4,13 +4,17 @@
 
 mod common;
 mod dockproc;
+mod netns;
 
 use std::fs;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 use dockproc::DockProc;
+use isc_net::link::Rtnl;
+use netns::in_private_netns;
 use serde_json::Value;
 
 const TINY_MONITOR: &str = "/memfd:isc-monitor (deleted)";
@@ -270,4 +274,139 @@ fn a_dock_monitor_hibernates_logs_its_services_output_and_outlives_a_killed_dock
     assert_eq!(r["last_exit"]["code"], 7, "{r}");
     let recs = trail(&d.env, "mh-dock");
     assert!(recs.iter().any(|r| r["kind"] == "isc_exit" && r["detail"]["code"] == 7), "{recs:#?}");
+}
+
+/// The ISC's network record (`<state>/isc/NAME/net.json`): its id, addresses, host link.
+fn net_record(env: &Env, name: &str) -> Value {
+    let path = env.dir.join("state/isc").join(name).join("net.json");
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// What the host gets from a TCP connection to `to`: the greeting, or None.
+fn greeting(to: SocketAddr, timeout: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&to, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    Some(buf)
+}
+
+fn nft_table() -> String {
+    let out = std::process::Command::new("nft").args(["list", "table", "inet", "isc"]).output();
+    String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+}
+
+/// Nothing of the ISC `id`'s network is left (as `network.rs` checks): no nft object, no link
+/// but `lo`, no lease; and nothing else of the ISC either.
+fn assert_no_network_left(env: &Env, id: &str) {
+    let table = nft_table();
+    assert!(!table.contains(id), "nft objects of {id} left behind:\n{table}");
+    let links = Rtnl::open().unwrap().link_names().unwrap();
+    assert_eq!(links, vec!["lo".to_string()], "links left behind");
+    let leases = fs::read_to_string(env.dir.join("root/net/leases.json")).unwrap();
+    let leases: Value = serde_json::from_str(&leases).unwrap();
+    assert_eq!(leases["leases"], serde_json::json!({}), "leases left behind");
+    assert_nothing_left(env);
+}
+
+/// A service listening on 8080 (declared) for ten minutes, egress by address only.
+const SERVE: [&str; 3] = [ISC, "probe", "serve_tcp:8080:600"];
+const LISTEN: &str = "[network]\nlisten = [{ port = 8080 }]\negress = [\"192.0.2.2:443\"]";
+
+#[test]
+fn a_networked_monitor_hibernates_while_its_isc_serves_and_stop_removes_the_network() {
+    in_private_netns(
+        "a_networked_monitor_hibernates_while_its_isc_serves_and_stop_removes_the_network",
+        || {
+            let env = Env::new("mh-net");
+            let m = env.manifest("mh-net", &SERVE, LISTEN);
+            let mut g = Guard(&env, "mh-net", Some(run_captured(&env, &m)));
+            let monitor = env.wait_running("mh-net")["monitor_pid"].as_i64().unwrap();
+            let rec = net_record(&env, "mh-net");
+            let id = rec["id"].as_str().unwrap().to_string();
+            let link = rec["policy"]["if_host"].as_str().unwrap().to_string();
+            let v4: IpAddr = rec["policy"]["addr_v4"].as_str().unwrap().parse().unwrap();
+            // The kernel routes and filters without the monitor: the declared port answers
+            // while it sleeps (asleep before and after: waking and sleeping again takes a
+            // quiet second), and the firewall objects and the link are all still there. The
+            // host's first MLD reports on the new link are dropped by the ISC's firewall and
+            // may wake the monitor once (a `net_drop`): then try again.
+            let to = SocketAddr::new(v4, 8080);
+            let mut asleep_throughout = false;
+            for _ in 0..3 {
+                wait_exe(monitor, TINY_MONITOR, 10);
+                assert_eq!(greeting(to, Duration::from_secs(3)).as_deref(), Some("ok\n"));
+                let table = nft_table();
+                assert!(table.contains(&format!("\"{link}\"")), "{table}");
+                assert!(Rtnl::open().unwrap().link_names().unwrap().contains(&link));
+                if exe_of(monitor) == TINY_MONITOR {
+                    asleep_throughout = true;
+                    break;
+                }
+            }
+            assert!(asleep_throughout, "every connection found the monitor awake");
+            assert!(env.cmd().args(["stop", "mh-net"]).status().unwrap().success());
+            let out = g.2.take().unwrap().wait_with_output().unwrap();
+            let rec = exit_record(&out);
+            assert!(rec["run_ms"].as_u64().unwrap() >= 1000, "{rec}");
+            audit_verifies(&env);
+            // The woken monitor tore the network down as a whole one would have.
+            assert_no_network_left(&env, &id);
+        },
+    );
+}
+
+#[test]
+fn a_packet_dropped_while_the_monitor_hibernates_is_on_the_trail() {
+    in_private_netns("a_packet_dropped_while_the_monitor_hibernates_is_on_the_trail", || {
+        let env = Env::new("mh-drop");
+        let m = env.manifest("mh-drop", &SERVE, LISTEN);
+        let mut g = Guard(&env, "mh-drop", Some(run_captured(&env, &m)));
+        let monitor = env.wait_running("mh-drop")["monitor_pid"].as_i64().unwrap();
+        let rec = net_record(&env, "mh-drop");
+        let id = rec["id"].as_str().unwrap().to_string();
+        let v4: IpAddr = rec["policy"]["addr_v4"].as_str().unwrap().parse().unwrap();
+        wait_exe(monitor, TINY_MONITOR, 10);
+        // An undeclared port: the ISC's firewall drops the SYN and logs it to its NFLOG group,
+        // whose socket the sleeping monitor holds and wakes on.
+        assert_eq!(greeting(SocketAddr::new(v4, 9090), Duration::from_millis(500)), None);
+        let drops = |recs: &[Value]| -> Vec<Value> {
+            recs.iter()
+                .filter(|r| r["kind"] == "net_drop" && r["detail"]["dport"] == 9090)
+                .cloned()
+                .collect()
+        };
+        let t = Instant::now();
+        let drop = loop {
+            if let Some(d) = drops(&trail(&env, "mh-drop")).pop() {
+                break d;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no net_drop on the trail while running"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(drop["actor"], "kernel");
+        assert_eq!(drop["detail"]["direction"], "in", "{drop}");
+        assert_eq!(drop["detail"]["dst"], v4.to_string(), "{drop}");
+        // Back to sleep after it, then stopped: the exit record counts the drop made while the
+        // monitor slept (the network collector's counts survive its execs).
+        wait_exe(monitor, TINY_MONITOR, 10);
+        assert!(env.cmd().args(["stop", "mh-drop"]).status().unwrap().success());
+        let out = g.2.take().unwrap().wait_with_output().unwrap();
+        assert!(out.status.code().is_some(), "{}", String::from_utf8_lossy(&out.stderr));
+        let recs = trail(&env, "mh-drop");
+        // Every dropped packet of the ISC (its own IPv6 router solicitations among them).
+        let all: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["kind"] == "net_drop" && !r["detail"]["direction"].is_null())
+            .collect();
+        assert!(!drops(&recs).is_empty());
+        let exit =
+            recs.iter().find(|r| r["kind"] == "isc_exit").unwrap_or_else(|| panic!("{recs:#?}"));
+        assert_eq!(exit["detail"]["net_denials"]["recorded"], all.len(), "{exit} {all:#?}");
+        audit_verifies(&env);
+        assert_no_network_left(&env, &id);
+    });
 }

@@ -238,3 +238,32 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
         drop(out);
     });
 }
+
+#[test]
+fn a_monitor_with_an_egress_dns_refresher_stays_whole() {
+    in_private_netns("a_monitor_with_an_egress_dns_refresher_stays_whole", || {
+        let env = Env::new("whole");
+        let out = Outside::new();
+        let addr = Arc::new(AtomicU32::new(u32::from(X)));
+        out.dns_server(addr, Arc::new(AtomicUsize::new(0)));
+        // Egress by address only: nothing of the network keeps the monitor whole.
+        let by_addr = env.spawn("byaddr", "egress = [\"192.0.2.2:7000\"]");
+        // A host name: the refresher's TTL timers run in the monitor, which stays whole.
+        let by_name = env.spawn("byname", "egress = [\"svc.test:7000\"]");
+        let exe = |name: &str| {
+            let out = env.cmd().args(["ps", "--json"]).output().unwrap();
+            let ps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+            let s = ps.iter().find(|s| s["name"] == name).unwrap();
+            let pid = s["monitor_pid"].as_i64().unwrap();
+            fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned()
+        };
+        let tiny = "/memfd:isc-monitor (deleted)";
+        assert!(eventually(Duration::from_secs(10), || exe("byaddr") == tiny), "never slept");
+        assert_ne!(exe("byname"), tiny, "a monitor with an egress DNS refresher hibernated");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_ne!(exe("byname"), tiny, "a monitor with an egress DNS refresher hibernated");
+        env.stop(by_name);
+        env.stop(by_addr);
+        drop(out);
+    });
+}

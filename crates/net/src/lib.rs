@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 
 pub use alloc::{AllocError, Allocator, Lease};
 pub use link::LinkError;
@@ -125,7 +126,42 @@ impl std::fmt::Debug for IscNetLease {
     }
 }
 
+/// What an [`IscNetLease`] is, kept across an `execve(2)` of its holder (a hibernating
+/// monitor). The lease holds no descriptor: its address pair is an entry in the allocator's
+/// file, its veth and firewall objects live in the kernel, and all of them are found again by
+/// what this names. Serialise it, and [`IscNetLease::adopt`] it in the new image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptNetLease {
+    /// The policy in force (its `egress` as last set, see [`IscNetLease::set_egress_in_force`]).
+    pub policy: IscNetPolicy,
+    /// The address pair and host interface.
+    pub lease: Lease,
+}
+
 impl IscNetLease {
+    /// The lease as what names it, for a holder about to exec itself: nothing is torn down,
+    /// now or when the result is dropped. The egress host names' start-time answers are not
+    /// kept (only an egress DNS refresher starts from them, and its holder does not sleep).
+    pub fn into_kept(mut self) -> KeptNetLease {
+        // Disarmed: `Drop` sees a lease that is no longer live.
+        self.live = false;
+        let policy = self.policy.clone();
+        KeptNetLease { policy, lease: self.lease.clone() }
+    }
+
+    /// The lease a previous image of this process held ([`IscNetLease::into_kept`]), live
+    /// again: dropping it or [`IscNetLease::teardown`] removes the network. `cfg` must be the
+    /// configuration it was set up with.
+    pub fn adopt(cfg: &NetConfig, kept: KeptNetLease) -> IscNetLease {
+        IscNetLease {
+            cfg: cfg.clone(),
+            policy: kept.policy,
+            egress_answers: Vec::new(),
+            lease: kept.lease,
+            live: true,
+        }
+    }
+
     /// The ISC's IPv4 address.
     pub fn addr_v4(&self) -> Ipv4Addr {
         self.lease.isc_v4

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -208,6 +208,34 @@ impl NflogReader {
         nla(&mut flush, NFULA_CFG_TIMEOUT, &1u32.to_be_bytes());
         reader.command(config_msg(group, 3, &flush)).map_err(bind)?;
         Ok(reader)
+    }
+
+    /// The bound socket and its group, for a holder about to exec itself (a hibernating
+    /// monitor): the group stays bound to the socket (the binding belongs to the socket, not to
+    /// this value), and packets logged meanwhile queue in it. Denials already read but not yet
+    /// returned by [`NflogReader::next`] are lost: call it when [`NflogReader::has_pending`]
+    /// is false.
+    pub fn into_kept(self) -> (OwnedFd, u16) {
+        // Not dropped: its `Drop` would unbind the group.
+        let mut me = std::mem::ManuallyDrop::new(self);
+        drop(std::mem::take(&mut me.pending));
+        let fd = me.sock.as_raw_fd();
+        // SAFETY: `me` is never dropped, so the socket's descriptor passes to the OwnedFd
+        // alone (`Socket` holds nothing else).
+        (unsafe { OwnedFd::from_raw_fd(fd) }, me.group)
+    }
+
+    /// The reader a previous image of this process held ([`NflogReader::into_kept`]): `fd` is
+    /// its socket, still bound to `group`.
+    pub fn adopt(fd: OwnedFd, group: u16) -> NflogReader {
+        // SAFETY: we own `fd` (a NETLINK_NETFILTER socket) and hand it to the Socket alone.
+        let sock = unsafe { Socket::from_raw_fd(fd.into_raw_fd()) };
+        NflogReader { sock, group, pending: VecDeque::new(), wake: None }
+    }
+
+    /// Are denials read from the socket but not yet returned by [`NflogReader::next`]?
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     fn command(&self, msg: Vec<u8>) -> Result<(), std::io::Error> {

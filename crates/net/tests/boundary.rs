@@ -238,3 +238,46 @@ fn a_waiting_nflog_reader_is_woken_by_its_eventfd_and_consumes_the_event() {
         },
     );
 }
+
+#[test]
+fn a_kept_lease_and_nflog_reader_survive_as_state_and_a_descriptor() {
+    in_private_netns("a_kept_lease_and_nflog_reader_survive_as_state_and_a_descriptor", || {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let isc = Netns::new();
+        let req = IscNetRequest {
+            id: "kept".into(),
+            name: "kept".into(),
+            listen: vec![tcp(8080)],
+            ..Default::default()
+        };
+        let lease = setup_isc(&c, &req, isc.pid()).unwrap();
+        let group = lease.audit_nflog_group();
+        let reader = NflogReader::open(group).unwrap();
+        let v4 = lease.addr_v4();
+        // Kept: nothing is torn down, now or when the kept values go (a monitor's exec).
+        let kept = serde_json::to_string(&lease.into_kept()).unwrap();
+        let (fd, kept_group) = reader.into_kept();
+        assert_eq!(kept_group, group);
+        assert!(common::nft_table().contains("\"isckept\""), "{}", common::nft_table());
+        assert!(
+            NflogReader::open(group).is_err(),
+            "the kept socket no longer holds NFLOG group {group}"
+        );
+        // A packet dropped meanwhile queues in the kept socket.
+        assert!(!common::tcp_ok_here(at(v4, 9090), None), "undeclared port answered");
+        let mut reader = NflogReader::adopt(fd, group);
+        let d = reader.next(Duration::from_secs(3)).expect("the denial logged while kept");
+        assert_eq!((d.direction, d.dport, d.isc_id.as_str()), (Direction::In, Some(9090), "kept"));
+        // Adopted, the lease is whole again: its teardown removes everything.
+        let lease = isc_net::IscNetLease::adopt(&c, serde_json::from_str(&kept).unwrap());
+        assert_eq!(lease.addr_v4(), v4);
+        lease.teardown().unwrap();
+        assert!(!common::nft_table().contains("\"isckept\""), "{}", common::nft_table());
+        let alloc = isc_net::Allocator::new(dir.path(), c.v4_prefix, c.v6_prefix).unwrap();
+        assert!(alloc.leases().unwrap().is_empty(), "the lease was not released");
+        // The adopted reader unbinds its group when dropped, as one opened here would.
+        drop(reader);
+        NflogReader::open(group).expect("the group is free again");
+    });
+}
