@@ -271,15 +271,7 @@ pub(crate) fn collect(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping && !reader.has_queued() && pause.asked() {
-            log.wake_ticks_with(None);
-            if let Some(n) = limiter.flush() {
-                append(
-                    log,
-                    name,
-                    Kind::SeccompDenial,
-                    json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
-                );
-            }
+            wind_down(log, name, &mut limiter);
             pause.give_back(reader);
             return counts;
         }
@@ -367,6 +359,13 @@ pub(crate) fn collect(
             break;
         }
     }
+    wind_down(log, name, &mut limiter);
+    counts
+}
+
+/// The kernel collector's last acts, at its end or its pause: other threads' appends stop
+/// waking it, and the denials its rate limit suppressed are summed up on the trail.
+fn wind_down(log: &AuditLog, name: &str, limiter: &mut RateLimit) {
     log.wake_ticks_with(None);
     if let Some(n) = limiter.flush() {
         append(
@@ -376,7 +375,6 @@ pub(crate) fn collect(
             json!({"suppressed": n, "limit_per_second": DENIALS_PER_SECOND}),
         );
     }
-    counts
 }
 
 /// After the service ended and until its link is gone, read what arrives until the socket has

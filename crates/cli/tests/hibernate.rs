@@ -13,31 +13,6 @@ use common::*;
 const TINY: &str = "/memfd:isc-init (deleted)";
 const WHOLE: &str = "/memfd:isc (deleted)";
 
-fn exe_of(pid: i64) -> String {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Waits up to `secs` for PID 1's executable to be `want`.
-fn wait_exe(pid: i64, want: &str, secs: u64) {
-    let t = Instant::now();
-    while exe_of(pid) != want {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "PID 1 ({pid}) runs {:?}, not {want:?}, after {secs} s",
-            exe_of(pid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn status_kib(pid: i64, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Children of `pid` (host view) and their states, from /proc/*/stat.
 fn children(pid: i64) -> Vec<(i64, char)> {
     let mut v = vec![];
@@ -68,32 +43,6 @@ fn verdicts(env: &Env, name: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// `isc run --json MANIFEST` with the service's output and the exit record captured.
-fn run_captured(env: &Env, manifest: &std::path::Path) -> std::process::Child {
-    env.cmd()
-        .args(["run", "--json"])
-        .arg(manifest)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Stops (or kills) the ISC if the test fails first: nothing may be left running.
-struct Guard<'a>(&'a Env, &'a str, Option<std::process::Child>);
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.2.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = self.0.cmd().args(["stop", self.1]).output();
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
 #[test]
 fn an_idle_pid_1_hibernates_reaps_stays_undumpable_and_wakes_for_probes() {
     let env = Env::new("hib-idle");
@@ -111,12 +60,12 @@ fn an_idle_pid_1_hibernates_reaps_stays_undumpable_and_wakes_for_probes() {
     wait_exe(init, TINY, 10);
     // Its whole memory: two pages of stack and data, a few page-table pages (the whole PID 1:
     // ~130 KiB of private anonymous memory and ~45 KiB of page tables, docs/benchmarks.md).
-    let (anon, pte) = (status_kib(init, "RssAnon:"), status_kib(init, "VmPTE:"));
+    let (anon, pte) = (status_field(init, "RssAnon:"), status_field(init, "VmPTE:"));
     assert!(anon <= 32, "hibernating PID 1 has {anon} KiB anonymous memory");
     assert!(pte <= 32, "hibernating PID 1 has {pte} KiB of page tables");
     // Non-dumpable: its /proc files belong to host root, not to its own (mapped) uid, so the
     // service (same uid) cannot open /proc/1/mem (proc(5), PR_SET_DUMPABLE).
-    let uid = status_kib(init, "Uid:");
+    let uid = status_field(init, "Uid:");
     assert_ne!(uid, 0, "PID 1 runs as a mapped uid");
     assert_eq!(fs::metadata(format!("/proc/{init}/mem")).unwrap().uid(), 0);
     // The orphan ends ~3 s after the start and is reaped: no zombie child of PID 1.

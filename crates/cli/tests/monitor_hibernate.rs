@@ -19,57 +19,6 @@ use serde_json::Value;
 
 const TINY_MONITOR: &str = "/memfd:isc-monitor (deleted)";
 
-fn exe_of(pid: i64) -> String {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Waits up to `secs` for `pid`'s executable to be `want`.
-fn wait_exe(pid: i64, want: &str, secs: u64) {
-    let t = Instant::now();
-    while exe_of(pid) != want {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "{pid} runs {:?}, not {want:?}, after {secs} s",
-            exe_of(pid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn status_field(pid: i64, field: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// `isc run --json MANIFEST` with the service's output and the exit record captured.
-fn run_captured(env: &Env, manifest: &std::path::Path) -> std::process::Child {
-    env.cmd()
-        .args(["run", "--json"])
-        .arg(manifest)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Stops (or kills) the ISC if the test fails first: nothing may be left running.
-struct Guard<'a>(&'a Env, &'a str, Option<std::process::Child>);
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.2.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = self.0.cmd().args(["stop", self.1]).output();
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
 /// The ISC's records on the trail (`isc audit show --json --isc NAME`).
 fn trail(env: &Env, name: &str) -> Vec<Value> {
     let out = env.cmd().args(["audit", "show", "--json", "--isc", name]).output().unwrap();

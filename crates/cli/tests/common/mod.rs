@@ -194,3 +194,56 @@ pub fn isc_cli_cgroup_name(state: &Path, name: &str) -> String {
     let h = blake3::hash(state.as_os_str().as_encoded_bytes()).to_hex();
     format!("isc-{}.{name}", &h[..12])
 }
+
+/// The executable `pid` runs (`/proc/PID/exe`), or "" once it is gone.
+pub fn exe_of(pid: i64) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits up to `secs` for `pid` to run `want` (e.g. a hibernating PID 1's or monitor's memfd).
+pub fn wait_exe(pid: i64, want: &str, secs: u64) {
+    let t = Instant::now();
+    while exe_of(pid) != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{pid} runs {:?}, not {want:?}, after {secs} s",
+            exe_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first number of a `/proc/PID/status` line (`RssAnon:`, `Threads:`, …).
+pub fn status_field(pid: i64, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `isc run --json MANIFEST` with the service's output and the exit record captured.
+pub fn run_captured(env: &Env, manifest: &Path) -> Child {
+    env.cmd()
+        .args(["run", "--json"])
+        .arg(manifest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops (or kills) ISC `.1`, run by `.2`, if the test fails first: nothing may be left running.
+pub struct Guard<'a>(pub &'a Env, pub &'a str, pub Option<Child>);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.2.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = self.0.cmd().args(["stop", self.1]).output();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
