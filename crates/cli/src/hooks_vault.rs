@@ -270,10 +270,11 @@ fn host_id(pid: i32, file: &str, inner: u32) -> Result<u32> {
 }
 
 impl StartHooks for VaultHooks {
-    /// Without secrets or volumes there is nothing to keep (mounted volumes and their keys are
-    /// not kept across a hibernation yet).
+    /// Secrets are delivered once, before `Go`; afterwards all that is left is their empty
+    /// host mount point, which `prepare` finds again on resume. Mounted volumes and their keys
+    /// are not kept across a hibernation yet: a monitor with volumes stays whole.
     fn can_hibernate(&self) -> bool {
-        self.secrets.is_empty() && self.secrets_dir.is_none() && self.volumes.is_empty()
+        self.volumes.is_empty()
     }
     fn before_release(&mut self, _child_pid: i32) -> Result<(), (&'static str, String)> {
         Ok(())

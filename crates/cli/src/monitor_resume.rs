@@ -108,8 +108,8 @@ pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
         let image = ImageHold::adopt(lease);
         let audit = AuditSession::resume(dirs, session)?;
         let cgroup = CgroupHooks::resume(&name, launch::limits(&manifest), &dirs.state, cgroup)?;
-        // Nothing to keep when the monitor could hibernate: rebuilt as the start made them (no
-        // secrets, no volumes).
+        // Nothing to keep when the monitor could hibernate (no volumes; secrets were delivered
+        // at the start): rebuilt as the start made them, minus the delivery.
         let mut spec = saved.spec.clone();
         let vault =
             crate::hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec, audit.log())?;

@@ -1,6 +1,6 @@
 //! What an idle ISC gives back once its service runs (`isc_engine::idle`, docs/benchmarks.md
 //! "Idle memory"): after a quiet second, PID 1 hibernates, and a monitor that stays whole
-//! (one whose hooks cannot be kept across a hibernation, here because the ISC has a secret:
+//! (one whose hooks cannot be kept across a hibernation, here because the ISC has a volume:
 //! `isc_engine::monitor_hibernate`; tests/monitor_hibernate.rs for the others) unmaps the code
 //! of the isc binary that the start path ran, so the page tables mapping it can go, and sleeps.
 
@@ -31,18 +31,10 @@ fn code_resident_kib(pid: i64) -> u64 {
     total
 }
 
-/// A manifest running `sleep 60` with a secret, so that its monitor stays whole.
+/// A manifest running `sleep 60` with a volume, so that its monitor stays whole.
 fn whole_monitor_manifest(env: &Env, name: &str) -> std::path::PathBuf {
-    use std::io::Write;
-    let mut set = env
-        .cmd()
-        .args(["secret", "set", "tok", "--isc", name])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    set.stdin.take().unwrap().write_all(b"canary").unwrap();
-    assert!(set.wait().unwrap().success());
-    env.manifest(name, &["/usr/bin/sleep", "60"], "[secrets]\ntok = {}\n")
+    let volume = "[[filesystem.volumes]]\nname = \"plain\"\npath = \"/plain\"\nsize = \"8M\"\nencrypted = false\n";
+    env.manifest(name, &["/usr/bin/sleep", "60"], volume)
 }
 
 /// Stops the ISC if the test fails before it does (nothing may be left running).

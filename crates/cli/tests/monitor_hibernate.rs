@@ -164,6 +164,37 @@ fn another_iscs_denials_leave_a_hibernating_monitor_asleep() {
 }
 
 #[test]
+fn a_monitor_with_a_secret_hibernates_and_its_end_removes_the_secrets_mount_point() {
+    use std::io::Write;
+    let env = Env::new("mh-secret");
+    let mut set = env
+        .cmd()
+        .args(["secret", "set", "tok", "--isc", "mh-secret"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin.take().unwrap().write_all(b"canary").unwrap();
+    assert!(set.wait().unwrap().success());
+    // Reads its secret once the monitor sleeps (the delivery was at the start), then waits.
+    let script =
+        "/usr/bin/sleep 3; read -r s < /run/secrets/tok; echo \"got $s\"; /usr/bin/sleep 600";
+    let m = env.manifest("mh-secret", &["/bin/sh", "-c", script], "[secrets]\ntok = {}\n");
+    let mut g = Guard(&env, "mh-secret", Some(run_captured(&env, &m)));
+    let monitor = env.wait_running("mh-secret")["monitor_pid"].as_i64().unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    let mount_point = env.dir.join("root/mnt/secrets/mh-secret");
+    assert!(mount_point.is_dir(), "the secrets' host mount point while the ISC runs");
+    // The line woke it; asleep again, then stopped.
+    std::thread::sleep(Duration::from_secs(2));
+    wait_exe(monitor, TINY_MONITOR, 10);
+    assert!(env.cmd().args(["stop", "mh-secret"]).status().unwrap().success());
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got canary\n");
+    assert!(!mount_point.exists(), "the woken monitor removed the secrets' mount point");
+    assert_nothing_left(&env);
+}
+
+#[test]
 fn an_isc_dies_with_its_hibernating_monitor() {
     let env = Env::new("mh-kill");
     let m = env.manifest("mh-kill", &["/usr/bin/sleep", "600"], "");
