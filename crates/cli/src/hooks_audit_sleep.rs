@@ -6,6 +6,7 @@
 //! is a denial of this ISC). The woken monitor restarts both collectors on the same sockets,
 //! from the same counts.
 
+use std::collections::HashMap;
 use std::os::fd::{IntoRawFd, RawFd};
 
 use anyhow::{Context, Result};
@@ -15,7 +16,7 @@ use isc_net::NflogReader;
 use serde::{Deserialize, Serialize};
 
 use super::AuditSession;
-use crate::audit_collect::{Attribution, Collector, DenialCounts, NetSource};
+use crate::audit_collect::{pidns_inode, Attribution, Collector, DenialCounts, NetSource};
 use crate::launch::Dirs;
 
 /// What a session keeps while its monitor hibernates.
@@ -45,6 +46,34 @@ struct KeptNet {
     id: String,
     counts: DenialCounts,
     status: serde_json::Value,
+}
+
+/// The Landlock domains of the reader's table (id → creator pid) that are another's: the
+/// collector would attribute none of their access records to this ISC (`Attribution::owns`:
+/// the creator is not a live process in the ISC's PID namespace, or that namespace is
+/// unknown). The newest first (ids grow), at most `MonitorPlan::MAX_DOMAINS`, for the tiny
+/// monitor to drop their access records instead of waking for each. Ids not written as the
+/// kernel writes them (lowercase hex, no leading zero) are left out: theirs then wake it.
+fn foreign_domains(domains: &HashMap<String, u32>, pidns_ino: Option<u64>) -> Vec<u64> {
+    let mut ids: Vec<(u64, u32)> =
+        domains.iter().filter_map(|(id, pid)| Some((domain_id(id)?, *pid))).collect();
+    ids.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+    ids.into_iter()
+        .filter(|(_, pid)| {
+            pidns_ino.is_none() || i32::try_from(*pid).ok().and_then(pidns_inode) != pidns_ino
+        })
+        .map(|(id, _)| id)
+        .take(isc_engine::hibernate::MonitorPlan::MAX_DOMAINS)
+        .collect()
+}
+
+/// A Landlock domain id as the kernel writes it (`%llx`): 1 to 16 lowercase hex digits, no
+/// leading zero. The tiny monitor reads `domain=` values by the same rule.
+fn domain_id(s: &str) -> Option<u64> {
+    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    let ok =
+        (1..=16).contains(&s.len()) && s.bytes().all(hex) && (s.len() == 1 || !s.starts_with('0'));
+    ok.then(|| u64::from_str_radix(s, 16).ok()).flatten()
 }
 
 fn running(c: &Option<Collector>) -> bool {
@@ -113,6 +142,7 @@ impl AuditSession {
             uid_lo: k.who.uid_lo,
             uid_hi: k.who.uid_hi,
             pidns_ino: k.who.pidns_ino.unwrap_or(0),
+            foreign_domains: foreign_domains(&k.reader.domains, k.who.pidns_ino),
         });
         let net_fd = net.as_ref().map(|n| n.fd);
         let keep = kernel.as_ref().map(|k| k.fd).into_iter().chain(net_fd).collect();
@@ -164,5 +194,35 @@ impl AuditSession {
             None => {}
         }
         Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_domains_are_those_whose_creator_is_not_in_the_isc_pid_namespace() {
+        let ours = pidns_inode(std::process::id() as i32).unwrap();
+        let gone: u32 =
+            std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        let table: HashMap<String, u32> = [
+            ("1a", std::process::id()),
+            ("195ba459b", gone),
+            ("0c", gone),
+            ("C", gone),
+            ("x", gone),
+            ("11112222333344445", gone),
+        ]
+        .into_iter()
+        .map(|(d, p)| (d.to_owned(), p))
+        .collect();
+        assert_eq!(foreign_domains(&table, Some(ours)), vec![0x1_95ba_459b]);
+        let other = foreign_domains(&table, Some(ours + 1));
+        assert_eq!(other, vec![0x1_95ba_459b, 0x1a]);
+        assert_eq!(foreign_domains(&table, None), other);
+        let many: HashMap<String, u32> = (1..=100u64).map(|d| (format!("{d:x}"), gone)).collect();
+        let kept = foreign_domains(&many, Some(ours));
+        assert_eq!(kept, (37..=100).rev().collect::<Vec<u64>>(), "the 64 newest");
     }
 }

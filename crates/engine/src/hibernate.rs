@@ -97,6 +97,10 @@ pub struct MonitorPlan {
     pub pidns_ino: u64,
     /// Wake when any is readable or hung up (at most [`MonitorPlan::MAX_FDS`]).
     pub fds: Vec<RawFd>,
+    /// Landlock domain ids known to be another's (their creator is not in the ISC's PID
+    /// namespace): the tiny monitor drops their access records, which carry no pid. At most
+    /// [`MonitorPlan::MAX_DOMAINS`] are encoded (the first ones).
+    pub foreign_domains: Vec<u64>,
 }
 
 impl MonitorPlan {
@@ -104,14 +108,19 @@ impl MonitorPlan {
     pub const MAGIC: u32 = 0x314D_5349;
     pub const VERSION: u32 = 1;
     pub const MAX_FDS: usize = 64;
+    pub const MAX_DOMAINS: usize = 64;
 
     /// The plan as the tiny monitor reads it, little-endian, no padding: magic, version (u32),
     /// exe_fd, audit_fd (i32), deadline_ms (i64), uid_lo, uid_hi (u32), pidns_ino (u64),
-    /// n_fds (u32), then the n_fds descriptors (i32). A plan with more than
-    /// [`MonitorPlan::MAX_FDS`] descriptors is encoded as it is, and the tiny monitor wakes
-    /// at once on it; [`MonitorPlan::plan_memfd`] refuses it.
+    /// n_fds (u32), then the n_fds descriptors (i32), then n_domains (u32) and the n_domains
+    /// foreign Landlock domain ids (u64): the first [`MonitorPlan::MAX_DOMAINS`] of
+    /// `foreign_domains`. The tiny monitor reads a plan that ends after the descriptors as one
+    /// without domains. A plan with more than [`MonitorPlan::MAX_FDS`] descriptors is encoded
+    /// as it is, and the tiny monitor wakes at once on it; [`MonitorPlan::plan_memfd`] refuses
+    /// it.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(44 + 4 * self.fds.len());
+        let domains = &self.foreign_domains[..self.foreign_domains.len().min(Self::MAX_DOMAINS)];
+        let mut b = Vec::with_capacity(44 + 4 * self.fds.len() + 4 + 8 * domains.len());
         b.extend_from_slice(&Self::MAGIC.to_le_bytes());
         b.extend_from_slice(&Self::VERSION.to_le_bytes());
         b.extend_from_slice(&self.exe_fd.to_le_bytes());
@@ -123,6 +132,10 @@ impl MonitorPlan {
         b.extend_from_slice(&(self.fds.len() as u32).to_le_bytes());
         for fd in &self.fds {
             b.extend_from_slice(&fd.to_le_bytes());
+        }
+        b.extend_from_slice(&(domains.len() as u32).to_le_bytes());
+        for id in domains {
+            b.extend_from_slice(&id.to_le_bytes());
         }
         b
     }
@@ -333,9 +346,10 @@ mod tests {
             uid_hi: 165_536,
             pidns_ino: 0x1122_3344_5566_7788,
             fds: vec![3, 4, 300],
+            foreign_domains: vec![],
         };
         let b = plan.encode();
-        assert_eq!(b.len(), 44 + 3 * 4);
+        assert_eq!(b.len(), 44 + 3 * 4 + 4);
         assert_eq!(&b[0..4], b"ISM1");
         assert_eq!(&b[4..8], &[1, 0, 0, 0]);
         assert_eq!(&b[8..12], &[7, 0, 0, 0]);
@@ -345,10 +359,39 @@ mod tests {
         assert_eq!(&b[28..32], &165_536u32.to_le_bytes());
         assert_eq!(&b[32..40], &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
         assert_eq!(&b[40..44], &[3, 0, 0, 0]);
-        assert_eq!(&b[44..], &[3, 0, 0, 0, 4, 0, 0, 0, 44, 1, 0, 0]);
+        assert_eq!(&b[44..56], &[3, 0, 0, 0, 4, 0, 0, 0, 44, 1, 0, 0]);
+        assert_eq!(&b[56..], &[0; 4], "no foreign domains");
         let none = MonitorPlan { deadline_ms: -1, fds: vec![], ..plan };
         assert_eq!(&none.encode()[16..24], &[0xff; 8]);
-        assert_eq!(none.encode().len(), 44);
+        assert_eq!(none.encode().len(), 44 + 4);
+    }
+
+    #[test]
+    fn a_monitor_plan_ends_with_its_foreign_domains_at_most_64() {
+        let plan = MonitorPlan {
+            exe_fd: 7,
+            audit_fd: 8,
+            deadline_ms: -1,
+            uid_lo: 1,
+            uid_hi: 2,
+            pidns_ino: 3,
+            fds: vec![3, 4],
+            foreign_domains: vec![0x1_95ba_459b, 0x0102_0304_0506_0708],
+        };
+        let b = plan.encode();
+        assert_eq!(b.len(), 44 + 2 * 4 + 4 + 2 * 8);
+        assert_eq!(&b[52..56], &[2, 0, 0, 0]);
+        assert_eq!(&b[56..64], &0x1_95ba_459bu64.to_le_bytes());
+        assert_eq!(&b[64..72], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        // Everything before the tail is as without domains.
+        let without = MonitorPlan { foreign_domains: vec![], ..plan.clone() }.encode();
+        assert_eq!(&b[..52], &without[..52]);
+        let many = MonitorPlan { foreign_domains: (1..=100).collect(), ..plan };
+        let b = many.encode();
+        assert_eq!(b.len(), 52 + 4 + MonitorPlan::MAX_DOMAINS * 8);
+        assert_eq!(&b[52..56], &64u32.to_le_bytes());
+        assert_eq!(&b[56..64], &1u64.to_le_bytes());
+        assert_eq!(&b[b.len() - 8..], &64u64.to_le_bytes());
     }
 
     #[test]
@@ -361,6 +404,7 @@ mod tests {
             uid_hi: 2,
             pidns_ino: 3,
             fds: vec![9; MonitorPlan::MAX_FDS],
+            foreign_domains: vec![0xab; MonitorPlan::MAX_DOMAINS],
         };
         let fd = plan.plan_memfd().unwrap();
         let bytes = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();

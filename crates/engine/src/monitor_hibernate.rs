@@ -61,12 +61,15 @@ pub enum MonitorSleepError {
 
 /// An audit socket the hibernating monitor reads itself: records it can prove are another
 /// ISC's (or the host's) are dropped there, anything else wakes the whole monitor.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuditWatch {
     pub fd: RawFd,
     pub uid_lo: u32,
     pub uid_hi: u32,
     pub pidns_ino: u64,
+    /// Landlock domain ids whose creator is known not to be in the ISC's PID namespace (or
+    /// gone): their access records are another's (`MonitorPlan::foreign_domains`).
+    pub foreign_domains: Vec<u64>,
 }
 
 /// What one start hook hands over while the monitor sleeps.
@@ -92,7 +95,7 @@ impl Suspended {
         }
         self.keep.extend(other.keep);
         self.wake_on.extend(other.wake_on);
-        self.audit = self.audit.or(other.audit);
+        self.audit = self.audit.take().or(other.audit);
         self.deadline = match (self.deadline, other.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -219,14 +222,16 @@ pub(crate) fn hibernate(
     if let Some(a) = &suspended.audit {
         keep_fd(a.fd);
     }
+    let audit = suspended.audit.as_ref();
     let plan = crate::hibernate::MonitorPlan {
         exe_fd: -1,
-        audit_fd: suspended.audit.map_or(-1, |a| a.fd),
+        audit_fd: audit.map_or(-1, |a| a.fd),
         deadline_ms: suspended.deadline.map_or(-1, |d| (mono_ms() + d.as_millis() as u64) as i64),
-        uid_lo: suspended.audit.map_or(0, |a| a.uid_lo),
-        uid_hi: suspended.audit.map_or(0, |a| a.uid_hi),
-        pidns_ino: suspended.audit.map_or(0, |a| a.pidns_ino),
+        uid_lo: audit.map_or(0, |a| a.uid_lo),
+        uid_hi: audit.map_or(0, |a| a.uid_hi),
+        pidns_ino: audit.map_or(0, |a| a.pidns_ino),
         fds: wake_on,
+        foreign_domains: audit.map_or_else(Vec::new, |a| a.foreign_domains.clone()),
     };
     tracing::debug!(isc = %spec.name, "the monitor hibernates");
     prepared.exec(saved, plan)

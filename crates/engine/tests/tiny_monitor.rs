@@ -43,6 +43,7 @@ fn plan(exe: &OwnedFd) -> MonitorPlan {
         uid_hi: UID_HI,
         pidns_ino: 0,
         fds: vec![],
+        foreign_domains: vec![],
     }
 }
 
@@ -361,14 +362,25 @@ fn a_plan_it_does_not_understand_wakes_isc_at_once() {
     let mut bad_version = good.clone();
     bad_version[4] = 2;
     let too_many = MonitorPlan { fds: vec![r.as_raw_fd(); 65], ..plan(&exe) }.encode();
-    let short = good[..good.len() - 1].to_vec();
+    // Ends inside the descriptors.
+    let short = good[..44 + 4].to_vec();
     let header_only = good[..20].to_vec();
+    let domains = MonitorPlan { foreign_domains: vec![0x1a, 0x2b], ..plan(&exe) };
+    let domains = MonitorPlan { fds: vec![r.as_raw_fd()], ..domains }.encode();
+    let short_domains = domains[..domains.len() - 1].to_vec();
+    let short_count = domains[..44 + 4 + 2].to_vec();
+    let mut too_many_domains = domains[..44 + 4].to_vec();
+    too_many_domains.extend_from_slice(&65u32.to_le_bytes());
+    too_many_domains.extend(std::iter::repeat_n(0x1a, 65 * 8));
     for (what, bytes) in [
         ("bad magic", bad_magic),
         ("bad version", bad_version),
         ("65 fds", too_many),
         ("short fds", short),
         ("short header", header_only),
+        ("short domains", short_domains),
+        ("short domain count", short_count),
+        ("65 domains", too_many_domains),
     ] {
         let plan_fd = raw_plan(&bytes);
         let t = Instant::now();
@@ -377,8 +389,12 @@ fn a_plan_it_does_not_understand_wakes_isc_at_once() {
         s.woke();
         assert!(t.elapsed() < Duration::from_secs(3), "{what}: {:?}", t.elapsed());
     }
-    // The same plan, intact, sleeps.
-    start(&raw_plan(&good), &[exe.as_raw_fd(), r.as_raw_fd()]).asleep().stays_asleep();
+    // The same plans, intact, sleep; so does one that ends after its descriptors (no
+    // domains).
+    let without_tail = good[..good.len() - 4].to_vec();
+    for bytes in [good, domains, without_tail] {
+        start(&raw_plan(&bytes), &[exe.as_raw_fd(), r.as_raw_fd()]).asleep().stays_asleep();
+    }
 }
 
 #[test]
@@ -553,4 +569,165 @@ fn an_audit_socket_that_is_shut_down_or_not_open_wakes_it() {
     let t = Instant::now();
     start(&plan_fd, &[exe.as_raw_fd()]).woke();
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+/// An `AUDIT_LANDLOCK_ACCESS` record of `domain`, as the kernel writes it (no pid, no uid).
+fn access(domain: &str) -> Vec<u8> {
+    typed(
+        LANDLOCK_ACCESS,
+        &format!(
+            "audit(1.2:3): domain={domain} blockers=fs.write_file path=\"/etc/passwd\" dev=\"vda\" \
+             ino=12"
+        ),
+    )
+}
+
+/// An `AUDIT_LANDLOCK_DOMAIN` record: `domain` created by `pid` (uid `uid`).
+fn created(domain: &str, pid: u32, uid: u32) -> Vec<u8> {
+    typed(
+        LANDLOCK_DOMAIN,
+        &format!(
+            "audit(1.2:3): domain={domain} status=allocated mode=enforcing pid={pid} uid={uid} \
+             exe=\"/x\" comm=\"x\""
+        ),
+    )
+}
+
+#[test]
+fn landlock_access_records_of_a_domain_the_plan_lists_as_anothers_are_dropped() {
+    let exe = sh();
+    let (audit, kernel) = fake_audit();
+    let p = MonitorPlan {
+        foreign_domains: vec![0x7, 0x1_95ba_459b, u64::MAX],
+        ..audit_plan(&exe, &audit, own_pidns_ino())
+    };
+    let plan_fd = p.plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    for domain in ["195ba459b", "7", "ffffffffffffffff", "195ba459b"] {
+        send(&kernel, &access(domain));
+        s.stays_asleep_at(domain);
+        assert_eq!(peek(&audit), None, "{domain}: the record was consumed");
+    }
+    // An unknown domain may be the ISC's: it wakes, unread.
+    let unknown = access("195ba459c");
+    send(&kernel, &unknown);
+    s.woke();
+    assert_eq!(peek(&audit), Some(unknown));
+}
+
+#[test]
+fn a_domain_created_by_another_makes_its_access_records_anothers() {
+    let exe = sh();
+    let me = std::process::id();
+    // The ISC's PID namespace is not the test's: `me` is another's process.
+    let (audit, kernel) = fake_audit();
+    let plan_fd = audit_plan(&exe, &audit, own_pidns_ino() + 1).plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    send(&kernel, &created("195ba459b", me, 0));
+    s.stays_asleep_at("the creation");
+    send(&kernel, &access("195ba459b"));
+    s.stays_asleep_at("the access");
+    assert_eq!(peek(&audit), None, "both records were consumed");
+    // A deallocation record has no pid: dropped, but it makes no domain another's.
+    send(&kernel, &typed(LANDLOCK_DOMAIN, "audit(1.2:4): domain=2c status=deallocated denials=1"));
+    s.stays_asleep_at("the deallocation");
+    let other = access("2c");
+    send(&kernel, &other);
+    s.woke_at("an access of a domain of unknown creator");
+    assert_eq!(peek(&audit), Some(other));
+}
+
+#[test]
+fn landlock_access_records_of_an_unknown_domain_wake_it_and_stay_queued() {
+    let exe = sh();
+    let (audit, kernel) = fake_audit();
+    let p =
+        MonitorPlan { foreign_domains: vec![0x1a], ..audit_plan(&exe, &audit, own_pidns_ino()) };
+    let plan_fd = p.plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    let record = access("1b");
+    send(&kernel, &record);
+    s.woke();
+    assert_eq!(peek(&audit), Some(record));
+}
+
+#[test]
+fn a_domain_created_by_the_isc_wakes_it_and_its_access_records_are_not_dropped() {
+    let exe = sh();
+    let gone = gone_pid();
+    // Another namespace, but a uid of the ISC's.
+    let (audit, kernel) = fake_audit();
+    let p = MonitorPlan { foreign_domains: vec![0x1a], ..audit_plan(&exe, &audit, 1) };
+    let plan_fd = p.plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    let own = created("2b", gone, UID_LO);
+    send(&kernel, &own);
+    s.woke();
+    assert_eq!(peek(&audit), Some(own));
+}
+
+#[test]
+fn landlock_records_with_a_malformed_or_second_domain_wake_it() {
+    let exe = sh();
+    let me = std::process::id();
+    let access_with = |fields: &str| typed(LANDLOCK_ACCESS, &format!("audit(1.2:3): {fields}"));
+    let cases = [
+        ("0x1a", access_with("domain=0x1a blockers=fs.x")),
+        ("upper case", access_with("domain=1A blockers=fs.x")),
+        ("a leading zero", access_with("domain=01a blockers=fs.x")),
+        ("empty", access_with("domain= blockers=fs.x")),
+        ("17 digits", access_with("domain=1000000000000001a blockers=fs.x")),
+        ("a second domain", access_with("domain=1a blockers=fs.x domain=2b")),
+        ("no domain", access_with("blockers=fs.x")),
+        ("a creation's malformed domain", created("1A", me, 0)),
+        ("a creation with two domains", {
+            typed(LANDLOCK_DOMAIN, &format!("audit(1.2:3): domain=1a domain=2b pid={me} uid=0"))
+        }),
+    ];
+    for (what, datagram) in cases {
+        let (audit, kernel) = fake_audit();
+        let p = MonitorPlan {
+            foreign_domains: vec![0x1a, 0x2b],
+            ..audit_plan(&exe, &audit, own_pidns_ino() + 1)
+        };
+        let plan_fd = p.plan_memfd().unwrap();
+        let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+        send(&kernel, &datagram);
+        s.woke_at(what);
+        assert_eq!(peek(&audit).as_deref(), Some(&datagram[..]), "{what}");
+    }
+    // The last field of a record may end with a newline or NULs.
+    let (audit, kernel) = fake_audit();
+    let p = MonitorPlan { foreign_domains: vec![0x1a], ..audit_plan(&exe, &audit, 1) };
+    let plan_fd = p.plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    send(&kernel, &access_with("blockers=fs.x domain=1a\n"));
+    send(&kernel, &access_with("blockers=fs.x domain=1a\0\0"));
+    s.stays_asleep();
+    assert_eq!(peek(&audit), None);
+}
+
+#[test]
+fn the_known_domains_are_a_ring_of_64() {
+    let exe = sh();
+    let me = std::process::id();
+    let (audit, kernel) = fake_audit();
+    let p = MonitorPlan {
+        foreign_domains: (1..=64).collect(),
+        ..audit_plan(&exe, &audit, own_pidns_ino() + 1)
+    };
+    let plan_fd = p.plan_memfd().unwrap();
+    let mut s = start(&plan_fd, &[exe.as_raw_fd(), audit.as_raw_fd()]).asleep();
+    // A known domain's creation adds nothing; a new one takes the oldest's place (1).
+    send(&kernel, &created("40", me, 0));
+    send(&kernel, &created("100", me, 0));
+    for domain in ["100", "2", "40"] {
+        send(&kernel, &access(domain));
+    }
+    s.stays_asleep();
+    assert_eq!(peek(&audit), None, "all consumed");
+    let oldest = access("1");
+    send(&kernel, &oldest);
+    s.woke();
+    assert_eq!(peek(&audit), Some(oldest));
 }

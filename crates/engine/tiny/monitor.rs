@@ -13,7 +13,13 @@
 //! every idle monitor whenever any process on the host is audited. `foreign` applies the whole
 //! monitor's own test (`Attribution::owns`, crates/cli/src/audit_collect.rs) to the record's
 //! text, so a record is dropped here exactly when waking would only have the whole isc drop it;
-//! anything else, and anything this program cannot judge, wakes the whole isc unread.
+//! anything else, and anything this program cannot judge, wakes the whole isc unread. A
+//! Landlock access record names only its domain: it is dropped if that domain is known to be
+//! another's (the plan lists those of the collector's table whose creator is not in the ISC's
+//! PID namespace, and the creation records dropped here add theirs), and wakes the whole isc
+//! otherwise; so one ISC's repeated denials do not wake every sleeping monitor on the host
+//! (its first denial in a new domain still does, once: the kernel logs the domain's creation
+//! record after it).
 //!
 //! No libc, no allocation, no std: raw system calls. Built by `build.rs` as a static PIE
 //! without relocations (ASLR kept, nothing to relocate), embedded in isc and exec'd from a
@@ -56,6 +62,9 @@ const PLAN_VERSION: u32 = 1;
 const PLAN_HEADER: usize = 44;
 const PLAN_MAX: usize = 4096;
 const MAX_FDS: usize = 64;
+/// Landlock domain ids known to be another's: the plan's, then those learnt from the creation
+/// records dropped here (a ring once full).
+const MAX_DOMAINS: usize = 64;
 /// Audit records are at most ~8970 bytes (`MAX_AUDIT_MESSAGE_LENGTH`, linux/audit.h); a
 /// datagram that fills this buffer may have been cut, and proves nothing.
 const RECORD_MAX: usize = 9 * 1024;
@@ -162,6 +171,8 @@ unsafe extern "C" fn entry(sp: *const usize) -> ! {
         uid_hi: 0,
         pidns_ino: 0,
         n: 0,
+        domains_at: 0,
+        n_domains: 0,
     };
     // Beside the plan, not in it: a struct literal with an array is built on the side and
     // copied in, and a copy that size is a call of memcpy through the GOT, a relocation.
@@ -171,7 +182,14 @@ unsafe extern "C" fn entry(sp: *const usize) -> ! {
         // the problem. exe_fd has the same offset in every version.
         wake(plan.exe, &args);
     }
-    sleep(&plan, &mut fds, &args, &mut buf)
+    // Not zeroed either: the kernel writes the plan's ids into it, and only the first `len`
+    // slots, all written, are read.
+    let mut ids = MaybeUninit::<[u64; MAX_DOMAINS]>::uninit();
+    let mut known = Domains { ids: &mut ids, len: 0, next: 0 };
+    if !known.load(plan_fd, &plan) {
+        wake(plan.exe, &args);
+    }
+    sleep(&plan, &mut fds, &args, &mut buf, &mut known)
 }
 
 /// The value of `ISC_HIBERNATE_PLAN` (its first occurrence, as getenv(3)), a descriptor.
@@ -270,11 +288,70 @@ struct Plan {
     /// How many of the poll set's records are the plan's `fds`; the audit socket follows
     /// them, if any.
     n: usize,
+    /// Where the plan's foreign Landlock domain ids start in its memfd, and how many there are.
+    domains_at: usize,
+    n_domains: usize,
+}
+
+/// The Landlock domain ids known to be another's (`foreign`): slots `..len` of `ids` are
+/// written, and `next` is the one written next (the oldest once all are: a ring).
+struct Domains<'a> {
+    ids: &'a mut MaybeUninit<[u64; MAX_DOMAINS]>,
+    len: usize,
+    next: usize,
+}
+
+impl Domains<'_> {
+    /// Reads the plan's ids from its memfd straight into `ids` (a loop copying them out of
+    /// the plan's bytes would be compiled into a call of memcpy); false if they are not all
+    /// there.
+    fn load(&mut self, plan_fd: i32, plan: &Plan) -> bool {
+        let want = 8 * plan.n_domains;
+        let n = loop {
+            // SAFETY: pread64 of at most 8 * MAX_DOMAINS bytes (parse checked n_domains) into
+            // the ids' storage, which is that large.
+            let n = unsafe {
+                syscall(
+                    SYS_PREAD64,
+                    [plan_fd as usize, self.ids.as_mut_ptr() as usize, want, plan.domains_at, 0, 0],
+                )
+            };
+            if n != EINTR {
+                break n;
+            }
+        };
+        if n != want as isize {
+            return false;
+        }
+        self.len = plan.n_domains;
+        self.next = plan.n_domains % MAX_DOMAINS;
+        true
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        let ids = self.ids.as_ptr() as *const u64;
+        // SAFETY: slots below len are within the array and written.
+        (0..self.len).any(|i| unsafe { *ids.add(i) } == id)
+    }
+
+    /// Adds `id` unless it is known, over the oldest once the set is full.
+    fn add(&mut self, id: u64) {
+        if self.contains(id) {
+            return;
+        }
+        // SAFETY: next < MAX_DOMAINS: a slot of the array. One element written, no copy.
+        unsafe { (self.ids.as_mut_ptr() as *mut u64).add(self.next).write(id) };
+        self.next = (self.next + 1) % MAX_DOMAINS;
+        self.len = (self.len + 1).min(MAX_DOMAINS);
+    }
 }
 
 /// The plan, little-endian, no padding: magic u32, version u32, exe_fd i32, audit_fd i32,
 /// deadline_ms i64 (-1: none), uid_lo u32, uid_hi u32, pidns_ino u64 (0: unknown), n_fds u32,
-/// then n_fds i32 descriptors (into `fds`); false if it is not exactly that.
+/// then n_fds i32 descriptors (into `fds`), then optionally n_domains u32 (at most
+/// `MAX_DOMAINS`) and n_domains u64 Landlock domain ids known to be another's (their place is
+/// noted, for `Domains::load`); a plan that ends after the descriptors has none. False if it
+/// is not that.
 fn parse(b: &[u8], plan: &mut Plan, fds: &mut [PollFd; MAX_FDS + 1]) -> bool {
     if b.len() < PLAN_HEADER || u32_at(b, 0) != PLAN_MAGIC || u32_at(b, 4) != PLAN_VERSION {
         return false;
@@ -282,6 +359,18 @@ fn parse(b: &[u8], plan: &mut Plan, fds: &mut [PollFd; MAX_FDS + 1]) -> bool {
     let n = u32_at(b, 40) as usize;
     if n > MAX_FDS || b.len() < PLAN_HEADER + 4 * n {
         return false;
+    }
+    let tail = PLAN_HEADER + 4 * n;
+    if b.len() > tail {
+        if b.len() < tail + 4 {
+            return false;
+        }
+        let domains = u32_at(b, tail) as usize;
+        if domains > MAX_DOMAINS || b.len() < tail + 4 + 8 * domains {
+            return false;
+        }
+        plan.domains_at = tail + 4;
+        plan.n_domains = domains;
     }
     plan.audit = u32_at(b, 12) as i32;
     plan.deadline_ms = u64_at(b, 16) as i64;
@@ -301,6 +390,7 @@ fn sleep(
     fds: &mut [PollFd; MAX_FDS + 1],
     args: &Args,
     buf: &mut MaybeUninit<[u8; RECORD_MAX]>,
+    known: &mut Domains,
 ) -> ! {
     let mut count = plan.n;
     if plan.audit >= 0 {
@@ -328,7 +418,7 @@ fn sleep(
         }
         let audit = fds[plan.n].revents;
         if audit & (POLLERR | POLLHUP | POLLNVAL) != 0
-            || (audit & POLLIN != 0 && !on_audit(plan, buf))
+            || (audit & POLLIN != 0 && !on_audit(plan, buf, known))
         {
             // POLLERR on a netlink socket is an overrun (ENOBUFS): records were lost, which
             // only the whole monitor can account for.
@@ -358,9 +448,9 @@ fn time_left(deadline_ms: i64) -> Option<[i64; 2]> {
 }
 
 /// The audit socket is readable: drops its first record if the whole monitor would drop it
-/// too (`foreign`) and returns true (sleep on), or returns false, leaving the record for the
-/// whole monitor.
-fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>) -> bool {
+/// too (`foreign`, which may learn a domain of another's into `known`) and returns true (sleep
+/// on), or returns false, leaving the record for the whole monitor.
+fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>, known: &mut Domains) -> bool {
     let recv = |buf: &mut MaybeUninit<[u8; RECORD_MAX]>, flags: usize| {
         // SAFETY: recvfrom of one datagram into the local buffer, at most its size; no
         // source address (NULL), so its length argument is unused.
@@ -380,7 +470,7 @@ fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>) -> bool {
     }
     // SAFETY: the kernel wrote n (<= RECORD_MAX) bytes at the start of the buffer.
     let record = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
-    if !foreign(record, plan) {
+    if !foreign(record, plan, known) {
         return false;
     }
     // The same datagram: nothing else reads this socket while the whole monitor sleeps.
@@ -399,13 +489,21 @@ fn on_audit(plan: &Plan, buf: &mut MaybeUninit<[u8; RECORD_MAX]>) -> bool {
 ///
 /// A record is the ISC's here if any `uid=` field is in `uid_lo..uid_hi` or any `pid=` field
 /// names a process whose `/proc/N/ns/pid` is `pidns_ino`: `owns` looks at the first of each,
-/// and at the uid of seccomp records only, so this keeps at least what it keeps. What cannot
-/// be judged here wakes the whole isc, which can: a datagram that may have been cut or holds
-/// another message, a malformed header, a `pid=` or `uid=` that is not a number, and every
-/// `AUDIT_LANDLOCK_ACCESS` record. Those carry no pid: the reader attributes them by their
-/// domain's pid from its table (`KernelAuditReader::handle`, crates/audit/src/kernel.rs), which
-/// the plan does not carry, so dropping one here could lose this ISC's denial.
-fn foreign(record: &[u8], plan: &Plan) -> bool {
+/// and at the uid of seccomp records only, so this keeps at least what it keeps.
+///
+/// An `AUDIT_LANDLOCK_ACCESS` record carries neither: the reader attributes it by its domain's
+/// creator pid, from its table (`KernelAuditReader::handle`, crates/audit/src/kernel.rs). It
+/// is dropped here only if its `domain=` id is in `known`: a domain the plan lists as
+/// another's (the table's domains whose creator is not in the ISC's PID namespace, or gone,
+/// when the monitor hibernated), or one whose creation record (with a `pid=`) was dropped here
+/// as another's since, which is then added to `known`. Any other access record may be of a
+/// domain of this ISC's, and wakes the whole isc, which can tell.
+///
+/// What cannot be judged here wakes the whole isc too: a datagram that may have been cut or
+/// holds another message, a malformed header, a `pid=` or `uid=` that is not a number, and a
+/// Landlock record whose `domain=` is not 1 to 16 lowercase hex digits (as the kernel writes
+/// it) or that has more than one.
+fn foreign(record: &[u8], plan: &Plan, known: &mut Domains) -> bool {
     let n = record.len();
     if !(NLMSG_HDRLEN..RECORD_MAX).contains(&n) {
         return false;
@@ -422,22 +520,32 @@ fn foreign(record: &[u8], plan: &Plan) -> bool {
         return false;
     }
     // Netlink headers are in host order.
-    match u16::from_ne_bytes([record[4], record[5]]) {
-        AUDIT_SECCOMP | AUDIT_LANDLOCK_DOMAIN => {}
-        AUDIT_LANDLOCK_ACCESS => return false,
-        _ => return true,
+    let ty = u16::from_ne_bytes([record[4], record[5]]);
+    if !matches!(ty, AUDIT_SECCOMP | AUDIT_LANDLOCK_DOMAIN | AUDIT_LANDLOCK_ACCESS) {
+        return true;
     }
+    let landlock = ty != AUDIT_SECCOMP;
+    // The record's `domain=` id, if it has one; whether it has a `pid=`.
+    let mut domain = None;
+    let mut has_pid = false;
     // Fields are space-separated; values with spaces are hex-encoded or quoted whole by the
     // kernel, so a `pid=` or `uid=` in a value starts no field unless it is in a quoted user
     // message, and such an extra field can only make a record the ISC's.
     for field in record[NLMSG_HDRLEN..end].split(|c| *c == b' ') {
         let ours = if let Some(v) = field.strip_prefix(b"pid=") {
+            has_pid = true;
             match number(v) {
                 Some(_) => plan.pidns_ino != 0 && pidns_of(v) == Some(plan.pidns_ino),
                 None => true,
             }
         } else if let Some(v) = field.strip_prefix(b"uid=") {
             number(v).is_none_or(|uid| (plan.uid_lo as u64..plan.uid_hi as u64).contains(&uid))
+        } else if let Some(v) = field.strip_prefix(b"domain=").filter(|_| landlock) {
+            if domain.is_some() {
+                return false;
+            }
+            domain = domain_id(v);
+            domain.is_none()
         } else {
             false
         };
@@ -445,7 +553,31 @@ fn foreign(record: &[u8], plan: &Plan) -> bool {
             return false;
         }
     }
-    true
+    match (ty, domain) {
+        (AUDIT_LANDLOCK_ACCESS, Some(id)) => known.contains(id),
+        (AUDIT_LANDLOCK_ACCESS, None) => false,
+        (AUDIT_LANDLOCK_DOMAIN, Some(id)) if has_pid => {
+            // Its access records would be attributed to this pid, which is not the ISC's.
+            known.add(id);
+            true
+        }
+        _ => true,
+    }
+}
+
+/// A Landlock domain id as the kernel writes it (`%llx`): 1 to 16 lowercase hex digits
+/// without a leading zero, optionally followed by NULs or a newline; else `None`.
+fn domain_id(s: &[u8]) -> Option<u64> {
+    let digits = s.iter().take_while(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')).count();
+    if digits == 0
+        || digits > 16
+        || (digits > 1 && s[0] == b'0')
+        || s[digits..].iter().any(|c| !matches!(c, b'\0' | b'\n'))
+    {
+        return None;
+    }
+    let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+    Some(s[..digits].iter().fold(0, |v, c| (v << 4) | nibble(*c) as u64))
 }
 
 /// The inode of `/proc/<pid>/ns/pid` (stat follows the nsfs link to the namespace itself),
