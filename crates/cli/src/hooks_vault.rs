@@ -24,18 +24,24 @@
 //!    and detaches the old root, which leaves that bind as the only reference.
 //! 4. Drop (after the ISC ended, or on any failed start): each volume's fscrypt key is removed,
 //!    its filesystem unmounted and its loop device detached.
+//!
+//! A hibernating monitor ([`VaultHooks::suspend`]) keeps its volumes as they are (mounted,
+//! keyed, attached) and their loop devices' descriptors; its woken self adopts them
+//! ([`VaultHooks::resume`]) and ends them at step 4.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use isc_engine::monitor_hibernate::{adopt_fd, Suspended};
 use isc_engine::{BindMount, IscSpec, StartHooks};
 use isc_manifest::{Manifest, SECRETS_DIR};
-use isc_vault::{KdfParams, KeySource, MountedVolume, Vault, Zeroizing};
+use isc_vault::{KdfParams, KeptVolume, KeySource, MountedVolume, Vault, Zeroizing};
+use serde::{Deserialize, Serialize};
 
 use crate::launch::Dirs;
 
@@ -118,6 +124,19 @@ pub fn open_vault(dirs: &Dirs, passphrase_file: Option<&Path>) -> Result<Vault> 
         .with_context(|| format!("opening the vault at {}", root.display()))
 }
 
+/// What a hibernating monitor keeps of its vault hooks ([`VaultHooks::suspend`]): the open
+/// volumes, each with its loop device's descriptor (kept across the execs).
+#[derive(Serialize, Deserialize)]
+struct KeptVault {
+    volumes: Vec<KeptVaultVolume>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptVaultVolume {
+    volume: KeptVolume,
+    loop_fd: Option<RawFd>,
+}
+
 /// The vault's part of one start. See the module documentation for the order.
 pub struct VaultHooks {
     dirs: Dirs,
@@ -187,6 +206,61 @@ impl VaultHooks {
                 read_only: true,
             });
             hooks.secrets_dir = Some(dir);
+        }
+        Ok(hooks)
+    }
+
+    /// The vault hooks of a woken monitor ([`VaultHooks::suspend`]): the kept volumes adopted
+    /// (their keys, mounts and loop devices were never let go; nothing is reopened) and the
+    /// secrets' host mount point where `prepare` made it. Dropping the result ends them as it
+    /// would have the hooks `prepare` returned. `state` null: no volume was kept.
+    pub fn resume(
+        m: &Manifest,
+        dirs: &Dirs,
+        spec: &IscSpec,
+        audit: std::sync::Arc<isc_audit::AuditLog>,
+        state: serde_json::Value,
+    ) -> Result<Self> {
+        let kept: KeptVault = if state.is_null() {
+            KeptVault { volumes: Vec::new() }
+        } else {
+            serde_json::from_value(state).context("the saved vault state")?
+        };
+        // Own every kept descriptor first, so that none stays open if a volume is refused.
+        let mut fds = Vec::with_capacity(kept.volumes.len());
+        for k in &kept.volumes {
+            fds.push(match k.loop_fd {
+                // SAFETY: the saved state names this descriptor once, as this volume's loop
+                // device's.
+                Some(fd) => Some(unsafe { adopt_fd(fd) }.context("a kept loop device")?),
+                None => None,
+            });
+        }
+        let mut hooks = VaultHooks {
+            dirs: dirs.clone(),
+            isc: m.name.clone(),
+            uid: spec.uid,
+            gid: spec.gid,
+            secrets: m.secrets.iter().map(|(n, d)| (n.clone(), d.file_name.clone())).collect(),
+            secrets_dir: None,
+            volumes: Vec::new(),
+            audit,
+        };
+        for (k, fd) in kept.volumes.into_iter().zip(fds) {
+            let mount = k.volume.mount_dir.clone();
+            let vol = MountedVolume::adopt(k.volume, fd)
+                .with_context(|| format!("adopting the volume mounted at {}", mount.display()))?;
+            hooks.volumes.push(vol);
+        }
+        if hooks.volumes.len() != m.filesystem.volumes.len() {
+            bail!(
+                "the saved state keeps {} volumes but the manifest declares {}",
+                hooks.volumes.len(),
+                m.filesystem.volumes.len()
+            );
+        }
+        if !hooks.secrets.is_empty() {
+            hooks.secrets_dir = Some(run_dir(dirs)?.join("secrets").join(&m.name));
         }
         Ok(hooks)
     }
@@ -271,10 +345,30 @@ fn host_id(pid: i32, file: &str, inner: u32) -> Result<u32> {
 
 impl StartHooks for VaultHooks {
     /// Secrets are delivered once, before `Go`; afterwards all that is left is their empty
-    /// host mount point, which `prepare` finds again on resume. Mounted volumes and their keys
-    /// are not kept across a hibernation yet: a monitor with volumes stays whole.
+    /// host mount point, which `resume` finds again. Mounted volumes stay mounted and keyed
+    /// across a hibernation (both live in the kernel); their loop devices' descriptors are kept.
     fn can_hibernate(&self) -> bool {
-        self.volumes.is_empty()
+        true
+    }
+
+    /// The open volumes, disarmed, with their loop devices' descriptors to keep.
+    fn suspend(&mut self) -> Suspended {
+        let mut keep = Vec::new();
+        let volumes = self
+            .volumes
+            .drain(..)
+            .map(|v| {
+                let (volume, fd) = v.into_kept();
+                let loop_fd = fd.map(IntoRawFd::into_raw_fd);
+                keep.extend(loop_fd);
+                KeptVaultVolume { volume, loop_fd }
+            })
+            .collect();
+        Suspended {
+            state: serde_json::to_value(KeptVault { volumes }).expect("the vault state serializes"),
+            keep,
+            ..Suspended::default()
+        }
     }
     fn before_release(&mut self, _child_pid: i32) -> Result<(), (&'static str, String)> {
         Ok(())

@@ -5,7 +5,8 @@
 //! and who started the run). A woken isc lands in [`resume`]: it rebuilds the same hooks from
 //! the saved state — the audit session on its kept sockets, the cgroup by its name, the network
 //! from its kept lease (or, without one, from the manifest) with its egress DNS refresher from
-//! the refresher's saved state, the empty vault hooks from the manifest — lets the engine go on supervising, and ends the run exactly as `isc run` or the
+//! the refresher's saved state, the vault hooks from their kept volumes — lets the engine go on
+//! supervising, and ends the run exactly as `isc run` or the
 //! Dock's `isc dock monitor` would have.
 
 use std::os::fd::{IntoRawFd, RawFd};
@@ -92,7 +93,7 @@ fn split_hooks(saved: &SavedMonitor) -> Result<[serde_json::Value; 5]> {
 pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
     let name = saved.spec.name.clone();
     let woken = (|| {
-        let [session, cgroup, _vault, net, frame] = split_hooks(&saved)?;
+        let [session, cgroup, vault, net, frame] = split_hooks(&saved)?;
         let manifest: Manifest = serde_json::from_value(
             saved.manifest.clone().context("the saved state has no manifest")?,
         )
@@ -108,11 +109,15 @@ pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
         let image = ImageHold::adopt(lease);
         let audit = AuditSession::resume(dirs, session)?;
         let cgroup = CgroupHooks::resume(&name, launch::limits(&manifest), &dirs.state, cgroup)?;
-        // Nothing to keep when the monitor could hibernate (no volumes; secrets were delivered
-        // at the start): rebuilt as the start made them, minus the delivery.
-        let mut spec = saved.spec.clone();
-        let vault =
-            crate::hooks_vault::VaultHooks::prepare(&manifest, dirs, &mut spec, audit.log())?;
+        // The kept volumes adopted (never reopened) and the secrets' mount point (they were
+        // delivered at the start).
+        let vault = crate::hooks_vault::VaultHooks::resume(
+            &manifest,
+            dirs,
+            &saved.spec,
+            audit.log(),
+            vault,
+        )?;
         // A network keeps its lease (null: none to keep, as without `[network]`).
         let net = if net.is_null() {
             crate::hooks_net::NetHooks::prepare(&manifest, dirs)?

@@ -1,7 +1,8 @@
 //! What an idle ISC gives back once its service runs (`isc_engine::idle`, docs/benchmarks.md
 //! "Idle memory"): after a quiet second, PID 1 hibernates, and a monitor that stays whole
-//! (one whose hooks cannot be kept across a hibernation, here because the ISC has a volume:
-//! `isc_engine::monitor_hibernate`; tests/monitor_hibernate.rs for the others) unmaps the code
+//! (one whose hooks cannot be kept across a hibernation, here because the ISC's image is a
+//! mounted EROFS file: `isc_engine::monitor_hibernate`; tests/monitor_hibernate.rs for the
+//! others) unmaps the code
 //! of the isc binary that the start path ran, so the page tables mapping it can go, and sleeps.
 
 mod common;
@@ -31,10 +32,26 @@ fn code_resident_kib(pid: i64) -> u64 {
     total
 }
 
-/// A manifest running `sleep 60` with a volume, so that its monitor stays whole.
+/// A manifest running `sleep 60` from a packed EROFS image (`isc image build`, then `isc image
+/// pack`), so that its monitor stays whole: the image's mount cannot be kept across a
+/// hibernation (`ImageHold::can_hibernate`).
 fn whole_monitor_manifest(env: &Env, name: &str) -> std::path::PathBuf {
-    let volume = "[[filesystem.volumes]]\nname = \"plain\"\npath = \"/plain\"\nsize = \"8M\"\nencrypted = false\n";
-    env.manifest(name, &["/usr/bin/sleep", "60"], volume)
+    let ok = |out: std::process::Output, what: &str| -> serde_json::Value {
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let host = env.manifest(&format!("{name}-host"), &["/usr/bin/sleep", "60"], "");
+    let built =
+        ok(env.cmd().args(["image", "build", "--json"]).arg(&host).output().unwrap(), "build");
+    let id = built["id"].as_str().unwrap();
+    let packed = ok(env.cmd().args(["image", "pack", id, "--json"]).output().unwrap(), "pack");
+    let file = packed["file"].as_str().unwrap();
+    let text = format!(
+        "name = \"{name}\"\n[service]\nexec = [\"/usr/bin/sleep\", \"60\"]\n[image]\nsource = \"erofs:{file}\"\n[filesystem]\ntmpfs = [{{ path = \"/scratch\", size = \"4M\" }}]\n"
+    );
+    let path = env.dir.join(format!("{name}.toml"));
+    fs::write(&path, text).unwrap();
+    path
 }
 
 /// Stops the ISC if the test fails before it does (nothing may be left running).

@@ -194,6 +194,68 @@ fn a_monitor_with_a_secret_hibernates_and_its_end_removes_the_secrets_mount_poin
     assert_nothing_left(&env);
 }
 
+/// Loop devices whose backing file is `image`, as `losetup -a` lists them.
+fn losetup_lines(image: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("losetup").arg("-a").output().unwrap();
+    assert!(out.status.success(), "losetup -a: {}", String::from_utf8_lossy(&out.stderr));
+    let image = image.to_string_lossy().into_owned();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&image))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_monitor_with_an_encrypted_volume_hibernates_and_its_end_closes_the_volume() {
+    use std::os::fd::AsFd;
+    let env = Env::new("mh-vol");
+    let vol =
+        "[[filesystem.volumes]]\nname = \"d\"\npath = \"/d\"\nsize = \"8M\"\nencrypted = true\n";
+    // Writes into the volume, reads it back once the monitor sleeps, then waits.
+    let script = "echo kept > /d/f; /usr/bin/sleep 3; read -r s < /d/f; echo \"got $s\"; \
+                  /usr/bin/sleep 600";
+    let m = env.manifest("mh-vol", &["/bin/sh", "-c", script], vol);
+    let mut g = Guard(&env, "mh-vol", Some(run_captured(&env, &m)));
+    let monitor = env.wait_running("mh-vol")["monitor_pid"].as_i64().unwrap();
+    wait_exe(monitor, TINY_MONITOR, 10);
+    // Asleep, the volume is as the start left it: mounted, attached, its key in the keyring.
+    let image = fs::canonicalize(env.dir.join("root/vault/volumes/mh-vol/d.img")).unwrap();
+    let mount = env.dir.join("root/mnt/volumes/mh-vol/d");
+    assert!(isc_vault::is_mount_point(&mount), "the volume is mounted while the monitor sleeps");
+    assert_eq!(losetup_lines(&image).len(), 1, "one loop device backed by the volume");
+    let data = mount.join("data");
+    let dir = isc_vault::fscrypt::open_dir(&data).unwrap();
+    let policy = isc_vault::fscrypt::get_policy(dir.as_fd(), &data).unwrap().unwrap();
+    let id = policy.master_key_identifier;
+    let status = isc_vault::fscrypt::key_status(dir.as_fd(), &data, &id).unwrap();
+    assert_eq!(status, isc_vault::fscrypt::KEY_STATUS_PRESENT);
+    drop(dir);
+    // The line woke it; asleep again, then stopped.
+    std::thread::sleep(Duration::from_secs(2));
+    wait_exe(monitor, TINY_MONITOR, 10);
+    assert!(isc_vault::is_mount_point(&mount));
+    assert!(env.cmd().args(["stop", "mh-vol"]).status().unwrap().success());
+    let out = g.2.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got kept\n");
+    assert_eq!(exit_record(&out)["signal"], 15, "SIGTERM ended the service");
+    // The woken monitor closed the volume: key removed with the filesystem (unmounted, so its
+    // keyring is gone), no loop device, no mount point.
+    assert!(!isc_vault::is_mount_point(&mount), "the volume is still mounted");
+    assert!(!mount.exists(), "the volume's mount point is left");
+    assert_eq!(losetup_lines(&image), Vec::<String>::new(), "loop devices left");
+    assert!(isc_vault::loopdev::devices_backed_by(&image).is_empty());
+    assert_nothing_left(&env);
+    // The volume persisted and was closed cleanly: the next run reads what the first wrote.
+    let again =
+        env.manifest("mh-vol", &["/bin/sh", "-c", "read -r s < /d/f; echo \"again $s\""], vol);
+    let out = env.run(&again, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "again kept\n");
+    assert_eq!(losetup_lines(&image), Vec::<String>::new(), "loop devices left");
+    assert_nothing_left(&env);
+}
+
 #[test]
 fn an_isc_dies_with_its_hibernating_monitor() {
     let env = Env::new("mh-kill");

@@ -12,7 +12,7 @@
 //!
 //! Every start hook must agree ([`StartHooks::can_hibernate`]): what it holds must survive as
 //! descriptors plus a serialisable state, and its threads must be stoppable. A monitor whose
-//! hooks cannot (e.g. egress host names or volumes, for now) stays whole, as before.
+//! hooks cannot (e.g. egress host names or a mounted EROFS image, for now) stays whole, as before.
 //!
 //! What the exec keeps is exactly the descriptors named in the saved state; everything else
 //! is close-on-exec. The state and the plan travel in sealed memfds: nothing but this process

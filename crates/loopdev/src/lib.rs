@@ -8,7 +8,7 @@
 //! and a crashed `isc` leaks no device; see loop(4).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -174,6 +174,19 @@ impl LoopDevice {
             last = e;
         }
         Err(LoopError::Configure { backing: backing.into(), source: last })
+    }
+
+    /// The device as what names it (its number) and our open reference to it, for a holder
+    /// about to exec itself: nothing is released, now or when the result is dropped (the
+    /// descriptor keeps the device; with autoclear closing it detaches an unmounted device).
+    pub fn into_kept(self) -> (u32, OwnedFd) {
+        (self.number, self.file.into())
+    }
+
+    /// The device a previous image of this process held ([`LoopDevice::into_kept`]), with the
+    /// descriptor it kept: `/dev/loop{number}`, released as [`LoopDevice::attach`] made it.
+    pub fn adopt(number: u32, fd: OwnedFd) -> LoopDevice {
+        LoopDevice { path: PathBuf::from(format!("/dev/loop{number}")), number, file: fd.into() }
     }
 
     /// Drops our reference and waits until the kernel has detached the device, so callers (and

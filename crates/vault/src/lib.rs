@@ -26,7 +26,8 @@ pub use rotate::{RotateError, RotationReport};
 pub use secrets::{validate_name, OpenedSecrets, SecretError, SecretInfo, Vault, MAX_SECRET_LEN};
 pub use tmpfs::{unmount_secret_tmpfs, write_secret_tmpfs, TmpfsError};
 pub use volume::{
-    is_mount_point, recover_stale_volume, MountedVolume, VolumeError, VolumeInfo, MIN_VOLUME_SIZE,
+    is_mount_point, recover_stale_volume, KeptVolume, MountedVolume, VolumeError, VolumeInfo,
+    MIN_VOLUME_SIZE,
 };
 pub use zeroize::Zeroizing;
 

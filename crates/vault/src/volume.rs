@@ -8,7 +8,7 @@
 //! The quota is the image size: ext4 is made with no reserved blocks, so the service gets it all.
 
 use std::fs::{self, OpenOptions};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,6 +123,14 @@ pub enum VolumeError {
         path: PathBuf,
         /// Its plaintext length.
         len: usize,
+    },
+    /// A kept volume ([`MountedVolume::into_kept`]) cannot be adopted as given.
+    #[error("cannot adopt the kept volume mounted at {mount_dir}: {reason}")]
+    Adopt {
+        /// The mount point.
+        mount_dir: PathBuf,
+        /// What does not fit.
+        reason: String,
     },
     /// The data directory's policy does not match the key or the volume's settings.
     #[error("{data_dir}: {reason}")]
@@ -251,6 +259,43 @@ pub struct MountedVolume {
     mounted: bool,
 }
 
+/// A mounted volume as what names it, for a holder about to exec itself
+/// ([`MountedVolume::into_kept`]): its mount, its fscrypt key (in the filesystem's keyring)
+/// and its loop device live in the kernel; the loop device's descriptor is handed over beside
+/// it. Serialise it, and [`MountedVolume::adopt`] it in the new image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptVolume {
+    /// The directory bound into the ISC.
+    pub data_dir: PathBuf,
+    /// Where the ext4 filesystem is mounted.
+    pub mount_dir: PathBuf,
+    /// The backing image.
+    pub image: PathBuf,
+    /// Whether `data_dir` carries an fscrypt policy.
+    pub encrypted: bool,
+    /// The fscrypt key identifier added for the volume, in hex (encrypted volumes).
+    pub key_identifier: Option<String>,
+    /// The number `N` of the backing `/dev/loopN`, whose descriptor is kept beside this.
+    pub loop_device: Option<u32>,
+    /// Whether the filesystem is mounted (and must be unmounted at the end).
+    pub mounted: bool,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 impl MountedVolume {
     /// The loop device backing the mount, e.g. `/dev/loop3`.
     pub fn device(&self) -> Option<&Path> {
@@ -273,6 +318,71 @@ impl MountedVolume {
         let err = |source| VolumeError::DataDir { path: self.data_dir.clone(), source };
         std::os::unix::fs::chown(&self.data_dir, Some(uid), Some(gid)).map_err(err)?;
         Ok(())
+    }
+
+    /// The volume as what names it and the loop device's descriptor (to keep across an exec):
+    /// nothing is torn down, now or when the results are dropped, except that dropping the
+    /// descriptor lets go of our reference to the device (the mount still holds it).
+    pub fn into_kept(mut self) -> (KeptVolume, Option<OwnedFd>) {
+        // Disarmed: `Drop` finds no key, no mount and no device to tear down.
+        let key_identifier = self.key_identifier.take().map(|id| to_hex(&id));
+        let mounted = std::mem::take(&mut self.mounted);
+        let (loop_device, fd) = match self.loop_device.take().map(LoopDevice::into_kept) {
+            Some((n, fd)) => (Some(n), Some(fd)),
+            None => (None, None),
+        };
+        let kept = KeptVolume {
+            data_dir: self.data_dir.clone(),
+            mount_dir: self.mount_dir.clone(),
+            image: self.image.clone(),
+            encrypted: self.encrypted,
+            key_identifier,
+            loop_device,
+            mounted,
+        };
+        (kept, fd)
+    }
+
+    /// The volume a previous image of this process held ([`MountedVolume::into_kept`]), with
+    /// the loop device's descriptor it kept: [`MountedVolume::close`] (or dropping it) tears it
+    /// down as it would have the volume [`Vault::open_volume`] returned. Refused (the
+    /// descriptor closed again) when the descriptor is missing or not the device backed by the
+    /// volume's image, or the key identifier is malformed.
+    pub fn adopt(kept: KeptVolume, loop_fd: Option<OwnedFd>) -> Result<MountedVolume, VaultError> {
+        let bad = |reason: String| VolumeError::Adopt { mount_dir: kept.mount_dir.clone(), reason };
+        let key_identifier = match &kept.key_identifier {
+            Some(hex) => Some(
+                from_hex::<KEY_IDENTIFIER_SIZE>(hex)
+                    .ok_or_else(|| bad(format!("malformed key identifier {hex:?}")))?,
+            ),
+            None => None,
+        };
+        let loop_device = match (kept.loop_device, loop_fd) {
+            (Some(n), Some(fd)) => {
+                if !loopdev::devices_backed_by(&kept.image).contains(&n) {
+                    return Err(bad(format!(
+                        "/dev/loop{n} is not backed by {}",
+                        kept.image.display()
+                    ))
+                    .into());
+                }
+                Some(LoopDevice::adopt(n, fd))
+            }
+            (None, None) => None,
+            (Some(n), None) => {
+                return Err(bad(format!("no descriptor of /dev/loop{n} was kept")).into())
+            }
+            (None, Some(_)) => return Err(bad("a descriptor but no loop device".into()).into()),
+        };
+        Ok(MountedVolume {
+            data_dir: kept.data_dir,
+            mount_dir: kept.mount_dir,
+            image: kept.image,
+            encrypted: kept.encrypted,
+            key_identifier,
+            loop_device,
+            mounted: kept.mounted,
+        })
     }
 
     /// Removes the key (files become ciphertext), unmounts, detaches the loop device and removes

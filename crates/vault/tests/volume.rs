@@ -144,6 +144,40 @@ fn drop_without_close_cleans_up() {
 }
 
 #[test]
+fn a_kept_volume_stays_open_and_its_adopted_self_closes_it() {
+    let t = TestDir::new("vol-kept");
+    let mut v = Vault::open(&t.root(), KeySource::File).unwrap();
+    let vol = v.open_volume(&t.run(), "web", "data", SIZE, true).unwrap();
+    fs::write(vol.data_dir.join("f"), b"kept").unwrap();
+    let (image, mount, dev) =
+        (vol.image.clone(), vol.mount_dir.clone(), vol.device().unwrap().to_path_buf());
+    let id = vol.key_identifier().unwrap();
+    let (kept, fd) = vol.into_kept();
+    // Disarmed: nothing was torn down, and the state round-trips through JSON.
+    assert!(isc_vault::is_mount_point(&mount));
+    assert_eq!(kept.loop_device.map(|n| format!("/dev/loop{n}")), Some(dev.display().to_string()));
+    let kept: isc_vault::KeptVolume =
+        serde_json::from_str(&serde_json::to_string(&kept).unwrap()).unwrap();
+    let root_dir = fscrypt::open_dir(&mount).unwrap();
+    assert_eq!(fscrypt::key_status(root_dir.as_fd(), &mount, &id).unwrap(), KEY_STATUS_PRESENT);
+    drop(root_dir);
+    // A missing descriptor is refused.
+    let err = isc_vault::MountedVolume::adopt(kept.clone(), None).unwrap_err();
+    assert!(matches!(err, VaultError::Volume(VolumeError::Adopt { .. })), "{err}");
+    let vol = isc_vault::MountedVolume::adopt(kept, fd).unwrap();
+    assert_eq!(vol.key_identifier(), Some(id));
+    assert_eq!(vol.device(), Some(dev.as_path()));
+    assert_eq!(fs::read(vol.data_dir.join("f")).unwrap(), b"kept");
+    vol.close().unwrap();
+    t.assert_no_leaks();
+    assert!(loopdev::devices_backed_by(&image).is_empty());
+    let vol = v.open_volume(&t.run(), "web", "data", SIZE, true).unwrap();
+    assert_eq!(fs::read(vol.data_dir.join("f")).unwrap(), b"kept");
+    vol.close().unwrap();
+    t.assert_no_leaks();
+}
+
+#[test]
 fn corrupt_image_fails_cleanly() {
     let t = TestDir::new("vol-corrupt");
     let mut v = Vault::open(&t.root(), KeySource::File).unwrap();
