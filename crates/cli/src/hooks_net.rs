@@ -19,14 +19,18 @@
 //! kernel forwards and filters without it, and what `finish` needs to tear it down (the lease,
 //! the egress rules in force) is saved as state ([`NetHooks::resume`] rebuilds it). Peers
 //! update this ISC's sets from their own processes, under the peers lock, from its record.
-//! A monitor with an egress DNS refresher stays whole: its thread's TTL timers are not kept
-//! across the sleep yet (they would need the tiny monitor's deadline).
+//! An egress DNS refresher is suspended with it (its answers, failure streaks and when each
+//! name is due are saved too): the time until its next due lookup is the tiny monitor's
+//! deadline, the woken monitor's refresher resumes from the saved state and does its due work,
+//! and after a quiet second the monitor sleeps again — unless refreshes would come more often
+//! than [`HIBERNATE_MIN_REFRESH`] (see there).
 
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use isc_engine::StartHooks;
@@ -34,6 +38,7 @@ use isc_manifest::{EgressRule, Manifest, Proto};
 use isc_net::{
     Bandwidth, EgressRefresher, EgressRule as NetEgressRule, EgressSpec, EgressTarget, IscNetLease,
     IscNetPolicy, IscNetRequest, KeptNetLease, Listen, NetConfig, Publish, RefreshEvent,
+    RefresherState,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -297,12 +302,26 @@ pub struct NetHooks {
     egress_in_force: Arc<Mutex<Option<Vec<NetEgressRule>>>>,
 }
 
-/// What [`NetHooks`] keeps while its monitor hibernates: what `finish` tears down.
+/// What [`NetHooks`] keeps while its monitor hibernates: what `finish` tears down, and the
+/// egress DNS refresher's state.
 #[derive(Serialize, Deserialize)]
 struct KeptNet {
     lease: KeptNetLease,
     egress_in_force: Option<Vec<NetEgressRule>>,
+    #[serde(default)]
+    refresher: Option<RefresherState>,
 }
+
+/// A monitor with an egress DNS refresher hibernates only while every name is looked up at
+/// most this often (its TTL, or its failure backoff, is at least this long). Each lookup
+/// needs the whole isc: the tiny monitor wakes it at the deadline (an exec, resuming the
+/// hooks: ~5–10 ms of CPU), and it stays whole for the quiet second before it sleeps again.
+/// With TTLs at the 5 s clamp that would be a wake every 5 s — 20% of the time whole anyway,
+/// and more CPU than the whole monitor's refresher thread spends (a wait and a UDP lookup) —
+/// for little memory saved; at 30 s or more the monitor sleeps ≥ 29 s of every 30 for a
+/// wake's CPU every 30 s, which the ~400 KiB it frees are worth. A short TTL that grows later
+/// (or a backoff that reaches this) lets the monitor sleep from then on.
+pub const HIBERNATE_MIN_REFRESH: Duration = Duration::from_secs(30);
 
 impl NetHooks {
     /// Plans the network of `m` (nothing happens yet).
@@ -327,6 +346,7 @@ impl NetHooks {
     /// The network hooks of a woken monitor, from what [`StartHooks::suspend`] kept (a JSON
     /// null, a monitor without network, is [`NetHooks::prepare`]'s business): the network is
     /// still up, and `finish` tears it down as the sleeping monitor's would have.
+    /// An egress DNS refresher, if there was one, starts again from its saved state.
     pub fn resume(m: &Manifest, dirs: &Dirs, state: serde_json::Value) -> Result<Self> {
         let kept: KeptNet = serde_json::from_value(state).context("the saved network state")?;
         let request = request(m, dirs)?;
@@ -334,7 +354,7 @@ impl NetHooks {
             bail!("the saved state holds a network, the saved manifest declares none");
         }
         let cfg = net_config(dirs);
-        Ok(Self {
+        let mut hooks = Self {
             lease: Some(IscNetLease::adopt(&cfg, kept.lease)),
             cfg,
             dirs: dirs.clone(),
@@ -344,7 +364,38 @@ impl NetHooks {
             request,
             refresher: None,
             egress_in_force: Arc::new(Mutex::new(kept.egress_in_force)),
-        })
+        };
+        if let Some(saved) = kept.refresher {
+            hooks.start_refresher(Some(saved));
+        }
+        Ok(hooks)
+    }
+
+    /// Starts the egress DNS refresher (none without egress host names): from the answers of
+    /// the start, or from what a suspended one saved.
+    fn start_refresher(&mut self, saved: Option<RefresherState>) {
+        let (Some(req), Some(lease)) = (&self.request, &self.lease) else { return };
+        let apply = egress_applier(
+            self.dirs.clone(),
+            self.name.clone(),
+            lease.policy().clone(),
+            Arc::clone(&self.egress_in_force),
+        );
+        let resolver = Box::new(isc_net::dns::Resolver::system);
+        let specs = req.egress.clone();
+        let started = match saved {
+            None => {
+                let initial = lease.egress_answers().to_vec();
+                EgressRefresher::start(&self.name, specs, initial, resolver, apply)
+            }
+            Some(state) => EgressRefresher::resume(&self.name, specs, state, resolver, apply),
+        };
+        match started {
+            Ok(r) => self.refresher = r,
+            Err(e) => {
+                tracing::error!(isc = %self.name, error = %e, "cannot start the egress DNS refresher; egress host names keep their addresses in force")
+            }
+        }
     }
 
     fn setup(&mut self, child_pid: i32) -> Result<()> {
@@ -394,20 +445,34 @@ fn forwarding_on() -> bool {
 
 impl StartHooks for NetHooks {
     /// Without a network there is nothing to keep; with one, its lease and the egress rules
-    /// in force are kept. Not with an egress DNS refresher running (egress host names): its
-    /// TTL timers would need the tiny monitor's deadline, and the monitor stays whole.
+    /// in force are kept, and an egress DNS refresher's state if it is idle (no lookup under
+    /// way) and looks names up no more often than [`HIBERNATE_MIN_REFRESH`].
     fn can_hibernate(&self) -> bool {
-        self.request.is_none() || (self.lease.is_some() && self.refresher.is_none())
+        let refresher_sleeps = |r: &EgressRefresher| {
+            r.idle_interval().is_some_and(|every| every >= HIBERNATE_MIN_REFRESH)
+        };
+        self.request.is_none()
+            || (self.lease.is_some() && self.refresher.as_ref().is_none_or(refresher_sleeps))
     }
 
-    /// The lease (disarmed: the exec tears nothing down) and the egress rules in force, as
-    /// state; no descriptor.
+    /// The refresher stopped and its state, the lease (disarmed: the exec tears nothing down)
+    /// and the egress rules in force (read once the refresher stopped), as state; no
+    /// descriptor. The refresher's next due lookup is the deadline.
     fn suspend(&mut self) -> isc_engine::monitor_hibernate::Suspended {
         let Some(lease) = self.lease.take() else { return Default::default() };
+        let refresher = self.refresher.take().and_then(|r| {
+            let state = r.suspend();
+            if state.is_none() {
+                tracing::error!(isc = %self.name, "the egress DNS refresher had stopped; egress host names keep their addresses in force");
+            }
+            state
+        });
+        let deadline = refresher.as_ref().map(RefresherState::next_due);
         let egress_in_force = self.egress_in_force.lock().ok().and_then(|e| e.clone());
-        let kept = KeptNet { lease: lease.into_kept(), egress_in_force };
+        let kept = KeptNet { lease: lease.into_kept(), egress_in_force, refresher };
         isc_engine::monitor_hibernate::Suspended {
             state: serde_json::to_value(kept).expect("the network state serializes"),
+            deadline,
             ..Default::default()
         }
     }
@@ -417,26 +482,7 @@ impl StartHooks for NetHooks {
 
     /// Starts the egress DNS refresher (threads are allowed once the service runs).
     fn after_start(&mut self, _state: &isc_engine::state::IscState) {
-        let (Some(req), Some(lease)) = (&self.request, &self.lease) else { return };
-        let apply = egress_applier(
-            self.dirs.clone(),
-            self.name.clone(),
-            lease.policy().clone(),
-            Arc::clone(&self.egress_in_force),
-        );
-        let started = EgressRefresher::start(
-            &self.name,
-            req.egress.clone(),
-            lease.egress_answers().to_vec(),
-            Box::new(isc_net::dns::Resolver::system),
-            apply,
-        );
-        match started {
-            Ok(r) => self.refresher = r,
-            Err(e) => {
-                tracing::error!(isc = %self.name, error = %e, "cannot start the egress DNS refresher; egress host names keep their start-time addresses")
-            }
-        }
+        self.start_refresher(None);
     }
 }
 

@@ -4,8 +4,9 @@
 //! what to keep; [`Frame`] adds what only `run_manifest`'s own frame holds (the image lease
 //! and who started the run). A woken isc lands in [`resume`]: it rebuilds the same hooks from
 //! the saved state — the audit session on its kept sockets, the cgroup by its name, the network
-//! from its kept lease (or, without one, from the manifest), the vault hooks from their kept
-//! volumes — lets the engine go on supervising, and ends the run exactly as `isc run` or the
+//! from its kept lease (or, without one, from the manifest) with its egress DNS refresher from
+//! the refresher's saved state, the vault hooks from their kept volumes — lets the engine go on
+//! supervising, and ends the run exactly as `isc run` or the
 //! Dock's `isc dock monitor` would have.
 
 use std::os::fd::{IntoRawFd, RawFd};

@@ -60,9 +60,9 @@ impl Outside {
         });
     }
 
-    /// A DNS server on X:53 answering `svc.test` A with the address in `addr` (TTL 1 s; or
+    /// A DNS server on X:53 answering `svc.test` A with the address in `addr` (TTL `ttl` s; or
     /// SERVFAIL when it holds [`SERVFAIL`]), AAAA with no record. Counts the A questions.
-    fn dns_server(&self, addr: Arc<AtomicU32>, asked: Arc<AtomicUsize>) {
+    fn dns_server(&self, addr: Arc<AtomicU32>, asked: Arc<AtomicUsize>, ttl: u32) {
         let s = self.0.run(|| Ok(UdpSocket::bind((X, 53)).unwrap()));
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
@@ -82,7 +82,9 @@ impl Outside {
                         m[3] |= 2;
                     } else {
                         m[7] = 1; // ANCOUNT
-                        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+                        m.extend_from_slice(&ttl.to_be_bytes());
+                        m.extend_from_slice(&[0, 4]);
                         m.extend_from_slice(&now.to_be_bytes());
                     }
                 }
@@ -181,7 +183,7 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
         out.tcp_server(7000);
         let addr = Arc::new(AtomicU32::new(u32::from(X)));
         let asked = Arc::new(AtomicUsize::new(0));
-        out.dns_server(addr.clone(), asked.clone());
+        out.dns_server(addr.clone(), asked.clone(), 1);
 
         let app = env.spawn("dnsapp", "egress = [\"svc.test:7000\"]");
         assert_eq!(egress_nets(&env.record("dnsapp")), vec!["192.0.2.2/32"]);
@@ -189,6 +191,10 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
         assert!(o.ok && o.value == "ok\n", "svc.test (X) is reachable: {o:?}");
         let o = env.reach(&app, Y, 7000, 400);
         assert!(!o.ok && o.errno != Some(EACCES), "Y is not declared yet: {o:?}");
+        // A 5 s TTL would wake a sleeping monitor every 5 s: it stays whole
+        // (`HIBERNATE_MIN_REFRESH`).
+        std::thread::sleep(Duration::from_secs(2));
+        assert_ne!(monitor_exe(&env, "dnsapp"), TINY, "hibernated with a 5 s TTL");
 
         // svc.test moves to Y: within the clamped TTL (5 s) plus slack, the ISC follows.
         addr.store(u32::from(Y), Ordering::SeqCst);
@@ -239,31 +245,85 @@ fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
     });
 }
 
+/// The executable of `name`'s monitor (`/memfd:isc-monitor (deleted)`: the tiny monitor).
+fn monitor_exe(env: &Env, name: &str) -> String {
+    let out = env.cmd().args(["ps", "--json"]).output().unwrap();
+    let ps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let s = ps.iter().find(|s| s["name"] == name).unwrap();
+    let pid = s["monitor_pid"].as_i64().unwrap();
+    fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned()
+}
+
+const TINY: &str = "/memfd:isc-monitor (deleted)";
+
 #[test]
-fn a_monitor_with_an_egress_dns_refresher_stays_whole() {
-    in_private_netns("a_monitor_with_an_egress_dns_refresher_stays_whole", || {
-        let env = Env::new("whole");
+fn a_monitor_with_an_egress_dns_refresher_hibernates_and_follows_dns() {
+    in_private_netns("a_monitor_with_an_egress_dns_refresher_hibernates_and_follows_dns", || {
+        let env = Env::new("sleep");
         let out = Outside::new();
+        out.tcp_server(7000);
         let addr = Arc::new(AtomicU32::new(u32::from(X)));
-        out.dns_server(addr, Arc::new(AtomicUsize::new(0)));
-        // Egress by address only: nothing of the network keeps the monitor whole.
-        let by_addr = env.spawn("byaddr", "egress = [\"192.0.2.2:7000\"]");
-        // A host name: the refresher's TTL timers run in the monitor, which stays whole.
-        let by_name = env.spawn("byname", "egress = [\"svc.test:7000\"]");
-        let exe = |name: &str| {
-            let out = env.cmd().args(["ps", "--json"]).output().unwrap();
-            let ps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-            let s = ps.iter().find(|s| s["name"] == name).unwrap();
-            let pid = s["monitor_pid"].as_i64().unwrap();
-            fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned()
-        };
-        let tiny = "/memfd:isc-monitor (deleted)";
-        assert!(eventually(Duration::from_secs(10), || exe("byaddr") == tiny), "never slept");
-        assert_ne!(exe("byname"), tiny, "a monitor with an egress DNS refresher hibernated");
+        let asked = Arc::new(AtomicUsize::new(0));
+        // TTL 30 s: refreshes no more often than the floor (`HIBERNATE_MIN_REFRESH`).
+        out.dns_server(addr.clone(), asked.clone(), 30);
+        let app = env.spawn("byname", "egress = [\"svc.test:7000\"]");
+        let started = Instant::now();
+        assert_eq!(egress_nets(&env.record("byname")), vec!["192.0.2.2/32"]);
+        // The refresher's timer is the tiny monitor's deadline: the monitor sleeps meanwhile.
+        let slept = eventually(Duration::from_secs(10), || monitor_exe(&env, "byname") == TINY);
+        assert!(slept, "a monitor with an egress DNS refresher never hibernated");
+        let asked_at_start = asked.load(Ordering::SeqCst);
+
+        // svc.test moves to Y while the monitor sleeps; nothing looks it up before the TTL.
+        addr.store(u32::from(Y), Ordering::SeqCst);
         std::thread::sleep(Duration::from_secs(2));
-        assert_ne!(exe("byname"), tiny, "a monitor with an egress DNS refresher hibernated");
-        env.stop(by_name);
-        env.stop(by_addr);
+        assert_eq!(monitor_exe(&env, "byname"), TINY, "woken before the TTL");
+        assert_eq!(asked.load(Ordering::SeqCst), asked_at_start, "looked up before the TTL");
+        assert_eq!(egress_nets(&env.record("byname")), vec!["192.0.2.2/32"]);
+
+        // At the TTL the deadline wakes the whole isc, whose refresher follows the answer (the
+        // record is read without waking the monitor).
+        let moved = eventually(Duration::from_secs(45), || {
+            egress_nets(&env.record("byname")) == vec!["192.0.2.3/32"]
+        });
+        assert!(moved, "the egress rule never followed svc.test to Y");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(25), "followed before the TTL: {took:?}");
+        assert!(asked.load(Ordering::SeqCst) > asked_at_start, "svc.test was looked up again");
+        // And sleeps again after its quiet second.
+        let again = eventually(Duration::from_secs(10), || monitor_exe(&env, "byname") == TINY);
+        assert!(again, "the monitor did not go back to sleep after the refresh");
+        let recs = env.net_policy("byname");
+        let change = recs.iter().find(|r| !r["detail"]["egress_refreshed"].is_null());
+        let change = &change.expect("the change is on the audit trail")["detail"];
+        assert_eq!(change["egress_refreshed"][0]["added"][0], "192.0.2.3", "{change}");
+        assert_eq!(change["egress_refreshed"][0]["removed"][0], "192.0.2.2", "{change}");
+        // The firewall follows too (a probe wakes the monitor; it answers from the ISC).
+        let o = env.reach(&app, Y, 7000, 3000);
+        assert!(o.ok && o.value == "ok\n", "svc.test's new address Y is reachable: {o:?}");
+        let o = env.reach(&app, X, 7000, 500);
+        assert!(!o.ok, "the old address X still answers: {o:?}");
+        assert_ne!(o.errno, Some(EACCES), "must be the firewall, not Landlock: {o:?}");
+
+        let link = env.record("byname")["policy"]["if_host"].as_str().unwrap().to_string();
+        env.stop(app);
+        // The woken monitor removed everything the refresher put in force.
+        let table = Command::new("nft").args(["list", "table", "inet", "isc"]).output().unwrap();
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        assert!(table.contains("set isc_egress4"), "{table}");
+        assert!(!table.contains(&format!("\"{link}\"")), "{table}");
+        assert!(!table.contains("192.0.2.3"), "{table}");
+        let links = Rtnl::open().unwrap().link_names().unwrap();
+        assert!(!links.contains(&link), "{links:?}");
+        let leases = fs::read_to_string(env.dir.join("root/net/leases.json")).unwrap();
+        let leases: Value = serde_json::from_str(&leases).unwrap();
+        assert_eq!(leases["leases"], serde_json::json!({}), "leases left behind");
+        let verify = env.cmd().args(["audit", "verify"]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "audit verify: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
         drop(out);
     });
 }

@@ -32,7 +32,7 @@ pub use policy::{
     landlock_ports, parse_rate, Bandwidth, EgressRule, EgressSpec, EgressTarget, HostAnswer,
     IscNetPolicy, IscNetRequest, LandlockPorts, Listen, PolicyError, Proto, Publish,
 };
-pub use refresh::{EgressRefresher, HostChange, RefreshEvent};
+pub use refresh::{EgressRefresher, HostChange, RefreshEvent, RefresherState};
 pub use tc::{TcCli, TcError, TcRunner};
 
 use nft::rules::{self, RulesConfig};
@@ -141,7 +141,8 @@ pub struct KeptNetLease {
 impl IscNetLease {
     /// The lease as what names it, for a holder about to exec itself: nothing is torn down,
     /// now or when the result is dropped. The egress host names' start-time answers are not
-    /// kept (only an egress DNS refresher starts from them, and its holder does not sleep).
+    /// kept: an egress DNS refresher starts from them, and a holder that sleeps keeps the
+    /// refresher's own state instead ([`refresh::EgressRefresher::suspend`]).
     pub fn into_kept(mut self) -> KeptNetLease {
         // Disarmed: `Drop` sees a lease that is no longer live.
         self.live = false;
