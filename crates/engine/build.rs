@@ -15,8 +15,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    // Both programs' memory functions (their `mem` module).
-    println!("cargo:rerun-if-changed=tiny/mem.rs");
+    // Both programs' runtime (their `rt` module).
+    println!("cargo:rerun-if-changed=tiny/rt.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     if !target.starts_with("x86_64-") || !target.contains("linux") {

@@ -17,7 +17,7 @@
 #![no_std]
 #![no_main]
 
-use core::arch::{asm, global_asm};
+use rt::{exit, syscall};
 
 const SYS_READ: usize = 0;
 const SYS_CLOSE: usize = 3;
@@ -29,7 +29,6 @@ const SYS_WAIT4: usize = 61;
 const SYS_KILL: usize = 62;
 const SYS_FCNTL: usize = 72;
 const SYS_PRCTL: usize = 157;
-const SYS_EXIT_GROUP: usize = 231;
 const SYS_SIGNALFD4: usize = 289;
 const SYS_EXECVEAT: usize = 322;
 /// `isc_engine::seccomp::AUDIT_BARRIER_SYSCALL`: refused and logged by every isc profile.
@@ -63,47 +62,6 @@ const AT_EMPTY_PATH: usize = 0x1000;
 const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 const SIG_BLOCK: usize = 0;
-
-// The kernel enters with argc at the stack pointer; a call needs a 16-byte aligned stack.
-global_asm!(
-    ".globl _start",
-    "_start:",
-    "xor ebp, ebp",
-    "mov rdi, rsp",
-    "and rsp, -16",
-    "call {entry}",
-    "ud2",
-    entry = sym entry,
-);
-
-/// # Safety
-/// `nr` and the arguments must form a valid system call for this process.
-unsafe fn syscall(nr: usize, a: [usize; 5]) -> isize {
-    let ret: isize;
-    // SAFETY: the x86_64 Linux system call convention; rcx and r11 are clobbered by `syscall`.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") nr as isize => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-fn exit(status: i32) -> ! {
-    loop {
-        // SAFETY: exit_group ends the process; it never returns.
-        unsafe { syscall(SYS_EXIT_GROUP, [status as usize, 0, 0, 0, 0]) };
-    }
-}
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
@@ -176,13 +134,13 @@ fn run(service: i32) -> ! {
     let sfd = unsafe {
         // The exec of an execute-only file already made us non-dumpable (fs/exec.c
         // would_dump); saying so again costs nothing and does not depend on the file's mode.
-        syscall(SYS_PRCTL, [PR_SET_DUMPABLE, 0, 0, 0, 0]);
-        syscall(SYS_PRCTL, [PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0]);
-        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0]);
-        syscall(SYS_RT_SIGPROCMASK, [SIG_BLOCK, &mask as *const u64 as usize, 0, 8, 0]);
+        syscall(SYS_PRCTL, [PR_SET_DUMPABLE, 0, 0, 0, 0, 0]);
+        syscall(SYS_PRCTL, [PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0, 0]);
+        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0, 0]);
+        syscall(SYS_RT_SIGPROCMASK, [SIG_BLOCK, &mask as *const u64 as usize, 0, 8, 0, 0]);
         syscall(
             SYS_SIGNALFD4,
-            [usize::MAX, &mask as *const u64 as usize, 8, SFD_CLOEXEC | SFD_NONBLOCK, 0],
+            [usize::MAX, &mask as *const u64 as usize, 8, SFD_CLOEXEC | SFD_NONBLOCK, 0, 0],
         )
     };
     if sfd < 0 {
@@ -198,7 +156,7 @@ fn run(service: i32) -> ! {
             PollFd { fd: CHANNEL, events: POLLIN, revents: 0 },
         ];
         // SAFETY: poll over two pollfd records of this frame, no timeout.
-        let n = unsafe { syscall(SYS_POLL, [fds.as_mut_ptr() as usize, 2, usize::MAX, 0, 0]) };
+        let n = unsafe { syscall(SYS_POLL, [fds.as_mut_ptr() as usize, 2, usize::MAX, 0, 0, 0]) };
         if n < 0 {
             continue;
         }
@@ -219,7 +177,8 @@ fn on_signals(sfd: i32, service: i32) {
     let mut info = [0u32; 32];
     loop {
         // SAFETY: reads at most 128 bytes into a 128-byte local buffer.
-        let r = unsafe { syscall(SYS_READ, [sfd as usize, info.as_mut_ptr() as usize, 128, 0, 0]) };
+        let r =
+            unsafe { syscall(SYS_READ, [sfd as usize, info.as_mut_ptr() as usize, 128, 0, 0, 0]) };
         if r == EINTR {
             continue;
         }
@@ -241,7 +200,7 @@ fn mask_has(signo: u32) -> bool {
 
 fn forward(service: i32, signo: usize) {
     // SAFETY: kill(2) of our own child with a signal number.
-    unsafe { syscall(SYS_KILL, [service as usize, signo, 0, 0, 0]) };
+    unsafe { syscall(SYS_KILL, [service as usize, signo, 0, 0, 0, 0]) };
 }
 
 /// Reaps every exited child; when the service is among them, reports and exits.
@@ -251,7 +210,7 @@ fn reap(service: i32) {
         let mut st: i32 = 0;
         // SAFETY: wait4 on any child, non-blocking, status into a local.
         let pid = unsafe {
-            syscall(SYS_WAIT4, [usize::MAX, &mut st as *mut i32 as usize, WNOHANG, 0, 0])
+            syscall(SYS_WAIT4, [usize::MAX, &mut st as *mut i32 as usize, WNOHANG, 0, 0, 0])
         };
         if pid > 0 {
             if pid as i32 == service {
@@ -270,7 +229,7 @@ fn reap(service: i32) {
     if alone {
         // As the whole PID 1: end the monitor's drain of kernel denials with this record.
         // SAFETY: a number no kernel implements, no arguments; refused by the filter.
-        unsafe { syscall(SYS_AUDIT_BARRIER, [0; 5]) };
+        unsafe { syscall(SYS_AUDIT_BARRIER, [0; 6]) };
     }
     let mut msg = Buf::new();
     msg.push(b"{\"ServiceExited\":{\"code\":");
@@ -280,7 +239,7 @@ fn reap(service: i32) {
     msg.push(if alone { b",\"alone\":true}}" as &[u8] } else { b",\"alone\":false}}" });
     // SAFETY: send(2) of a local buffer on the channel; MSG_NOSIGNAL avoids SIGPIPE.
     unsafe {
-        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0])
+        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0, 0])
     };
     exit(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
 }
@@ -356,7 +315,7 @@ fn on_message(service: i32) {
     let n = unsafe {
         syscall(
             SYS_RECVMSG,
-            [CHANNEL as usize, &mut hdr as *mut MsgHdr as usize, MSG_CMSG_CLOEXEC, 0, 0],
+            [CHANNEL as usize, &mut hdr as *mut MsgHdr as usize, MSG_CMSG_CLOEXEC, 0, 0, 0],
         )
     };
     if n == EINTR || n == EAGAIN {
@@ -388,7 +347,7 @@ fn on_message(service: i32) {
     }
     for fd in fds.into_iter().filter(|fd| *fd >= 0) {
         // SAFETY: closing a descriptor this message gave us and nothing else uses.
-        unsafe { syscall(SYS_CLOSE, [fd as usize, 0, 0, 0, 0]) };
+        unsafe { syscall(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]) };
     }
 }
 
@@ -420,7 +379,7 @@ fn wake(exe: i32, service: i32) {
     // SAFETY: fcntl on our channel fd; execveat with NUL-terminated strings and NULL-ended
     // arrays that live in this frame; on success the call does not return.
     let rc = unsafe {
-        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, 0, 0, 0]);
+        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, 0, 0, 0, 0]);
         let rc = syscall(
             SYS_EXECVEAT,
             [
@@ -429,9 +388,10 @@ fn wake(exe: i32, service: i32) {
                 argv.as_ptr() as usize,
                 envp.as_ptr() as usize,
                 AT_EMPTY_PATH,
+                0,
             ],
         );
-        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0]);
+        syscall(SYS_FCNTL, [CHANNEL as usize, F_SETFD, FD_CLOEXEC, 0, 0, 0]);
         rc
     };
     // Still here: say so, so the monitor answers the probes' caller instead of letting it
@@ -442,10 +402,11 @@ fn wake(exe: i32, service: i32) {
     msg.push(b"}}");
     // SAFETY: send(2) of a local buffer on the channel; MSG_NOSIGNAL avoids SIGPIPE.
     unsafe {
-        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0])
+        syscall(SYS_SENDTO, [CHANNEL as usize, msg.b.as_ptr() as usize, msg.n, MSG_NOSIGNAL, 0, 0])
     };
 }
 
-// The memory functions the compiler may call (no libc): one copy for both tiny programs.
-#[path = "mem.rs"]
-mod mem;
+// The entry point, system calls and the memory functions the compiler may call (no libc): one
+// copy for both tiny programs.
+#[path = "rt.rs"]
+mod rt;

@@ -31,14 +31,13 @@
 #![no_std]
 #![no_main]
 
-use core::arch::{asm, global_asm};
 use core::mem::MaybeUninit;
+use rt::{exit, syscall};
 
 const SYS_PREAD64: usize = 17;
 const SYS_NANOSLEEP: usize = 35;
 const SYS_RECVFROM: usize = 45;
 const SYS_CLOCK_GETTIME: usize = 228;
-const SYS_EXIT_GROUP: usize = 231;
 const SYS_NEWFSTATAT: usize = 262;
 const SYS_PPOLL: usize = 271;
 const SYS_EXECVEAT: usize = 322;
@@ -77,48 +76,6 @@ const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// A failed wake is retried this often, `RETRY_NS` apart, before the process gives up.
 const WAKE_RETRIES: usize = 3;
 const RETRY_NS: i64 = 100_000_000;
-
-// The kernel enters with argc at the stack pointer; a call needs a 16-byte aligned stack.
-global_asm!(
-    ".globl _start",
-    "_start:",
-    "xor ebp, ebp",
-    "mov rdi, rsp",
-    "and rsp, -16",
-    "call {entry}",
-    "ud2",
-    entry = sym entry,
-);
-
-/// # Safety
-/// `nr` and the arguments must form a valid system call for this process.
-unsafe fn syscall(nr: usize, a: [usize; 6]) -> isize {
-    let ret: isize;
-    // SAFETY: the x86_64 Linux system call convention; rcx and r11 are clobbered by `syscall`.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") nr as isize => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-fn exit(status: i32) -> ! {
-    loop {
-        // SAFETY: exit_group ends the process; it never returns.
-        unsafe { syscall(SYS_EXIT_GROUP, [status as usize, 0, 0, 0, 0, 0]) };
-    }
-}
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
@@ -630,6 +587,7 @@ fn wake(exe: i32, args: &Args) -> ! {
     exit(125)
 }
 
-// The memory functions the compiler may call (no libc): one copy for both tiny programs.
-#[path = "mem.rs"]
-mod mem;
+// The entry point, system calls and the memory functions the compiler may call (no libc): one
+// copy for both tiny programs.
+#[path = "rt.rs"]
+mod rt;

@@ -1,9 +1,55 @@
-//! The memory functions the compiler may call in isc's freestanding programs (`init.rs`,
-//! `monitor.rs`; build.rs compiles each with this file as its `mem` module): copies, fills and
-//! comparisons of arrays, for which there is no libc. `rep movsb`/`rep stosb` rather than
-//! loops, which the optimiser would turn back into calls.
+//! What both of isc's freestanding programs (`init.rs`, `monitor.rs`) need and libc would
+//! otherwise give: the entry point (`_start`, which calls the program's `entry` with the
+//! initial stack pointer), system calls, `exit`, and the memory functions the compiler may call
+//! for copies, fills and comparisons of arrays. build.rs compiles each program with this file
+//! as its `rt` module. `rep movsb`/`rep stosb` rather than loops, which the optimiser would
+//! turn back into calls.
 
-use core::arch::asm;
+use core::arch::{asm, global_asm};
+
+const SYS_EXIT_GROUP: usize = 231;
+
+// The kernel enters with argc at the stack pointer; a call needs a 16-byte aligned stack.
+global_asm!(
+    ".globl _start",
+    "_start:",
+    "xor ebp, ebp",
+    "mov rdi, rsp",
+    "and rsp, -16",
+    "call {entry}",
+    "ud2",
+    entry = sym super::entry,
+);
+
+/// # Safety
+/// `nr` and the arguments must form a valid system call for this process.
+pub(crate) unsafe fn syscall(nr: usize, a: [usize; 6]) -> isize {
+    let ret: isize;
+    // SAFETY: the x86_64 Linux system call convention; rcx and r11 are clobbered by `syscall`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+pub(crate) fn exit(status: i32) -> ! {
+    loop {
+        // SAFETY: exit_group ends the process; it never returns.
+        unsafe { syscall(SYS_EXIT_GROUP, [status as usize, 0, 0, 0, 0, 0]) };
+    }
+}
 
 /// # Safety
 /// `d` and `s` are valid for `n` bytes and do not overlap.
