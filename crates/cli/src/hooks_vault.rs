@@ -153,15 +153,14 @@ pub struct VaultHooks {
 }
 
 impl VaultHooks {
-    /// Opens the manifest's volumes and adds the volume and secret binds to `spec`. Nothing is
-    /// done (and the vault is not opened) when the manifest declares neither.
-    pub fn prepare(
+    /// The hooks of `m` before anything is opened or delivered.
+    fn empty(
         m: &Manifest,
         dirs: &Dirs,
-        spec: &mut IscSpec,
+        spec: &IscSpec,
         audit: std::sync::Arc<isc_audit::AuditLog>,
-    ) -> Result<Self> {
-        let mut hooks = VaultHooks {
+    ) -> Self {
+        VaultHooks {
             dirs: dirs.clone(),
             isc: m.name.clone(),
             uid: spec.uid,
@@ -170,7 +169,18 @@ impl VaultHooks {
             secrets_dir: None,
             volumes: Vec::new(),
             audit,
-        };
+        }
+    }
+
+    /// Opens the manifest's volumes and adds the volume and secret binds to `spec`. Nothing is
+    /// done (and the vault is not opened) when the manifest declares neither.
+    pub fn prepare(
+        m: &Manifest,
+        dirs: &Dirs,
+        spec: &mut IscSpec,
+        audit: std::sync::Arc<isc_audit::AuditLog>,
+    ) -> Result<Self> {
+        let mut hooks = VaultHooks::empty(m, dirs, spec, audit);
         if !m.filesystem.volumes.is_empty() {
             let t0 = Instant::now();
             let run = run_dir(dirs)?;
@@ -236,16 +246,7 @@ impl VaultHooks {
                 None => None,
             });
         }
-        let mut hooks = VaultHooks {
-            dirs: dirs.clone(),
-            isc: m.name.clone(),
-            uid: spec.uid,
-            gid: spec.gid,
-            secrets: m.secrets.iter().map(|(n, d)| (n.clone(), d.file_name.clone())).collect(),
-            secrets_dir: None,
-            volumes: Vec::new(),
-            audit,
-        };
+        let mut hooks = VaultHooks::empty(m, dirs, spec, audit);
         for (k, fd) in kept.volumes.into_iter().zip(fds) {
             let mount = k.volume.mount_dir.clone();
             let vol = MountedVolume::adopt(k.volume, fd)
