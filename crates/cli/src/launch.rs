@@ -195,14 +195,22 @@ impl CgroupHooks {
         let dir = isc_cgroup::scoped_dir_name(scope.as_deref(), name);
         let cgroup = isc_cgroup::create_v2_first(layout, None, &dir, &limits)
             .with_context(|| format!("creating the cgroup for ISC `{name}`"))?;
-        Ok(Self {
+        Ok(Self::holding(cgroup, limits, starting))
+    }
+
+    fn holding(
+        cgroup: Box<dyn IscCgroup>,
+        limits: Limits,
+        starting: isc_engine::state::StartingLock,
+    ) -> Self {
+        Self {
             cgroup: Some(cgroup),
             limits,
             _starting: starting,
             cloned_into_v2: Default::default(),
             end_events: None,
             teardown: None,
-        })
+        }
     }
 
     /// The cgroup side of a woken monitor (`CgroupHooks::suspend`): the ISC's cgroup opened
@@ -226,14 +234,7 @@ impl CgroupHooks {
         let cgroup = isc_cgroup::open(layout, None, &cgroup_name(state_dir, name))
             .with_context(|| format!("opening the cgroup of ISC `{name}`"))?;
         cgroup.hold_event_files();
-        Ok(Self {
-            cgroup: Some(cgroup),
-            limits,
-            _starting: starting,
-            cloned_into_v2: Default::default(),
-            end_events: None,
-            teardown: None,
-        })
+        Ok(Self::holding(cgroup, limits, starting))
     }
 
     /// The cgroup's event counters, read once at the end (the exit record's reason and

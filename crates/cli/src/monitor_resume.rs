@@ -95,7 +95,7 @@ pub(crate) fn resume(saved: SavedMonitor, dirs: &Dirs) -> Result<ExitCode> {
     let woken = (|| {
         let [session, cgroup, vault, net, frame] = split_hooks(&saved)?;
         let manifest: Manifest = serde_json::from_value(
-            saved.manifest.clone().context("the saved state has no manifest")?,
+            saved.opts.manifest.clone().context("the saved state has no manifest")?,
         )
         .context("the saved manifest")?;
         let frame: KeptFrame = serde_json::from_value(frame).context("the saved frame")?;

@@ -175,15 +175,22 @@ fn has_key(records: &[Value], key: &str) -> bool {
     records.iter().any(|r| !r["detail"][key].is_null())
 }
 
+/// The outside: a TCP server on port 7000 and a DNS server answering `svc.test` with the
+/// address in the returned cell (X at first) and TTL `ttl` s, counting its queries.
+fn svc_test_outside(ttl: u32) -> (Outside, Arc<AtomicU32>, Arc<AtomicUsize>) {
+    let out = Outside::new();
+    out.tcp_server(7000);
+    let addr = Arc::new(AtomicU32::new(u32::from(X)));
+    let asked = Arc::new(AtomicUsize::new(0));
+    out.dns_server(addr.clone(), asked.clone(), ttl);
+    (out, addr, asked)
+}
+
 #[test]
 fn an_egress_host_name_follows_its_dns_answer_and_fails_static() {
     in_private_netns("an_egress_host_name_follows_its_dns_answer_and_fails_static", || {
         let env = Env::new("ttl");
-        let out = Outside::new();
-        out.tcp_server(7000);
-        let addr = Arc::new(AtomicU32::new(u32::from(X)));
-        let asked = Arc::new(AtomicUsize::new(0));
-        out.dns_server(addr.clone(), asked.clone(), 1);
+        let (out, addr, asked) = svc_test_outside(1);
 
         let app = env.spawn("dnsapp", "egress = [\"svc.test:7000\"]");
         assert_eq!(egress_nets(&env.record("dnsapp")), vec!["192.0.2.2/32"]);
@@ -260,12 +267,8 @@ const TINY: &str = "/memfd:isc-monitor (deleted)";
 fn a_monitor_with_an_egress_dns_refresher_hibernates_and_follows_dns() {
     in_private_netns("a_monitor_with_an_egress_dns_refresher_hibernates_and_follows_dns", || {
         let env = Env::new("sleep");
-        let out = Outside::new();
-        out.tcp_server(7000);
-        let addr = Arc::new(AtomicU32::new(u32::from(X)));
-        let asked = Arc::new(AtomicUsize::new(0));
         // TTL 30 s: refreshes no more often than the floor (`HIBERNATE_MIN_REFRESH`).
-        out.dns_server(addr.clone(), asked.clone(), 30);
+        let (out, addr, asked) = svc_test_outside(30);
         let app = env.spawn("byname", "egress = [\"svc.test:7000\"]");
         let started = Instant::now();
         assert_eq!(egress_nets(&env.record("byname")), vec!["192.0.2.2/32"]);

@@ -140,37 +140,52 @@ impl MonitorPlan {
         b
     }
 
-    /// The encoded plan in a sealed memfd (close-on-exec: clear it before the exec), whose
-    /// number goes into the tiny monitor's environment as [`PLAN_ENV`].
-    pub fn plan_memfd(&self) -> Result<OwnedFd, HibernateError> {
-        let what = "the hibernating monitor's plan";
+    /// The plan fits the tiny monitor ([`MonitorPlan::MAX_FDS`]); otherwise it would wake at
+    /// once, every time.
+    pub fn check(&self) -> Result<(), HibernateError> {
         if self.fds.len() > Self::MAX_FDS {
             return Err(HibernateError::TooManyFds { count: self.fds.len(), max: Self::MAX_FDS });
         }
-        let name = c"isc-monitor-plan";
-        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-        // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-        let mut raw = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_NOEXEC_SEAL) };
-        if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-            // Before Linux 6.3 there is no MFD_NOEXEC_SEAL.
-            // SAFETY: as above.
-            raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        }
-        if raw < 0 {
-            return Err(HibernateError::Memfd { what, source: io::Error::last_os_error() });
-        }
-        // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        write_all(fd.as_raw_fd(), &self.encode())
-            .map_err(|source| HibernateError::Fill { what, source })?;
-        let seals =
-            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-        // SAFETY: fcntl F_ADD_SEALS with an integer argument on our memfd.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(HibernateError::Seal { what, source: io::Error::last_os_error() });
-        }
+        Ok(())
+    }
+
+    /// The encoded plan in a sealed memfd (close-on-exec: clear it before the exec), whose
+    /// number goes into the tiny monitor's environment as [`PLAN_ENV`].
+    pub fn plan_memfd(&self) -> Result<OwnedFd, HibernateError> {
+        self.check()?;
+        let fd = data_memfd(c"isc-monitor-plan", "the hibernating monitor's plan")?;
+        fill_and_seal(&fd, &self.encode(), "the hibernating monitor's plan")?;
         Ok(fd)
     }
+}
+
+/// A close-on-exec memfd for data that is to be sealed (`fill_and_seal`), never executable.
+pub fn data_memfd(name: &std::ffi::CStr, what: &'static str) -> Result<OwnedFd, HibernateError> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let mut raw = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_NOEXEC_SEAL) };
+    if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // Before Linux 6.3 there is no MFD_NOEXEC_SEAL.
+        // SAFETY: as above.
+        raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    }
+    if raw < 0 {
+        return Err(HibernateError::Memfd { what, source: io::Error::last_os_error() });
+    }
+    // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Writes `bytes` into a fresh `data_memfd` and seals it against any change: nobody, this
+/// process included, can alter what the next image reads.
+pub fn fill_and_seal(fd: &OwnedFd, bytes: &[u8], what: &'static str) -> Result<(), HibernateError> {
+    write_all(fd.as_raw_fd(), bytes).map_err(|source| HibernateError::Fill { what, source })?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl F_ADD_SEALS with an integer argument on our memfd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(HibernateError::Seal { what, source: io::Error::last_os_error() });
+    }
+    Ok(())
 }
 
 /// This very isc binary (`/proc/self/exe`, even if replaced on disk since) as a sealed,

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::channel::{Channel, ChannelError, FromInit, ToInit};
 use crate::creds::{self, CredsError, UidRange};
@@ -51,8 +51,8 @@ pub enum MonitorError {
     Netns(#[from] NetnsError),
 }
 
-/// How a run is configured beyond the spec.
-#[derive(Debug, Clone)]
+/// How a run is configured beyond the spec (saved as it is by a hibernating monitor).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOptions {
     pub state_dir: PathBuf,
     pub uid_base: u32,
@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub manifest: Option<serde_json::Value>,
     /// A network namespace made ahead by a helper thread (see `netns`): spawn it as early as
     /// possible. Without one (or when the ISC keeps a network capability) `clone3` makes it.
+    /// Used up by the start: never saved.
+    #[serde(skip)]
     pub netns: Option<std::sync::Arc<PreparedNetns>>,
     /// [`spec_hash`] of the spec, if the caller already computed it (it serialises the spec).
     pub spec_hash: Option<String>,
@@ -443,8 +445,7 @@ pub(crate) fn supervise(
     let mut guard = KillOnDrop { pidfd: Some(r.child.pidfd.as_raw_fd()) };
     let mut sup = Supervisor::new(spec, &r.chan, &r.registration, outputs);
     if let Some(s) = resumed {
-        sup.restore(s.next_probe, s.init_hibernating, s.init_hibernation_works);
-        sup.monitor_hibernation_works = s.monitor_hibernation_works;
+        sup.restore(s);
     }
     // The end is handled once: as soon as PID 1 reports it with nothing else left in the ISC
     // (from inside the supervisor's loop), else once PID 1 is gone.

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::creds::UidRange;
-use crate::hibernate::{HibernateError, MonitorPlan};
-use crate::logfile::{Dest, Output};
+use crate::hibernate::{data_memfd, fill_and_seal, HibernateError, MonitorPlan};
+use crate::logfile::Dest;
 use crate::monitor::{
     supervise, ExitRecord, Launched, MonitorError, RunOptions, Running, StartHooks,
 };
@@ -49,12 +49,10 @@ const STAY_WHOLE_ENV: &str = "ISC_MONITOR_STAY_WHOLE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorSleepError {
-    #[error("the hibernating monitor program: {0}")]
-    Program(#[from] HibernateError),
+    #[error(transparent)]
+    Memfd(#[from] HibernateError),
     #[error("opening this isc binary to wake with: {0}")]
     Exe(io::Error),
-    #[error("saving the monitor's state: {0}")]
-    Save(io::Error),
     #[error("the saved monitor state (fd {fd}) cannot be read: {detail}")]
     Saved { fd: String, detail: String },
 }
@@ -82,7 +80,7 @@ pub struct Suspended {
     /// Of those (or others), the ones whose readability must wake the monitor.
     pub wake_on: Vec<RawFd>,
     pub audit: Option<AuditWatch>,
-    /// The hook must run again by then (e.g. an audit sync that is due).
+    /// The hook must run again by then (e.g. an egress DNS refresh that is due).
     pub deadline: Option<Duration>,
 }
 
@@ -111,23 +109,15 @@ pub struct KeptLock {
 }
 
 /// Everything the engine's monitor needs to go on after a wake. The hooks' states are opaque
-/// here: the caller rebuilds its hooks from [`SavedMonitor::hooks`] before [`crate::monitor::resume`].
+/// here: the caller rebuilds its hooks from [`SavedMonitor::hooks`] before [`resume`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SavedMonitor {
     pub spec: IscSpec,
-    pub state_dir: PathBuf,
-    pub uid_base: u32,
-    pub uid_slots: u32,
-    pub seccomp_log: bool,
-    pub output: Output,
-    pub manifest: Option<serde_json::Value>,
-    pub spec_hash: Option<String>,
-    pub defer_mount_teardown: bool,
-    /// Wall-clock start (ms since the epoch) and the run's length when it was saved; with
-    /// `saved_mono_ms` the resumed monitor's run length stays monotonic.
+    pub opts: RunOptions,
+    /// Wall-clock start (ms since the epoch), and the start on CLOCK_MONOTONIC in ms (std's
+    /// `Instant` is not serialisable): the run's length counts the time asleep.
     pub start_ms: u64,
-    pub run_ms: u64,
-    pub saved_mono_ms: u64,
+    pub started_mono_ms: u64,
     pub init_pid: i32,
     pub pidfd: RawFd,
     pub channel: RawFd,
@@ -175,17 +165,9 @@ pub(crate) fn hibernate(
     let kept_lock = |l: &LockFile| KeptLock { path: l.path().into(), fd: l.fd() };
     let saved = SavedMonitor {
         spec: spec.clone(),
-        state_dir: opts.state_dir.clone(),
-        uid_base: opts.uid_base,
-        uid_slots: opts.uid_slots,
-        seccomp_log: opts.seccomp_log,
-        output: opts.output.clone(),
-        manifest: opts.manifest.clone(),
-        spec_hash: opts.spec_hash.clone(),
-        defer_mount_teardown: opts.defer_mount_teardown,
+        opts: opts.clone(),
         start_ms: r.start_ms,
-        run_ms: r.t0.elapsed().as_millis() as u64,
-        saved_mono_ms: mono_ms(),
+        started_mono_ms: mono_ms().saturating_sub(r.t0.elapsed().as_millis() as u64),
         init_pid: r.child.pid,
         pidfd: r.child.pidfd.as_raw_fd(),
         channel: r.chan.raw_fd(),
@@ -216,12 +198,10 @@ pub(crate) fn hibernate(
         .chain(&[saved.registration_lock.fd, saved.uid_lock.fd])
         .copied()
         .collect::<Vec<_>>();
+    // The audit socket is the session's: among its `keep`.
     keep.iter().for_each(|fd| {
         keep_fd(*fd);
     });
-    if let Some(a) = &suspended.audit {
-        keep_fd(a.fd);
-    }
     let audit = suspended.audit.as_ref();
     let plan = crate::hibernate::MonitorPlan {
         exe_fd: -1,
@@ -244,8 +224,7 @@ pub fn resume(saved: SavedMonitor, hooks: &mut dyn StartHooks) -> Result<ExitRec
         // SAFETY: the saved state names each of these descriptors once, as ours.
         unsafe { adopt_fd(fd) }.map_err(|source| MonitorError::Resource { what, source })
     };
-    let asleep_ms = mono_ms().saturating_sub(saved.saved_mono_ms);
-    let run = Duration::from_millis(saved.run_ms + asleep_ms);
+    let run = Duration::from_millis(mono_ms().saturating_sub(saved.started_mono_ms));
     let t0 = Instant::now().checked_sub(run).unwrap_or_else(Instant::now);
     let adopt_lock = |l: &KeptLock| -> Result<LockFile, MonitorError> {
         Ok(LockFile::adopt(l.path.clone(), adopt(l.fd, "lock file")?.into()))
@@ -262,14 +241,7 @@ pub fn resume(saved: SavedMonitor, hooks: &mut dyn StartHooks) -> Result<ExitRec
     for fd in &saved.held {
         crate::finisher::hold(adopt(*fd, "held namespace")?);
     }
-    let mut opts = RunOptions::new(saved.state_dir.clone());
-    opts.uid_base = saved.uid_base;
-    opts.uid_slots = saved.uid_slots;
-    opts.seccomp_log = saved.seccomp_log;
-    opts.output = saved.output.clone();
-    opts.manifest = saved.manifest.clone();
-    opts.spec_hash = saved.spec_hash.clone();
-    opts.defer_mount_teardown = saved.defer_mount_teardown;
+    let opts = saved.opts.clone();
     let dests = Dest::for_output(&opts.output)
         .map_err(|source| MonitorError::Resource { what: "log file", source })?;
     let mut dests = [Some(dests.0), Some(dests.1)];
@@ -326,8 +298,8 @@ impl Prepared {
     pub(crate) fn new() -> Result<Prepared, MonitorSleepError> {
         let tiny = crate::hibernate::tiny_monitor()?;
         let exe = std::fs::File::open("/proc/self/exe").map_err(MonitorSleepError::Exe)?;
-        let plan = sealable_memfd(c"isc-monitor-plan").map_err(MonitorSleepError::Save)?;
-        let state = sealable_memfd(c"isc-monitor-state").map_err(MonitorSleepError::Save)?;
+        let plan = data_memfd(c"isc-monitor-plan", "the hibernating monitor's plan")?;
+        let state = data_memfd(c"isc-monitor-state", "the hibernating monitor's state")?;
         Ok(Prepared { tiny, exe, plan, state })
     }
 
@@ -337,11 +309,12 @@ impl Prepared {
         saved.plan_fd = self.plan.as_raw_fd();
         saved.exe_fd = self.exe.as_raw_fd();
         let state = serde_json::to_vec(&saved).expect("the saved state serializes");
-        for (fd, bytes, what) in
-            [(&self.plan, plan.encode(), "plan"), (&self.state, state, "state")]
-        {
-            if let Err(error) = fill_and_seal(fd, &bytes) {
-                tracing::error!(%error, what, "cannot save the hibernating monitor's {what}; aborting (the ISC ends with its monitor)");
+        for (fd, bytes, what) in [
+            (&self.plan, plan.encode(), "the hibernating monitor's plan"),
+            (&self.state, state, "the hibernating monitor's state"),
+        ] {
+            if let Err(error) = fill_and_seal(fd, &bytes, what) {
+                tracing::error!(%error, "cannot save the monitor; aborting (the ISC ends with its monitor)");
                 std::process::abort();
             }
             keep_fd(fd.as_raw_fd());
@@ -351,55 +324,19 @@ impl Prepared {
             (crate::hibernate::PLAN_ENV, self.plan.as_raw_fd()),
             (RESUME_ENV, self.state.as_raw_fd()),
         ]);
-        let error = execveat(self.tiny.as_raw_fd(), &env);
-        tracing::error!(%error, "exec of the hibernating monitor failed; resuming the whole monitor, which stays whole");
+        // A plan the tiny monitor would refuse would wake it at once, every quiet second:
+        // resume the whole monitor instead, which then stays whole.
+        let error = match plan.check() {
+            Ok(()) => execveat(self.tiny.as_raw_fd(), &env).to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(%error, "the monitor cannot hibernate; resuming the whole monitor, which stays whole");
         let mut env = env;
         env.push(CString::new(format!("{STAY_WHOLE_ENV}=1")).expect("no NUL"));
         let error = execveat(self.exe.as_raw_fd(), &env);
         tracing::error!(%error, "exec of isc to resume the monitor failed; aborting (the ISC ends with its monitor)");
         std::process::abort()
     }
-}
-
-fn sealable_memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let raw =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// Writes `bytes` at offset 0 and seals the memfd against any change.
-fn fill_and_seal(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    let mut off = 0usize;
-    while off < bytes.len() {
-        // SAFETY: pwrite(2) from a live slice to our memfd.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                bytes[off..].as_ptr().cast(),
-                bytes.len() - off,
-                off as i64,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        off += n as usize;
-    }
-    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl(F_ADD_SEALS) on our memfd.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// This process's environment without any previous hibernation's variables, plus `vars`.
@@ -501,15 +438,15 @@ mod tests {
     #[test]
     fn only_a_sealed_memfd_is_a_saved_state() {
         assert!(take_saved().is_none());
-        let unsealed = sealable_memfd(c"test-state").unwrap();
+        let unsealed = data_memfd(c"test-state", "a test state").unwrap();
         let raw = unsealed.as_raw_fd();
         let e = take_with(&unsealed).to_string();
         std::mem::forget(unsealed);
         assert!(e.contains("not a sealed memfd"), "{e}");
         // SAFETY: fcntl(F_GETFD) on a number: the descriptor was closed by take_saved.
         assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1, "closed after the refusal");
-        let sealed = sealable_memfd(c"test-state").unwrap();
-        fill_and_seal(&sealed, b"{\"spec\": 1}").unwrap();
+        let sealed = data_memfd(c"test-state", "a test state").unwrap();
+        fill_and_seal(&sealed, b"{\"spec\": 1}", "a test state").unwrap();
         let e = take_with(&sealed).to_string();
         std::mem::forget(sealed);
         assert!(

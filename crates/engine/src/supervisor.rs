@@ -81,10 +81,11 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Restores what a hibernated monitor saved (`monitor_hibernate`).
-    pub(crate) fn restore(&mut self, next_probe: u64, init_hibernating: bool, init_works: bool) {
-        self.next_probe = next_probe;
-        self.init_hibernating = init_hibernating;
-        self.hibernation_works = init_works;
+    pub(crate) fn restore(&mut self, saved: &crate::monitor_hibernate::SavedMonitor) {
+        self.next_probe = saved.next_probe;
+        self.init_hibernating = saved.init_hibernating;
+        self.hibernation_works = saved.init_hibernation_works;
+        self.monitor_hibernation_works = saved.monitor_hibernation_works;
     }
 
     pub(crate) fn next_probe(&self) -> u64 {

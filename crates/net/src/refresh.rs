@@ -496,15 +496,7 @@ mod tests {
         let specs = vec![host("svc.test", 443), host("gone.test", 80)];
         // Both expire at once (TTL 0): svc.test moved from .43 to .44, gone.test vanished.
         let initial = vec![answer("svc.test", "192.0.2.43"), answer("gone.test", "192.0.2.80")];
-        let resolver = Box::new(move || {
-            Ok(Resolver {
-                conf: PathBuf::from("test"),
-                hosts: PathBuf::from("/nonexistent"),
-                servers: vec![dns],
-                timeout: Duration::from_secs(2),
-                attempts: 1,
-            })
-        });
+        let resolver = loopback_resolver(dns);
         let (tx, rx) = mpsc::channel::<String>();
         let apply: Apply = Box::new(move |ev| {
             let line = match ev {
